@@ -1,0 +1,5 @@
+"""`python -m nacosae` runs the CLI."""
+
+from nacosae.cli import main
+
+main()

@@ -1,0 +1,110 @@
+"""`nacosae controls`: store every unit's activation on every control image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from nacosae import progress
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def list_command() -> None:
+    """Print a table of the stores under NACOSAE_HOME/controls."""
+    from rich.table import Table
+
+    from nacosae.config import settings
+    from nacosae.store.activations import list_stores
+
+    rows = list_stores(settings().controls_dir)
+    if not rows:
+        progress.console.print(f"no control stores in {settings().controls_dir}")
+        return
+    table = Table(title=f"control stores in {settings().controls_dir}")
+    for column in ("model", "layer", "units", "images", "dtype", "size", "status"):
+        table.add_column(column, justify="right" if column in ("units", "images") else "left")
+    for r in rows:
+        table.add_row(
+            r["model"],
+            r["layer"],
+            str(r["units"] or "-"),
+            str(r["images"] or "-"),
+            str(r["dtype"] or "-"),
+            _human_bytes(r["bytes"]),
+            str(r["status"]),
+        )
+    progress.console.print(table)
+
+
+def controls(
+    model: Annotated[str, typer.Option(help="Explained model name.")] = "resnet18",
+    layer: Annotated[
+        str, typer.Option(help="Layer module path, e.g. avgpool or layer4.1.conv2.")
+    ] = ("avgpool"),
+    images: Annotated[
+        Path | None,
+        typer.Option(
+            help="ImageFolder tree DIR/<class>/<image> [default: NACOSAE_HOME/data/imagenet/val]."
+        ),
+    ] = None,
+    weights: Annotated[
+        str, typer.Option(help="default, none (random init), a torchvision weights name, or PATH.")
+    ] = "default",
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+    workers: Annotated[
+        int | None, typer.Option(help="Decoding worker processes [default: CPU cores - 1].")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cuda, cuda:N, mps or cpu.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="float16 or float32 (stored values).")] = "float32",
+    shard_size: Annotated[int, typer.Option(help="Images per shard file.")] = 4096,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
+    list_stores: Annotated[
+        bool, typer.Option("--list", help="List the stored model/layer pairs and exit.")
+    ] = False,
+) -> None:
+    """Store every unit's activation on every control image (safetensors shards)."""
+    if list_stores:
+        list_command()
+        return
+    if dtype not in ("float16", "float32"):
+        raise typer.BadParameter("use float16 or float32", param_hint="--dtype")
+    from nacosae.config import settings
+    from nacosae.controls import ControlsRequest, build_controls
+    from nacosae.models.cache import shared_cache
+
+    config = settings()
+    request = ControlsRequest(
+        model=model,
+        layer=layer,
+        images=images or config.default_imagenet_dir,
+        controls_root=config.controls_dir,
+        weights=weights,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        dtype=dtype,  # type: ignore[arg-type]
+        overwrite=overwrite,
+        shard_size=shard_size,
+    )
+    result = build_controls(request, shared_cache())
+    index = result.index
+    if result.already_complete:
+        progress.info(
+            f"store already complete: {result.directory} ({index['n_images']} images x "
+            f"{index['n_units']} units); use --overwrite to rebuild"
+        )
+        return
+    progress.info(
+        f"[green]done[/green]: {index['n_images']} images x {index['n_units']} units "
+        f"({index['dtype']}) in {result.directory}"
+    )

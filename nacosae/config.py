@@ -1,0 +1,66 @@
+"""Settings read once from the environment and `.env`.
+
+`.env` in the working directory fills in what the environment does not set (the environment
+wins, as with python-dotenv's default). The HF token is held but never shown: its repr is masked.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+ENV_KEYS = ("HF_TOKEN", "NACOSAE_HOME", "SAVE_DIR", "HF_HOME")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved paths and credentials for one process."""
+
+    nacosae_home: Path
+    save_dir: Path
+    hf_home: Path | None = None
+    hf_token: str | None = field(default=None, repr=False)
+
+    @property
+    def controls_dir(self) -> Path:
+        return self.nacosae_home / "controls"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.nacosae_home / "data"
+
+    @property
+    def default_imagenet_dir(self) -> Path:
+        return self.data_dir / "imagenet" / "val"
+
+
+def _merged_environment(dotenv_path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    if dotenv_path.is_file():
+        values.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
+    values.update({k: v for k, v in os.environ.items() if k in ENV_KEYS})
+    return values
+
+
+def load_settings(dotenv_path: Path | None = None) -> Settings:
+    """Build settings from the environment and `.env` (default: `./.env`)."""
+    env = _merged_environment(dotenv_path or Path.cwd() / ".env")
+    home = Path(env.get("NACOSAE_HOME") or Path.home() / ".cache" / "nacosae").expanduser()
+    save_dir = Path(env.get("SAVE_DIR") or "runs").expanduser()
+    hf_home = Path(env["HF_HOME"]).expanduser() if env.get("HF_HOME") else None
+    if hf_home is not None:
+        # huggingface_hub reads HF_HOME from the process environment when it is imported.
+        os.environ.setdefault("HF_HOME", str(hf_home))
+    return Settings(
+        nacosae_home=home, save_dir=save_dir, hf_home=hf_home, hf_token=env.get("HF_TOKEN") or None
+    )
+
+
+@lru_cache(maxsize=1)
+def settings() -> Settings:
+    """The process-wide settings, parsed on first use."""
+    return load_settings()

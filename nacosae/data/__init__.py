@@ -1,0 +1,1 @@
+"""Control data: image folders and the preprocessing the explained models expect."""

@@ -1,0 +1,168 @@
+"""ImageFolder listing, preprocessing and a loader that survives unreadable files.
+
+Rows are ordered by class folder name, then file name (both sorted as strings), so the same
+tree always gives the same row order. An image that cannot be decoded is not fatal: it is
+reported (`ok=False`) and the caller skips and records it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nacosae.errors import ImagesNotFound
+
+if TYPE_CHECKING:
+    import torch
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif"}
+)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RESIZE = 224
+CROP = 224
+PREPROCESSING_DESCRIPTION = (
+    f"RGB; Resize({RESIZE}, bilinear, antialias); CenterCrop({CROP}); "
+    f"Normalize(mean={IMAGENET_MEAN}, std={IMAGENET_STD})"
+)
+
+
+@dataclass(frozen=True)
+class ControlClass:
+    index: int
+    folder: str
+    label: str
+    wnid: str | None
+
+
+@dataclass(frozen=True)
+class ImageFolderListing:
+    """Every image file of a tree, class-major, with its class index."""
+
+    root: Path
+    classes: list[ControlClass]
+    files: list[str]  # relative paths "<class folder>/<file>"
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def dataset_id(self) -> str:
+        """A fingerprint of the listing (paths and byte sizes) that identifies the dataset."""
+        digest = hashlib.sha256()
+        for rel in self.files:
+            digest.update(rel.encode())
+            digest.update(str((self.root / rel).stat().st_size).encode())
+        return f"{self.root.name}:{len(self.files)}:sha256={digest.hexdigest()[:16]}"
+
+
+def _class_metadata(root: Path) -> dict[str, dict[str, Any]]:
+    """Optional classes.json (written by `nacosae download imagenet`): folder -> label, wnid."""
+    path = root / "classes.json"
+    if not path.is_file():
+        return {}
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    if isinstance(entries, dict):
+        entries = entries.get("classes", [])
+    return {e["folder"]: e for e in entries if isinstance(e, dict) and "folder" in e}
+
+
+def list_image_folder(root: Path) -> ImageFolderListing:
+    """List `root/<class>/<image>`; clear errors for a missing, empty or flat folder."""
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise ImagesNotFound(
+            f"image folder {root} does not exist: pass --images DIR (an ImageFolder tree "
+            "DIR/<class>/<image>)"
+        )
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        loose = any(p.suffix.lower() in IMAGE_EXTENSIONS for p in root.iterdir())
+        what = "images but no class folders" if loose else "no class folders"
+        raise ImagesNotFound(
+            f"{root} has {what}: expected an ImageFolder tree {root}/<class>/<image>"
+        )
+    meta = _class_metadata(root)
+    classes: list[ControlClass] = []
+    files: list[str] = []
+    labels: list[int] = []
+    for class_dir in class_dirs:
+        names = sorted(
+            p.name
+            for p in class_dir.iterdir()
+            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+        )
+        if not names:
+            continue
+        index = len(classes)
+        info = meta.get(class_dir.name, {})
+        classes.append(
+            ControlClass(
+                index=index,
+                folder=class_dir.name,
+                label=str(info.get("label", class_dir.name)),
+                wnid=info.get("wnid"),
+            )
+        )
+        files.extend(f"{class_dir.name}/{n}" for n in names)
+        labels.extend([index] * len(names))
+    if not files:
+        raise ImagesNotFound(f"the class folders under {root} contain no image files")
+    return ImageFolderListing(root=root, classes=classes, files=files, labels=labels)
+
+
+def preprocess_transform() -> Any:
+    """The explained models' input transform (torchvision v2 transforms)."""
+    import torch
+    from torchvision.transforms import v2
+
+    return v2.Compose(
+        [
+            v2.Resize(RESIZE, antialias=True),  # on the PIL image, as torchvision's classic
+            v2.CenterCrop(CROP),
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+def open_rgb(path: Path) -> Any:
+    """Decode an image to RGB; greyscale, RGBA, CMYK and palette images are converted."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.load()
+        if img.mode == "P" and "transparency" in img.info:
+            img = img.convert("RGBA")
+        return img.convert("RGB")
+
+
+class ControlImages:
+    """Map-style dataset over a listing: (image tensor, position, ok)."""
+
+    def __init__(self, listing: ImageFolderListing, positions: list[int]) -> None:
+        self.root = listing.root
+        self.files = listing.files
+        self.positions = positions
+        self.transform = preprocess_transform()
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, bool]:
+        import torch
+
+        position = self.positions[i]
+        try:
+            image = self.transform(open_rgb(self.root / self.files[position]))
+            return image, position, True
+        except Exception:  # noqa: BLE001 - any decode failure marks the file unreadable
+            return torch.zeros(3, CROP, CROP), position, False

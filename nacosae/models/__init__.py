@@ -1,0 +1,1 @@
+"""Models: the shared cache, explained vision models, and (later) generators and LLMs."""

@@ -1,0 +1,328 @@
+"""Explained vision models: registry, weights, layer capture and pooling.
+
+A model is named (`resnet18`, `resnet50` = Places365, `resnet50_imagenet`, `vit_b_16`, the tiny
+test models, or any torchvision classification model) and given weights (`default`, `none`, a
+torchvision weights name such as `IMAGENET1K_V2`, or a path to a state dict). A layer is a module
+path; its output is pooled to one value per unit: 4-D maps are averaged over H and W, token
+sequences give their class token, 2-D outputs are used as they are.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nacosae.errors import UnknownLayer, UnknownModel, WeightsUnavailable
+from nacosae.store.atomic import sha256_file
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+PLACES365_URL = "http://places2.csail.mit.edu/models_places365/resnet50_places365.pth.tar"
+PLACES365_FILE = "resnet50_places365.pth.tar"
+RANDOM_INIT_SEED = 0
+
+
+@dataclass(frozen=True)
+class VisionModelInfo:
+    """How to build a named model and which weights it gets by default."""
+
+    name: str
+    builder: Callable[[], nn.Module]
+    default_weights: str  # a torchvision weights name, "places365" or "random"
+    description: str
+
+
+def _torchvision_builder(arch: str, **kwargs: Any) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        import torchvision
+
+        return torchvision.models.get_model(arch, weights=None, **kwargs)
+
+    return build
+
+
+def _tiny_builder(name: str) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        from nacosae.models import tiny
+
+        return getattr(tiny, name)()
+
+    return build
+
+
+REGISTRY: dict[str, VisionModelInfo] = {
+    "resnet18": VisionModelInfo(
+        "resnet18", _torchvision_builder("resnet18"), "IMAGENET1K_V1", "ResNet-18, ImageNet-1k"
+    ),
+    "resnet50": VisionModelInfo(
+        "resnet50",
+        _torchvision_builder("resnet50", num_classes=365),
+        "places365",
+        "ResNet-50, Places365 (the Places365 project's checkpoint)",
+    ),
+    "resnet50_imagenet": VisionModelInfo(
+        "resnet50_imagenet",
+        _torchvision_builder("resnet50"),
+        "IMAGENET1K_V1",
+        "ResNet-50, ImageNet-1k (torchvision V1 weights, as in CoSy)",
+    ),
+    "vit_b_16": VisionModelInfo(
+        "vit_b_16", _torchvision_builder("vit_b_16"), "IMAGENET1K_V1", "ViT-B/16, ImageNet-1k"
+    ),
+    "tiny_cnn": VisionModelInfo(
+        "tiny_cnn", _tiny_builder("tiny_cnn"), "random", "tiny random CNN for tests (meaningless)"
+    ),
+    "tiny_vit": VisionModelInfo(
+        "tiny_vit", _tiny_builder("tiny_vit"), "random", "tiny random ViT for tests (meaningless)"
+    ),
+}
+
+
+def torchvision_classification_models() -> list[str]:
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def model_info(name: str) -> VisionModelInfo:
+    """Registry entry for `name`, or a torchvision classification model of that name."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    if name in torchvision_classification_models():
+        return VisionModelInfo(name, _torchvision_builder(name), "DEFAULT", f"torchvision {name}")
+    known = ", ".join(REGISTRY)
+    raise UnknownModel(
+        f"unknown model {name!r}: use one of {known}, or any torchvision classification model "
+        "name (torchvision.models.list_models())"
+    )
+
+
+# ---------------------------------------------------------------- weights
+
+
+def torch_hub_checkpoints() -> Path:
+    import torch
+
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def offline() -> bool:
+    return any(os.environ.get(k, "") not in ("", "0", "false") for k in ("HF_HUB_OFFLINE",))
+
+
+def _strip_prefix(state: dict[str, torch.Tensor], prefix: str = "module.") -> dict:
+    return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in state.items()}
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from `.safetensors` or a `.pt/.pth/.pth.tar` file, never unpickling code."""
+    import torch
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise WeightsUnavailable(f"weights file {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            state = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any reader failure means the file is unusable
+        raise WeightsUnavailable(f"cannot read weights {path}: {exc}".splitlines()[0]) from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsUnavailable(f"{path} does not hold a state dict of tensors")
+    return _strip_prefix(state)
+
+
+def places365_safetensors() -> Path:
+    """The Places365 ResNet-50 weights as safetensors, converted once from the published file."""
+    from safetensors.torch import save_file
+
+    checkpoints = torch_hub_checkpoints()
+    converted = checkpoints / "resnet50_places365.safetensors"
+    if converted.is_file():
+        return converted
+    original = checkpoints / PLACES365_FILE
+    if not original.is_file():
+        if offline():
+            raise WeightsUnavailable(
+                f"the Places365 ResNet-50 checkpoint is not in {checkpoints} and the hub is "
+                "offline: fetch it once with network access (unset HF_HUB_OFFLINE)"
+            )
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        _download(PLACES365_URL, original)
+    state = read_state_dict(original)
+    tmp = converted.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+    tmp.replace(converted)
+    return converted
+
+
+def _download(url: str, dest: Path) -> None:
+    import torch
+
+    try:
+        torch.hub.download_url_to_file(url, str(dest), progress=True)
+    except Exception as exc:  # noqa: BLE001 - network errors come in many types
+        raise WeightsUnavailable(
+            f"could not download {url}: {exc}".splitlines()[0]
+            + " (check the network, or pass --weights PATH to a local file)"
+        ) from exc
+
+
+def _torchvision_weights(arch: str, weights_name: str) -> Any:
+    import torchvision
+
+    try:
+        enum = torchvision.models.get_model_weights(arch)
+    except (ValueError, KeyError):
+        return None
+    return getattr(enum, weights_name, None)
+
+
+def _torchvision_state(arch: str, weights: Any) -> dict[str, torch.Tensor]:
+    cached = torch_hub_checkpoints() / Path(weights.url).name
+    if not cached.is_file() and offline():
+        raise WeightsUnavailable(
+            f"{arch} weights {weights} are not cached in {cached.parent} and the hub is offline: "
+            "fetch them once with network access (unset HF_HUB_OFFLINE)"
+        )
+    try:
+        return weights.get_state_dict(progress=True, check_hash=False)
+    except Exception as exc:  # noqa: BLE001
+        raise WeightsUnavailable(
+            f"could not get {arch} weights {weights}: {exc}".splitlines()[0]
+            + " (check the network, or pass --weights PATH to a local file)"
+        ) from exc
+
+
+def _arch(info: VisionModelInfo) -> str:
+    return {"resnet50_imagenet": "resnet50"}.get(info.name, info.name)
+
+
+def load_vision_model(name: str, weights: str = "default") -> tuple[nn.Module, str]:
+    """Build model `name` with `weights`; returns the model in eval mode and a weights id.
+
+    The weights id names what was loaded (a torchvision weights name, the Places365 file, a
+    local file's sha256, or seeded random init) so stores can refuse mismatched requests.
+    """
+    import torch
+
+    info = model_info(name)
+    choice = info.default_weights if weights == "default" else weights
+    if choice in ("none", "random"):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        model = info.builder()
+        weights_id = f"random-init:seed={RANDOM_INIT_SEED}"
+        return model.eval(), weights_id
+    model = info.builder()
+    if choice == "places365":
+        path = places365_safetensors()
+        state, weights_id = read_state_dict(path), "places365:resnet50_places365.pth.tar"
+    elif (tv := _torchvision_weights(_arch(info), choice)) is not None:
+        state, weights_id = _torchvision_state(info.name, tv), f"torchvision:{tv}"
+    else:
+        path = Path(choice).expanduser()
+        if not path.exists():
+            raise WeightsUnavailable(
+                f"--weights {choice!r} is neither default, none, a torchvision weights name for "
+                f"{name} nor an existing file"
+            )
+        state, weights_id = read_state_dict(path), f"file:{path.name}:sha256={sha256_file(path)}"
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise WeightsUnavailable(f"weights do not fit {name}: {first}") from exc
+    return model.eval(), weights_id
+
+
+# ---------------------------------------------------------------- layers and pooling
+
+
+def top_level_layers(model: nn.Module) -> list[str]:
+    return [n for n, _ in model.named_children()]
+
+
+def resolve_layer(model: nn.Module, layer: str, model_name: str = "the model") -> nn.Module:
+    """The module at dotted path `layer`, or an error listing what exists there."""
+    module = model
+    walked: list[str] = []
+    for part in layer.split("."):
+        children = dict(module.named_children())
+        if part not in children:
+            where = ".".join(walked)
+            options = ", ".join(children) or "(no sub-layers)"
+            scope = f"under {where!r}" if walked else "top-level layers"
+            raise UnknownLayer(
+                f"{model_name} has no layer {layer!r}; {scope}: {options}"
+                + ("" if walked else " (use dots for nested modules, e.g. layer4.1.conv2)")
+            )
+        module = children[part]
+        walked.append(part)
+    return module
+
+
+def pool(output: torch.Tensor) -> torch.Tensor:
+    """One value per unit: 4-D -> mean over H,W; 3-D tokens -> class token; 2-D as is."""
+    if output.dim() == 4:
+        return output.mean(dim=(2, 3))
+    if output.dim() == 3:
+        return output[:, 0]
+    if output.dim() == 2:
+        return output
+    raise UnknownLayer(f"cannot pool a layer output of shape {tuple(output.shape)}")
+
+
+POOLING_DESCRIPTION = "4-D: mean over H,W; 3-D tokens: class token (index 0); 2-D: as is"
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook so the rest of the network is not computed."""
+
+
+@contextmanager
+def capture(model: nn.Module, layer: str, stop: bool = True) -> Iterator[dict[str, Any]]:
+    """Record the output of `layer` during a forward pass; the hook is always removed.
+
+    With `stop=True` the forward pass ends at the layer (nothing after it is computed).
+    """
+    module = resolve_layer(model, layer)
+    box: dict[str, Any] = {}
+
+    def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        box["output"] = output[0] if isinstance(output, tuple | list) else output
+        if stop:
+            raise _StopForward
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield box
+    finally:
+        handle.remove()
+
+
+def layer_activations(model: nn.Module, layer: str, images: torch.Tensor) -> torch.Tensor:
+    """Pooled activations `[batch, units]` of `layer` for a batch of preprocessed images."""
+    import torch
+
+    with torch.inference_mode(), capture(model, layer) as box, suppress(_StopForward):
+        model(images)
+    if "output" not in box:
+        raise UnknownLayer(f"layer {layer!r} is not used in the model's forward pass")
+    return pool(box["output"])
+
+
+def count_units(model: nn.Module, layer: str, device: str, dtype: torch.dtype) -> int:
+    """Number of units of `layer`, found with one forward pass of a blank image."""
+    import torch
+
+    probe = torch.zeros(1, 3, 224, 224, device=device, dtype=dtype)
+    return int(layer_activations(model, layer, probe).shape[1])

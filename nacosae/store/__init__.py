@@ -1,0 +1,1 @@
+"""On-disk formats: control activation stores (and, later, runs and the concept cache)."""

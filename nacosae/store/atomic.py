@@ -1,0 +1,56 @@
+"""Atomic file replacement: write to a temporary sibling, fsync, rename over the target.
+
+A reader never sees a half-written file; a killed writer leaves at most a `*.tmp-*` file, which
+the next writer overwrites or `remove_stale_temporaries` clears.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def _temporary_for(path: Path) -> Path:
+    return path.with_name(f"{path.name}.tmp-{os.getpid()}")
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp)` to produce the file, then move it to `path` in one rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary_for(path)
+    try:
+        write(tmp)
+        with tmp.open("rb") as fh:
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def remove_stale_temporaries(directory: Path) -> None:
+    """Delete `*.tmp-*` leftovers of killed writers."""
+    for leftover in directory.glob("*.tmp-*"):
+        with contextlib.suppress(FileNotFoundError):
+            leftover.unlink()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()

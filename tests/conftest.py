@@ -1,0 +1,72 @@
+"""Shared fixtures: an isolated NACOSAE_HOME per test and small real image trees.
+
+Nothing here touches the network or the user's caches: NACOSAE_HOME, SAVE_DIR and TORCH_HOME
+point into pytest's tmp dirs and the hub is offline.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from nacosae.config import settings
+
+
+def write_image_tree(root: Path, classes: int = 3, per_class: int = 4, seed: int = 0) -> Path:
+    """An ImageFolder tree with mixed modes (RGB, L, CMYK JPEGs; RGBA and P PNGs) and sizes."""
+    rng = np.random.default_rng(seed)
+    modes = ["RGB", "L", "CMYK", "RGBA", "P"]
+    for c in range(classes):
+        folder = root / f"class_{c:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            height, width = int(rng.integers(160, 300)), int(rng.integers(160, 300))
+            pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+            image = Image.fromarray(pixels, "RGB")
+            mode = modes[(c * per_class + i) % len(modes)]
+            if mode in ("RGBA", "P"):
+                converted = image.convert("RGBA") if mode == "RGBA" else image.quantize(64)
+                converted.save(folder / f"img_{i:03d}.png")
+            else:
+                image.convert(mode).save(folder / f"img_{i:03d}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "nacosae_home"
+    monkeypatch.setenv("NACOSAE_HOME", str(home))
+    monkeypatch.setenv("SAVE_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("NACOSAE_DEBUG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    settings.cache_clear()
+    yield home
+    settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def image_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 classes x 4 images of mixed modes; read-only by convention."""
+    return write_image_tree(tmp_path_factory.mktemp("images") / "val")
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def invoke(runner: CliRunner):
+    """Run the CLI in-process; returns the Click result (exit_code, output)."""
+    from nacosae.cli import app
+
+    def run(*args: str):
+        return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+    return run

@@ -1,0 +1,57 @@
+import subprocess
+import sys
+
+from nacosae import __version__
+
+
+def test_help_lists_the_commands_that_exist(invoke):
+    result = invoke("--help")
+    assert result.exit_code == 0
+    assert "controls" in result.output
+    for unbuilt in ("explain", "report", "evaluate", "download"):
+        assert unbuilt not in result.output
+
+
+def test_version(invoke):
+    result = invoke("--version")
+    assert result.exit_code == 0
+    assert result.output.strip() == f"nacosae {__version__}"
+
+
+def test_usage_error_exits_2(invoke, runner):
+    from nacosae.cli import app
+
+    result = runner.invoke(app, ["no-such-command"])
+    assert result.exit_code == 2
+    result = runner.invoke(app, ["controls", "--dtype", "float64"])
+    assert result.exit_code == 2
+
+
+def test_cli_module_does_not_import_heavy_libraries():
+    code = (
+        "import sys, nacosae.cli; "
+        "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'streamlit') "
+        "if m in sys.modules]; print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_domain_error_is_one_line_and_exit_1(invoke, tmp_path):
+    result = invoke("controls", "--model", "tiny_cnn", "--images", tmp_path / "missing")
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines[0].startswith("error: image folder")
+    assert "does not exist" in lines[0]
+    assert lines[1] == "set NACOSAE_DEBUG=1 for the traceback"
+    assert len(lines) == 2
+
+
+def test_debug_env_shows_the_traceback(invoke, tmp_path, monkeypatch):
+    import pytest
+
+    from nacosae.errors import ImagesNotFound
+
+    monkeypatch.setenv("NACOSAE_DEBUG", "1")
+    with pytest.raises(ImagesNotFound):
+        invoke("controls", "--model", "tiny_cnn", "--images", tmp_path / "missing")
