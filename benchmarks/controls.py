@@ -1,0 +1,102 @@
+"""`nacosae controls` throughput against the model's forward-only throughput.
+
+512 generated JPEGs (500x375, like ImageNet validation images) in 8 class folders; resnet18 with
+random weights on the CPU. Forward-only: the same images, already preprocessed into tensors, run
+through the same model at the same batch size. The ratio shows how well decoding and resizing
+are hidden behind compute. Prints JSON lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def emit(**fields: object) -> None:
+    print(json.dumps(fields), flush=True)
+
+
+def make_jpegs(root: Path, n: int, classes: int = 8) -> None:
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (375, 500, 3), dtype=np.uint8)
+    for i in range(n):
+        folder = root / f"class_{i % classes:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        shifted = np.roll(base, shift=i * 7, axis=1)  # distinct images, photo-like JPEG size
+        Image.fromarray(shifted).save(folder / f"img_{i:05d}.JPEG", quality=90)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--model", default="resnet18")
+    args = parser.parse_args()
+
+    from nacosae import progress
+    from nacosae.controls import ControlsRequest, build_controls, load_vision, vision_spec
+    from nacosae.data.images import ControlImages, list_image_folder
+    from nacosae.models.cache import ModelCache
+    from nacosae.models.vision import layer_activations
+
+    progress.configure(quiet=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        make_jpegs(root / "val", args.images)
+        cache = ModelCache()
+        model = cache.get(vision_spec(args.model, "none", "cpu", "float32"), load_vision)
+
+        listing = list_image_folder(root / "val")
+        dataset = ControlImages(listing, list(range(len(listing))))
+        tensors = torch.stack([dataset[i][0] for i in range(len(dataset))])
+        layer_activations(model, "avgpool", tensors[: args.batch_size])  # warm-up
+        start = time.perf_counter()
+        for i in range(0, len(tensors), args.batch_size):
+            layer_activations(model, "avgpool", tensors[i : i + args.batch_size])
+        forward_seconds = time.perf_counter() - start
+        forward_rate = len(tensors) / forward_seconds
+        emit(
+            metric="forward_only_images_per_s",
+            value=round(forward_rate, 2),
+            model=args.model,
+            batch_size=args.batch_size,
+            threads=torch.get_num_threads(),
+        )
+
+        request = ControlsRequest(
+            model=args.model,
+            layer="avgpool",
+            images=root / "val",
+            controls_root=root / "controls",
+            weights="none",
+            batch_size=args.batch_size,
+            workers=args.workers,
+            device="cpu",
+        )
+        start = time.perf_counter()
+        result = build_controls(request, cache)  # the model is already in the cache
+        controls_seconds = time.perf_counter() - start
+        controls_rate = result.images_processed / controls_seconds
+        emit(
+            metric="controls_images_per_s",
+            value=round(controls_rate, 2),
+            workers=request.workers,
+            seconds=round(controls_seconds, 2),
+        )
+        emit(
+            metric="controls_over_forward_only",
+            value=round(controls_rate / forward_rate, 3),
+            target=0.8,
+        )
+
+
+if __name__ == "__main__":
+    main()
