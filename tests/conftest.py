@@ -6,8 +6,16 @@ point into pytest's tmp dirs and the hub is offline.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
+# huggingface_hub reads HF_HOME and HF_HUB_OFFLINE once, at import: give it a private cache and a
+# clean environment before anything imports it. Tests set HF_HUB_CACHE / HF_HUB_OFFLINE per test;
+# nacosae reads them at call time.
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="nacosae-tests-hf-")
+os.environ.pop("HF_HUB_OFFLINE", None)
+import huggingface_hub  # noqa: E402,F401
 import numpy as np
 import pytest
 from PIL import Image
@@ -43,6 +51,9 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("SAVE_DIR", str(tmp_path / "runs"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf_cache"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
     monkeypatch.delenv("NACOSAE_DEBUG", raising=False)
     monkeypatch.chdir(tmp_path)
     settings.cache_clear()
@@ -70,3 +81,14 @@ def invoke(runner: CliRunner):
         return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
     return run
+
+
+@pytest.fixture
+def fake_hub(monkeypatch: pytest.MonkeyPatch):
+    """A loopback stand-in for the hub's HTTP API; HF_ENDPOINT points at it, online mode."""
+    from tests.fakehub import FakeHubServer
+
+    with FakeHubServer() as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        yield hub

@@ -73,8 +73,11 @@ def main_options(
 
 
 def _register() -> None:
-    from nacosae.cli import controls
+    from nacosae.cli import controls, download
 
+    download.download_app.command("imagenet")(guarded(download.imagenet))
+    download.download_app.command("models")(guarded(download.models))
+    app.add_typer(download.download_app, name="download")
     app.command("controls")(guarded(controls.controls))
 
 

@@ -10,7 +10,7 @@ import typer
 from nacosae import progress
 
 
-def _human_bytes(n: int) -> str:
+def human_bytes(n: int) -> str:
     size = float(n)
     for unit in ("B", "KB", "MB", "GB"):
         if size < 1024 or unit == "GB":
@@ -40,7 +40,7 @@ def list_command() -> None:
             str(r["units"] or "-"),
             str(r["images"] or "-"),
             str(r["dtype"] or "-"),
-            _human_bytes(r["bytes"]),
+            human_bytes(r["bytes"]),
             str(r["status"]),
         )
     progress.console.print(table)

@@ -9,7 +9,6 @@ sequences give their class token, 2-D outputs are used as they are.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nacosae.errors import UnknownLayer, UnknownModel, WeightsUnavailable
+from nacosae.hub import offline
 from nacosae.store.atomic import sha256_file
 
 if TYPE_CHECKING:
@@ -112,10 +112,6 @@ def torch_hub_checkpoints() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def offline() -> bool:
-    return any(os.environ.get(k, "") not in ("", "0", "false") for k in ("HF_HUB_OFFLINE",))
-
-
 def _strip_prefix(state: dict[str, torch.Tensor], prefix: str = "module.") -> dict:
     return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in state.items()}
 
@@ -141,6 +137,10 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return _strip_prefix(state)
 
 
+def _download_command(name: str) -> str:
+    return f"`nacosae download models --model {name}`"
+
+
 def places365_safetensors() -> Path:
     """The Places365 ResNet-50 weights as safetensors, converted once from the published file."""
     from safetensors.torch import save_file
@@ -154,7 +154,7 @@ def places365_safetensors() -> Path:
         if offline():
             raise WeightsUnavailable(
                 f"the Places365 ResNet-50 checkpoint is not in {checkpoints} and the hub is "
-                "offline: fetch it once with network access (unset HF_HUB_OFFLINE)"
+                f"offline: run {_download_command('resnet50')} with network access first"
             )
         checkpoints.mkdir(parents=True, exist_ok=True)
         _download(PLACES365_URL, original)
@@ -166,6 +166,7 @@ def places365_safetensors() -> Path:
 
 
 def _download(url: str, dest: Path) -> None:
+    """Fetch `url` to `dest` (torch hub's downloader writes a temporary file, then renames)."""
     import torch
 
     try:
@@ -187,20 +188,28 @@ def _torchvision_weights(arch: str, weights_name: str) -> Any:
     return getattr(enum, weights_name, None)
 
 
-def _torchvision_state(arch: str, weights: Any) -> dict[str, torch.Tensor]:
+def torchvision_weights_file(name: str, weights: Any) -> Path:
+    """The torch hub cache file of torchvision `weights`, downloaded on first use."""
     cached = torch_hub_checkpoints() / Path(weights.url).name
-    if not cached.is_file() and offline():
-        raise WeightsUnavailable(
-            f"{arch} weights {weights} are not cached in {cached.parent} and the hub is offline: "
-            "fetch them once with network access (unset HF_HUB_OFFLINE)"
-        )
-    try:
-        return weights.get_state_dict(progress=True, check_hash=False)
-    except Exception as exc:  # noqa: BLE001
-        raise WeightsUnavailable(
-            f"could not get {arch} weights {weights}: {exc}".splitlines()[0]
-            + " (check the network, or pass --weights PATH to a local file)"
-        ) from exc
+    if not cached.is_file():
+        if offline():
+            raise WeightsUnavailable(
+                f"{name} weights {weights} are not cached in {cached.parent} and the hub is "
+                f"offline: run {_download_command(name)} with network access first"
+            )
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        _download(weights.url, cached)
+    return cached
+
+
+def default_weights_file(name: str) -> Path | None:
+    """Fetch the default weights of model `name` into the torch hub cache (None: random init)."""
+    info = model_info(name)
+    if info.default_weights == "random":
+        return None
+    if info.default_weights == "places365":
+        return places365_safetensors()
+    return torchvision_weights_file(name, _torchvision_weights(_arch(info), info.default_weights))
 
 
 def _arch(info: VisionModelInfo) -> str:
@@ -227,7 +236,8 @@ def load_vision_model(name: str, weights: str = "default") -> tuple[nn.Module, s
         path = places365_safetensors()
         state, weights_id = read_state_dict(path), "places365:resnet50_places365.pth.tar"
     elif (tv := _torchvision_weights(_arch(info), choice)) is not None:
-        state, weights_id = _torchvision_state(info.name, tv), f"torchvision:{tv}"
+        path = torchvision_weights_file(info.name, tv)
+        state, weights_id = read_state_dict(path), f"torchvision:{tv}"
     else:
         path = Path(choice).expanduser()
         if not path.exists():

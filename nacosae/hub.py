@@ -1,0 +1,172 @@
+"""The one module that talks to the Hugging Face hub (through huggingface_hub).
+
+Downloads land in the standard HF cache (HF_HOME) and resume after an interruption. Hub
+errors become one-line `NacosaeError`s that say what to do: set a token, accept a gated
+dataset's terms, check the id, or run `nacosae download ...` before going offline.
+`HF_ENDPOINT` is honoured at call time (mirrors, and the tests' local fake hub).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from nacosae.errors import NacosaeError
+
+
+class HubError(NacosaeError):
+    """The hub refused or could not serve a request."""
+
+
+def endpoint() -> str | None:
+    value = os.environ.get("HF_ENDPOINT")
+    return value.rstrip("/") if value else None
+
+
+def cache_dir() -> str | None:
+    """HF_HUB_CACHE, else HF_HOME/hub, read now (huggingface_hub reads them once, at import)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.environ["HF_HOME"], "hub")
+    return None
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("", "0", "false", "no")
+
+
+def repo_url(repo_id: str, repo_type: str) -> str:
+    base = endpoint() or "https://huggingface.co"
+    return f"{base}/{'datasets/' if repo_type == 'dataset' else ''}{repo_id}"
+
+
+def fetch_command(repo_type: str) -> str:
+    return "`nacosae download imagenet`" if repo_type == "dataset" else "`nacosae download models`"
+
+
+def _translate(exc: Exception, repo_id: str, repo_type: str, token: str | None) -> HubError:
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    what = "dataset" if repo_type == "dataset" else "model"
+    url = repo_url(repo_id, repo_type)
+    if isinstance(exc, GatedRepoError):
+        if token is None:
+            return HubError(
+                f"{what} {repo_id} is gated and no token is set: accept its terms at {url}, then "
+                "set HF_TOKEN (environment or .env) or pass --token"
+            )
+        return HubError(
+            f"your token may not read the gated {what} {repo_id}: accept its terms at {url} "
+            "with the account of HF_TOKEN"
+        )
+    if isinstance(exc, RepositoryNotFoundError):
+        hint = " or your token is rejected" if token else ""
+        return HubError(f"{what} {repo_id!r} does not exist on the hub{hint}: check the id")
+    if isinstance(exc, RevisionNotFoundError):
+        return HubError(f"{what} {repo_id} has no such revision: check --revision")
+    if isinstance(exc, HfHubHTTPError) and exc.response is not None:
+        status = exc.response.status_code
+        if status == 401:
+            return HubError(
+                f"the hub rejected the token for {what} {repo_id} (401): check HF_TOKEN / --token"
+            )
+        if status == 403:
+            return HubError(
+                f"access to {what} {repo_id} is denied (403): accept its terms at {url}"
+            )
+        return HubError(f"the hub answered {status} for {what} {repo_id}: try again later")
+    if isinstance(exc, LocalEntryNotFoundError):
+        return HubError(
+            f"{what} {repo_id} is not in the local cache and the hub cannot be reached"
+            + (" (HF_HUB_OFFLINE is set)" if offline() else "")
+            + f": run {fetch_command(repo_type)} with network access first"
+        )
+    return HubError(f"download of {what} {repo_id} failed: {exc}".splitlines()[0])
+
+
+def snapshot(
+    repo_id: str,
+    repo_type: str = "model",
+    *,
+    token: str | None = None,
+    revision: str | None = None,
+    allow_patterns: Sequence[str] | None = None,
+    ignore_patterns: Sequence[str] | None = None,
+    local_files_only: bool = False,
+) -> Path:
+    """Download (or find in the cache) the matching files of a repo; returns the snapshot dir."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = snapshot_download(
+            repo_id,
+            repo_type=repo_type,
+            revision=revision,
+            token=token,
+            allow_patterns=list(allow_patterns) if allow_patterns else None,
+            ignore_patterns=list(ignore_patterns) if ignore_patterns else None,
+            endpoint=endpoint(),
+            cache_dir=cache_dir(),
+            local_files_only=local_files_only or offline(),
+        )
+    except NacosaeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every hub failure becomes one clear line
+        raise _translate(exc, repo_id, repo_type, token) from exc
+    return Path(path)
+
+
+def list_files(
+    repo_id: str, repo_type: str = "model", *, token: str | None = None, revision: str | None = None
+) -> list[str]:
+    """Every file path of a repo at `revision`."""
+    from huggingface_hub import HfApi
+
+    try:
+        return HfApi(endpoint=endpoint(), token=token).list_repo_files(
+            repo_id, repo_type=repo_type, revision=revision
+        )
+    except Exception as exc:  # noqa: BLE001
+        raise _translate(exc, repo_id, repo_type, token) from exc
+
+
+def delete_cached(repo_id: str, repo_type: str = "model") -> int:
+    """Remove every cached revision of a repo from the HF cache; returns the bytes freed."""
+    from huggingface_hub import scan_cache_dir
+
+    info = scan_cache_dir(cache_dir())
+    for repo in info.repos:
+        if repo.repo_id == repo_id and repo.repo_type == repo_type:
+            strategy = info.delete_revisions(*(r.commit_hash for r in repo.revisions))
+            strategy.execute()
+            return strategy.expected_freed_size
+    return 0
+
+
+def cached_files(repo_id: str, repo_type: str = "model") -> list[str]:
+    """Paths of the files cached for a repo's most recent revision (none: an offline error)."""
+    from huggingface_hub import scan_cache_dir
+
+    cache = cache_dir()
+    if cache is not None and not os.path.isdir(cache):
+        cache = None
+    repos = scan_cache_dir(cache).repos if cache is not None else []
+    for repo in repos:
+        if repo.repo_id == repo_id and repo.repo_type == repo_type and repo.revisions:
+            latest = max(repo.revisions, key=lambda r: r.last_modified)
+            return sorted(
+                f.file_path.relative_to(latest.snapshot_path).as_posix() for f in latest.files
+            )
+    what = "dataset" if repo_type == "dataset" else "model"
+    raise HubError(
+        f"{what} {repo_id} is not in the local cache and the hub cannot be reached (HF_HUB_OFFLINE "
+        f"is set): run {fetch_command(repo_type)} with network access first"
+    )

