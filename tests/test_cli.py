@@ -8,7 +8,8 @@ def test_help_lists_the_commands_that_exist(invoke):
     result = invoke("--help")
     assert result.exit_code == 0
     assert "controls" in result.output and "download" in result.output
-    for unbuilt in ("explain", "report", "evaluate", "dashboard"):
+    assert "explain" in result.output
+    for unbuilt in ("report", "evaluate", "dashboard"):
         assert unbuilt not in result.output
 
 

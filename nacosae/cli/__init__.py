@@ -73,12 +73,13 @@ def main_options(
 
 
 def _register() -> None:
-    from nacosae.cli import controls, download
+    from nacosae.cli import controls, download, explain
 
     download.download_app.command("imagenet")(guarded(download.imagenet))
     download.download_app.command("models")(guarded(download.models))
     app.add_typer(download.download_app, name="download")
     app.command("controls")(guarded(controls.controls))
+    app.command("explain")(guarded(explain.explain))
 
 
 _register()

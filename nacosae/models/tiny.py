@@ -198,3 +198,80 @@ def tiny_language_model(seed: int = 0) -> tuple[Any, Any]:
         pad_token_id=tokenizer.pad_token_id,
     )
     return LlamaForCausalLM(config).eval(), tokenizer
+
+
+SMOKE_WORDS = (
+    "red", "blue", "green", "yellow", "striped", "round", "wooden", "metal", "furry", "shiny",
+    "apple", "boat", "car", "dog", "cat", "tree", "house", "bird", "fence", "flower",
+    "mountain", "lake", "bridge", "clock", "guitar", "chair", "lamp", "shoe", "kite", "drum",
+)  # fmt: skip
+_REASONS = ("the", "unit", "likes", "best", "concepts", "share", "try", "something", "similar")
+_TAGS = ("<thinking>", "</thinking>", "<answer>", "</answer>")
+
+
+def smoke_language_model(seed: int = 0) -> tuple[Any, Any]:
+    """A random two-layer Llama over a word-level vocabulary of smoke words and format tags.
+    Paired with `smoke_answer_constraint` its sampled replies are well-formed and meaningless."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<|pad|>", "<|unk|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
+    words = [*specials, *_TAGS, *SMOKE_WORDS, *_REASONS]
+    word_level = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, "<|unk|>"))
+    word_level.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=word_level,
+        unk_token="<|unk|>",
+        eos_token="<|end|>",
+        pad_token="<|pad|>",
+        padding_side="left",
+        additional_special_tokens=specials[3:],
+    )
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|> {% endif %}"
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=4096,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    return model.eval(), tokenizer
+
+
+def smoke_answer_constraint(tokenizer: Any) -> Any:
+    """A factory for `generate(prefix_allowed_tokens_fn=...)`: given the prompt length, it allows
+    only `<thinking> 1-6 words </thinking> <answer> 1-3 smoke words </answer>` then the end."""
+    ids = tokenizer.convert_tokens_to_ids
+    think, end_think, answer, end_answer = (ids(t) for t in _TAGS)
+    reasons, concepts = ids(list(_REASONS)), ids(list(SMOKE_WORDS))
+    eos = tokenizer.eos_token_id
+
+    def for_prompt(prompt_length: int) -> Any:
+        def allowed(_batch: int, input_ids: Any) -> list[int]:
+            generated = input_ids[prompt_length:].tolist()
+            if not generated:
+                return [think]
+            if end_answer in generated:
+                return [eos]
+            if answer in generated:
+                n = len(generated) - generated.index(answer) - 1
+                return concepts if n == 0 else [end_answer] if n >= 3 else [*concepts, end_answer]
+            if end_think in generated:
+                return [answer]
+            n = len(generated) - 1
+            return reasons if n == 0 else [end_think] if n >= 6 else [*reasons, end_think]
+
+        return allowed
+
+    return for_prompt

@@ -1,0 +1,97 @@
+"""Python API for notebooks: `nacosae.explain(...)`, also with an `nn.Module` already in hand."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+def module_weights_id(module: nn.Module) -> str:
+    """A fingerprint of a module's parameters and buffers (what its control store is keyed by)."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+        digest.update(name.encode())
+        digest.update(raw.numpy().tobytes())
+    return f"module:sha256={digest.hexdigest()[:16]}"
+
+
+def explain(
+    neurons: int | list[int],
+    *,
+    model: str | nn.Module = "resnet18",
+    layer: str = "avgpool",
+    model_name: str | None = None,
+    images: str | Path | None = None,
+    save_dir: str | Path | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Explain `neurons` of `layer`; returns the run summary (also written under save_dir).
+
+    `model` is a registered name or an `nn.Module` (then `model_name` names its control store).
+    If no control store exists yet and `images` (an ImageFolder tree) is given, it is built
+    first. Other keyword arguments are `ExplainOptions` fields (n_iters, num_img, t2i_model,
+    language_model, llm_url, metric, seed, device, ...).
+    """
+    from nacosae.config import settings
+    from nacosae.controls import (
+        ControlsRequest,
+        build_controls,
+        compute_dtype,
+        resolve_device,
+        vision_spec,
+    )
+    from nacosae.errors import NacosaeError
+    from nacosae.models.cache import shared_cache
+    from nacosae.search.runner import ExplainOptions, run_explain
+    from nacosae.store.activations import store_dir
+
+    config = settings()
+    cache = shared_cache()
+    ids = [neurons] if isinstance(neurons, int) else list(neurons)
+    device = resolve_device(options.get("device", "auto"))
+    weights = options.pop("weights", "default")
+    if isinstance(model, str):
+        name = model
+    else:
+        if not model_name:
+            raise NacosaeError("pass model_name=... to name the control store of your module")
+        name, weights = model_name, "module"
+        module = model.eval().to(device)
+        module.nacosae_weights_id = module_weights_id(module)
+        for dtype in ("float32", "float16"):
+            spec = vision_spec(name, weights, device, compute_dtype(dtype, device))  # type: ignore[arg-type]
+            cache.get(spec, lambda _spec, m=module: m)
+    controls_root = Path(options.pop("controls_root", config.controls_dir))
+    if images is not None and not (store_dir(controls_root, name, layer) / "index.json").exists():
+        build_controls(
+            ControlsRequest(
+                model=name,
+                layer=layer,
+                images=Path(images),
+                controls_root=controls_root,
+                weights=weights,
+                device=device,
+                workers=0,
+            ),
+            cache,
+        )
+    run = run_explain(
+        ExplainOptions(
+            neurons=ids,
+            save_dir=Path(save_dir) if save_dir else config.save_dir,
+            controls_root=controls_root,
+            model=name,
+            layer=layer,
+            weights=weights,
+            **{**options, "device": device},
+        ),
+        cache,
+    )
+    return {"run_dir": str(run.run_dir), **run.summary}

@@ -1,0 +1,137 @@
+"""Text-to-image backend (diffusers): all images of a concept in one batched call.
+
+Each image gets its own generator seeded from (seed, concept, index), and its own camera angle
+and lighting drawn from an RNG seeded the same way, so an image depends only on those three
+values and not on how many images share the batch. fp16 on CUDA, fp32 elsewhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from nacosae import hub
+from nacosae.models.cache import ModelSpec
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+CAMERA_ANGLES = (
+    "eye-level shot",
+    "close-up shot",
+    "wide-angle shot",
+    "overhead shot",
+    "low-angle shot",
+    "side view",
+)
+LIGHTINGS = (
+    "natural daylight",
+    "soft diffuse light",
+    "studio lighting",
+    "golden hour light",
+    "overcast light",
+    "bright sunlight",
+)
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Everything that changes the pixels (also the concept-cache key of later issues)."""
+
+    model_id: str
+    num_inference_steps: int
+    guidance_scale: float
+    height: int | None = None
+    width: int | None = None
+
+
+def default_generation(model_id: str) -> tuple[int, float]:
+    """(steps, guidance) the model was made for: turbo models need few steps and no guidance."""
+    name = model_id.lower()
+    if "turbo" in name or "lightning" in name or "lcm" in name:
+        return 4, 0.0
+    if "xl-base" in name or "sdxl" in name:
+        return 30, 5.0
+    return 30, 7.5
+
+
+def stable_seed(*parts: object) -> int:
+    """A 63-bit seed from values, the same on every machine and Python version."""
+    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def image_prompt(concept: str, seed: int, index: int) -> str:
+    rng = random.Random(stable_seed("prompt", seed, concept, index))
+    return f"A realistic photo of a {concept}, {rng.choice(CAMERA_ANGLES)}, {rng.choice(LIGHTINGS)}"
+
+
+def load_pipeline(spec: ModelSpec) -> Any:
+    """ModelCache loader for kind 't2i': a diffusers pipeline from the HF cache or the hub."""
+    import torch
+    from diffusers import AutoPipelineForText2Image
+
+    dtype = getattr(torch, spec.dtype)
+    kwargs: dict[str, Any] = {
+        "dtype": dtype,
+        "cache_dir": hub.cache_dir(),
+        "local_files_only": hub.offline(),
+    }
+    if spec.revision:
+        kwargs["revision"] = spec.revision
+    variants = ["fp16", None] if dtype == torch.float16 else [None]
+    last: Exception | None = None
+    for variant in variants:
+        try:
+            pipe = AutoPipelineForText2Image.from_pretrained(spec.id, variant=variant, **kwargs)
+            break
+        except Exception as exc:  # noqa: BLE001 - retried without the variant, then reported
+            last = exc
+    else:
+        raise _load_error(spec.id, last)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _load_error(model_id: str, exc: Exception | None) -> hub.HubError:
+    text = str(exc).splitlines()[0] if exc else "unknown error"
+    if hub.offline() or "local" in text.lower() or "offline" in text.lower():
+        return hub.HubError(
+            f"text-to-image model {model_id} is not cached for offline use: run "
+            f"`nacosae download models --t2i-model {model_id}` with network access first"
+        )
+    return hub.HubError(f"cannot load text-to-image model {model_id!r}: {text}")
+
+
+class TextToImage:
+    """Renders concepts with a loaded pipeline."""
+
+    def __init__(self, pipeline: Any, settings: GenerationSettings, device: str) -> None:
+        self.pipeline = pipeline
+        self.settings = settings
+        self.device = device
+
+    def render(self, concept: str, n: int, seed: int, first: int = 0) -> list[Image]:
+        """Images `first .. first+n-1` of `concept` in one batched call."""
+        import torch
+
+        indices = range(first, first + n)
+        generator_device = "cpu" if self.device == "mps" else self.device
+        generators = [
+            torch.Generator(generator_device).manual_seed(stable_seed("image", seed, concept, i))
+            for i in indices
+        ]
+        extra: dict[str, Any] = {}
+        if self.settings.height and self.settings.width:
+            extra = {"height": self.settings.height, "width": self.settings.width}
+        result = self.pipeline(
+            prompt=[image_prompt(concept, seed, i) for i in indices],
+            num_inference_steps=self.settings.num_inference_steps,
+            guidance_scale=self.settings.guidance_scale,
+            generator=generators,
+            output_type="pil",
+            **extra,
+        )
+        return list(result.images)

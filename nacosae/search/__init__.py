@@ -1,0 +1,1 @@
+"""The concept search: scoring, prompts, history policy, control selection and the loop."""

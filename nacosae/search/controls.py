@@ -1,0 +1,83 @@
+"""Which control activations a concept is compared against.
+
+- full (default, as in CoSy): every control image of the unit.
+- dissimilar-class (the original behaviour): one control class, drawn with probability
+  proportional to 1 - cosine similarity between its name and the concept (sentence embedder),
+  so the comparison is against something the concept is not.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+STRATEGIES = ("full", "dissimilar-class")
+
+
+def class_concept(label: str) -> str:
+    """The words used for a control class: the first synonym of its label, underscores as spaces."""
+    return label.split(",")[0].replace("_", " ").strip()
+
+
+@dataclass
+class ControlSelector:
+    unit_activations: Any  # callable: neuron -> np.ndarray [images]
+    classes: list[dict[str, Any]]
+    strategy: str = "full"
+    embed: Any = None  # callable: list[str] -> np.ndarray [n, d] (normalised)
+    _class_vectors: np.ndarray | None = field(default=None, init=False, repr=False)
+
+    def select(
+        self, neuron: int, concept: str, rng: random.Random
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        values = self.unit_activations(neuron)
+        if self.strategy == "full":
+            return values, {"strategy": "full", "images": int(len(values))}
+        if self._class_vectors is None:
+            self._class_vectors = self.embed([class_concept(c["label"]) for c in self.classes])
+        similarity = self._class_vectors @ self.embed([concept])[0]
+        weights = np.clip(1.0 - similarity, 0.0, None)
+        nonempty = np.array([c["rows"][1] > c["rows"][0] for c in self.classes])
+        weights = np.where(nonempty, weights, 0.0)
+        if weights.sum() <= 0:
+            weights = nonempty.astype(float)
+        chosen = rng.choices(range(len(self.classes)), weights=weights.tolist(), k=1)[0]
+        start, stop = self.classes[chosen]["rows"]
+        info = {
+            "strategy": "dissimilar-class",
+            "class": self.classes[chosen]["label"],
+            "similarity": round(float(similarity[chosen]), 6),
+            "images": int(stop - start),
+        }
+        return values[start:stop], info
+
+
+def load_embedder(spec: Any) -> Any:
+    """ModelCache loader for kind 'embedder' (a sentence-transformers id or local folder)."""
+    from pathlib import Path
+
+    from sentence_transformers import SentenceTransformer
+
+    from nacosae import hub
+
+    try:
+        if Path(spec.id).is_dir():
+            return SentenceTransformer(spec.id, device="cpu")
+        return SentenceTransformer(
+            spec.id, device="cpu", cache_folder=hub.cache_dir(), local_files_only=hub.offline()
+        )
+    except Exception as exc:  # noqa: BLE001
+        raise hub.HubError(
+            f"cannot load the sentence embedder {spec.id}: run `nacosae download models "
+            f"--embedder {spec.id}` with network access first"
+        ) from exc
+
+
+def embedding_function(model: Any) -> Any:
+    def embed(texts: list[str]) -> np.ndarray:
+        return np.asarray(model.encode(texts, normalize_embeddings=True), dtype=np.float64)
+
+    return embed

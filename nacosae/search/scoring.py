@@ -1,0 +1,52 @@
+"""How well a concept's synthetic images drive a unit, compared with the control images.
+
+All metrics are computed for every concept; `--metric` only picks the one that steers:
+- auc: ROC-AUC with control images labelled 0 and synthetic images 1;
+- mad: (mean_synthetic - mean_control) / std_control (population std; 0 when std is 0);
+- mean: the mean activation on the synthetic images;
+- u1, p: the Mann-Whitney U of the control sample and its two-sided p-value, as in the CoSy
+  evaluation files (so that auc = 1 - u1 / (n_control * n_synthetic)).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+Metric = Literal["auc", "mad", "mean"]
+METRICS: tuple[str, ...] = ("auc", "mad", "mean")
+
+
+def auc_from_u1(u1: float, n_control: int, n_synthetic: int) -> float:
+    """ROC-AUC (ties count one half) from the control sample's Mann-Whitney U."""
+    return 1.0 - u1 / (n_control * n_synthetic)
+
+
+def mad(control: np.ndarray, synthetic: np.ndarray) -> float:
+    std = float(np.std(control))
+    if std == 0.0:
+        return 0.0
+    return float((np.mean(synthetic) - np.mean(control)) / std)
+
+
+def mann_whitney(control: np.ndarray, synthetic: np.ndarray) -> tuple[float, float]:
+    from scipy.stats import mannwhitneyu
+
+    result = mannwhitneyu(control, synthetic, alternative="two-sided")
+    return float(result.statistic), float(result.pvalue)
+
+
+def score_all(control: np.ndarray, synthetic: np.ndarray) -> dict[str, float]:
+    """Every metric for one concept (values rounded to 8 significant digits for stable logs)."""
+    control = np.asarray(control, dtype=np.float64)
+    synthetic = np.asarray(synthetic, dtype=np.float64)
+    u1, p = mann_whitney(control, synthetic)
+    values = {
+        "auc": auc_from_u1(u1, len(control), len(synthetic)),
+        "mad": mad(control, synthetic),
+        "mean": float(np.mean(synthetic)),
+        "u1": u1,
+        "p": p,
+    }
+    return {k: float(f"{v:.8g}") for k, v in values.items()}

@@ -1,0 +1,266 @@
+"""`nacosae explain` end to end on tiny real components: a diffusers pipeline saved to a folder,
+the tiny CNN with its control store, and an LLM behind a loopback chat-completions server (or
+the smoke preset's in-process Llama)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nacosae.models.tiny import tiny_text2image_pipeline
+from tests.chatserver import ChatServer
+
+
+@pytest.fixture(scope="session")
+def t2i_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("t2i") / "tiny-sd"
+    tiny_text2image_pipeline(folder.parent / "work").save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def controls(invoke, image_tree):
+    result = invoke("controls", "--model", "tiny_cnn", "--images", image_tree, "--workers", "0")
+    assert result.exit_code == 0, result.output
+
+
+def answers(*replies):
+    """A reply function that hands out `replies` in order, then repeats the last."""
+    queue = list(replies)
+
+    def reply(messages):
+        return queue.pop(0) if len(queue) > 1 else queue[0]
+
+    return reply
+
+
+def explain_args(t2i_dir, server, *extra):
+    return (
+        "explain", "--model", "tiny_cnn", "--t2i-model", t2i_dir, "--llm-url", server.url,
+        "--language-model", "scripted", "--num-img", "2", "--num-inf-steps", "1",
+        "--n-iters", "2", "--device", "cpu", *extra,
+    )  # fmt: skip
+
+
+def only_run(save_dir: Path) -> Path:
+    runs = [p for p in save_dir.iterdir() if p.is_dir()]
+    assert len(runs) == 1
+    return runs[0]
+
+
+def events_of(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+
+
+def test_http_llm_run_records_everything(invoke, controls, t2i_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("NACOSAE_LLM_API_KEY", "sk-test")
+    replies = answers(
+        "I think it likes apples",  # no <answer>: re-asked
+        "<thinking>round</thinking><answer>red apple</answer>",
+        "<answer>Red Apple</answer>",  # already tried: re-asked
+        "<thinking>escape</thinking><answer>../../x</answer>",
+        "<thinking>unify</thinking><answer>a/b</answer>",
+    )
+    with ChatServer(replies) as server:
+        result = invoke(*explain_args(t2i_dir, server, "--neuron-id", "3"))
+    assert result.exit_code == 0, result.output
+    run = only_run(tmp_path / "runs")
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "done"
+    assert record["config"]["neurons"] == [3] and record["config"]["seed"] == 42
+    assert record["generation"]["num_inference_steps"] == 1
+    assert record["control_store"]["weights"] == "random-init:seed=0"
+    assert record["totals"]["llm_calls"] == 5 and record["totals"]["parse_retries"] == 2
+    assert set(record["totals"]["seconds"]) == {"llm", "t2i", "vision", "scoring", "io"}
+    assert torch.__version__.startswith(record["versions"]["torch"])
+    assert record["model_cache"]["loads"] >= 1
+
+    events = events_of(run)
+    assert [e["source"] for e in events] == ["initial-top"] * 3 + ["llm", "llm", "summary"]
+    assert [e["iteration"] for e in events] == [0, 0, 0, 1, 2, 3]
+    assert [e["concept"] for e in events[3:]] == ["red apple", "/../x", "a/b"]
+    first_llm = events[3]
+    assert first_llm["parse_retries"] == 1 and first_llm["reasoning"] == "round"
+    assert "no <answer>" in first_llm["parse_errors"][0]
+    assert set(first_llm["metrics"]) == {"auc", "mad", "mean", "u1", "p"}
+    assert first_llm["control"] == {"strategy": "full", "images": 12}
+    assert 0.0 <= first_llm["score"] <= 1.0
+    for event in events:
+        assert len(event["images"]) == 2
+        for image in event["images"]:
+            path = (run / image).resolve()
+            assert path.is_file() and run.resolve() in path.parents  # never outside the run
+
+    # the re-ask states the problem, and the prompt lists the forbidden concepts
+    re_ask = server.requests[3]["messages"]
+    assert "already tried" in re_ask[-1]["content"]
+    assert "red apple" in server.requests[2]["messages"][0]["content"]
+    assert server.requests[0]["temperature"] == 0.5 and server.requests[0]["top_p"] == 0.9
+    assert server.auth[0] == "Bearer sk-test"
+
+    summary = json.loads((run / "summary.json").read_text())["neurons"]["3"]
+    best = max((e for e in events), key=lambda e: e["score"])
+    assert summary["best"]["concept"] == best["concept"]
+    assert summary["best_so_far"] == list(np.maximum.accumulate([e["score"] for e in events]))
+    assert len(summary["history"]) == 3
+
+
+def test_llm_that_never_parses_records_failed_proposals(invoke, controls, t2i_dir, tmp_path):
+    with ChatServer(answers("I refuse to use the format.")) as server:
+        result = invoke(*explain_args(t2i_dir, server, "--neuron-id", "0"))
+    assert result.exit_code == 0, result.output
+    run = only_run(tmp_path / "runs")
+    failed = [e for e in events_of(run) if e.get("status") == "failed"]
+    assert [e["source"] for e in failed] == ["llm", "llm", "summary"]
+    assert all(len(e["raw_answers"]) == 4 for e in failed)  # first try + 3 re-asks
+    assert json.loads((run / "run.json").read_text())["status"] == "done"
+
+
+def failed_run(tmp_path) -> dict:
+    return json.loads((only_run(tmp_path / "runs") / "run.json").read_text())
+
+
+def test_neuron_out_of_range(invoke, controls, t2i_dir, tmp_path):
+    with ChatServer(answers("<answer>x</answer>")) as server:
+        result = invoke(*explain_args(t2i_dir, server, "--neuron-id", "32"))
+    assert result.exit_code == 1
+    assert "neuron 32 is outside layer avgpool of tiny_cnn: valid ids are 0 to 31" in result.output
+    record = failed_run(tmp_path)
+    assert record["status"] == "failed" and "valid ids" in record["error"]
+
+
+def test_missing_control_store_names_the_command(invoke, t2i_dir, tmp_path):
+    with ChatServer(answers("<answer>x</answer>")) as server:
+        result = invoke(*explain_args(t2i_dir, server, "--neuron-id", "1", "--layer", "layer2"))
+    assert result.exit_code == 1
+    assert "`nacosae controls --model tiny_cnn --layer layer2`" in result.output
+    assert failed_run(tmp_path)["status"] == "failed"
+
+
+def test_unknown_t2i_model_offline(invoke, controls, tmp_path):
+    with ChatServer(answers("<answer>x</answer>")) as server:
+        args = explain_args("org/not-cached", server, "--neuron-id", "1")
+        result = invoke(*args)
+    assert result.exit_code == 1
+    assert "`nacosae download models --t2i-model org/not-cached`" in result.output
+    assert failed_run(tmp_path)["status"] == "failed"
+
+
+def test_template_without_required_field(invoke, controls, t2i_dir, tmp_path):
+    template = tmp_path / "prompt.txt"
+    template.write_text("Propose a concept better than {concepts}.")
+    with ChatServer(answers("<answer>x</answer>")) as server:
+        result = invoke(*explain_args(t2i_dir, server, "--neuron-id", "1", "--prompt", template))
+    assert result.exit_code == 1
+    assert "lacks {forbidden}" in result.output
+    assert failed_run(tmp_path)["status"] == "failed"
+
+
+def test_ctrl_c_marks_the_run_interrupted_and_keeps_events(
+    invoke, controls, t2i_dir, tmp_path, monkeypatch
+):
+    from nacosae.models import language
+
+    calls = []
+    real_chat = language.HTTPLLM.chat
+
+    def chat(self, messages, seed):
+        calls.append(seed)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_chat(self, messages, seed)
+
+    monkeypatch.setattr(language.HTTPLLM, "chat", chat)
+    with ChatServer(answers("<answer>blue sky</answer>", "<answer>green tree</answer>")) as srv:
+        result = invoke(*explain_args(t2i_dir, srv, "--neuron-id", "1"))
+    assert result.exit_code == 130
+    run = only_run(tmp_path / "runs")
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+    events = events_of(run)
+    assert [e["source"] for e in events] == ["initial-top"] * 3 + ["llm"]
+
+
+def test_out_of_memory_suggests_offload(invoke, controls, t2i_dir, tmp_path, monkeypatch):
+    from nacosae.models import text2image
+
+    def render(self, concept, n, seed, first=0):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(text2image.TextToImage, "render", render)
+    with ChatServer(answers("<answer>x</answer>")) as server:
+        result = invoke(*explain_args(t2i_dir, server, "--neuron-id", "1"))
+    assert result.exit_code == 1
+    assert "--offload cpu" in result.output and "fewer --num-img" in result.output
+    assert failed_run(tmp_path)["status"] == "failed"
+
+
+def test_images_do_not_depend_on_batch_size(t2i_dir):
+    from nacosae.models.cache import ModelSpec
+    from nacosae.models.text2image import GenerationSettings, TextToImage, load_pipeline
+
+    pipe = load_pipeline(ModelSpec(kind="t2i", id=str(t2i_dir)))
+    t2i = TextToImage(pipe, GenerationSettings(str(t2i_dir), 2, 0.0), "cpu")
+    batch = t2i.render("red apple", 5, seed=7)
+    singles = [t2i.render("red apple", 1, seed=7, first=k)[0] for k in range(5)]
+    for a, b in zip(batch, singles, strict=True):
+        diff = np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int))
+        assert diff.max() <= 1  # float rounding at most; same seed, same prompt, same image
+    assert np.abs(np.asarray(batch[0], int) - np.asarray(batch[1], int)).max() > 10
+    other_seed = t2i.render("red apple", 1, seed=8)[0]
+    assert np.abs(np.asarray(batch[0], int) - np.asarray(other_seed, int)).max() > 10
+
+
+def test_smoke_preset_end_to_end_and_reproducible(invoke, tmp_path):
+    first = invoke("explain", "--preset", "smoke", "--n-iters", "3", "--out", tmp_path / "a")
+    assert first.exit_code == 0, first.output
+    assert "results mean nothing" in first.output
+    second = invoke("explain", "--preset", "smoke", "--n-iters", "3", "--out", tmp_path / "b")
+    assert second.exit_code == 0, second.output
+    run_a, run_b = only_run(tmp_path / "a"), only_run(tmp_path / "b")
+    assert "tiny_cnn" in run_a.name
+
+    def without_timings(run):
+        return [{k: v for k, v in e.items() if k != "seconds"} for e in events_of(run)]
+
+    events = without_timings(run_a)
+    assert events == without_timings(run_b)
+    assert len(events) == 10 + 3 + 1
+    assert events[-1]["source"] == "summary"
+    record = json.loads((run_a / "run.json").read_text())
+    assert record["status"] == "done" and "meaningless" not in record.get("error", "")
+    assert record["totals"]["images_rendered"] == 5 * len({e["concept"].lower() for e in events})
+    other = invoke(
+        "explain", "--preset", "smoke", "--n-iters", "3", "--seed", "7", "--out", tmp_path / "c"
+    )
+    assert other.exit_code == 0
+    assert without_timings(only_run(tmp_path / "c")) != events
+
+
+def test_python_api_with_a_module(tmp_path, image_tree, t2i_dir):
+    import nacosae
+    from nacosae.models.tiny import TinyCNN
+
+    torch.manual_seed(5)
+    module = TinyCNN(num_classes=4)
+    with ChatServer(answers("<answer>green frog</answer>", "<answer>pond</answer>")) as server:
+        summary = nacosae.explain(
+            [2],
+            model=module,
+            model_name="my_cnn",
+            layer="layer3",
+            images=image_tree,
+            save_dir=tmp_path / "api_runs",
+            t2i_model=str(t2i_dir),
+            llm_url=server.url,
+            language_model="scripted",
+            num_img=2,
+            num_inf_steps=1,
+            n_iters=1,
+            device="cpu",
+        )
+    assert summary["neurons"]["2"]["best"]["concept"]
+    assert Path(summary["run_dir"]).parent == tmp_path / "api_runs"
+    index = json.loads((tmp_path / "nacosae_home/controls/my_cnn/layer3/index.json").read_text())
+    assert index["weights"].startswith("module:sha256=")
