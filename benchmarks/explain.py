@@ -37,7 +37,7 @@ def main() -> None:
         root = Path(tmp)
         cache = ModelCache()
         options = ExplainOptions(
-            neurons=[0],
+            neurons=["0"],
             save_dir=root / "runs",
             controls_root=root / "home" / "controls",
             n_iters=args.n_iters,
@@ -45,7 +45,7 @@ def main() -> None:
         )
         run_explain(options, cache)  # builds and caches the tiny components once
         for neuron in range(1, 1 + args.repeats):
-            options.neurons = [neuron]
+            options.neurons = [str(neuron)]
             start = time.perf_counter()
             result = run_explain(options, cache)
             wall = time.perf_counter() - start

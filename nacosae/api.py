@@ -84,7 +84,7 @@ def explain(
         )
     run = run_explain(
         ExplainOptions(
-            neurons=ids,
+            neurons=[str(n) for n in ids],
             save_dir=Path(save_dir) if save_dir else config.save_dir,
             controls_root=controls_root,
             model=name,

@@ -69,7 +69,8 @@ def test_http_llm_run_records_everything(invoke, controls, t2i_dir, tmp_path, mo
     run = only_run(tmp_path / "runs")
     record = json.loads((run / "run.json").read_text())
     assert record["status"] == "done"
-    assert record["config"]["neurons"] == [3] and record["config"]["seed"] == 42
+    assert record["config"]["neurons"] == ["3"] and record["neurons"] == [3]
+    assert record["config"]["seed"] == 42
     assert record["generation"]["num_inference_steps"] == 1
     assert record["control_store"]["weights"] == "random-init:seed=0"
     assert record["totals"]["llm_calls"] == 5 and record["totals"]["parse_retries"] == 2
@@ -185,10 +186,10 @@ def test_ctrl_c_marks_the_run_interrupted_and_keeps_events(
 def test_out_of_memory_suggests_offload(invoke, controls, t2i_dir, tmp_path, monkeypatch):
     from nacosae.models import text2image
 
-    def render(self, concept, n, seed, first=0):
+    def render_many(self, requests, seed):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(text2image.TextToImage, "render", render)
+    monkeypatch.setattr(text2image.TextToImage, "render_many", render_many)
     with ChatServer(answers("<answer>x</answer>")) as server:
         result = invoke(*explain_args(t2i_dir, server, "--neuron-id", "1"))
     assert result.exit_code == 1

@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from nacosae import progress
+
+if TYPE_CHECKING:
+    from nacosae.search.runner import ExplainResult
 from nacosae.models.downloads import DEFAULT_EMBEDDER, DEFAULT_LANGUAGE_MODEL, DEFAULT_T2I_MODEL
 
 
 def explain(
     neuron_id: Annotated[
         list[int] | None, typer.Option("--neuron-id", help="Unit to explain (repeatable).")
+    ] = None,
+    neurons: Annotated[
+        str | None,
+        typer.Option(help="Units: 0:100, 1,5,9, or random:50 (CoSy's sample, seeded by --seed)."),
+    ] = None,
+    neurons_file: Annotated[
+        Path | None, typer.Option(help="File of unit ids/ranges (commas, spaces or lines).")
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue an interrupted run directory (its own settings are used)."),
     ] = None,
     model: Annotated[str, typer.Option(help="Explained model name.")] = "resnet18",
     layer: Annotated[str, typer.Option(help="Layer module path.")] = "avgpool",
@@ -62,16 +76,26 @@ def explain(
     """Explain units of a layer with an LLM + text-to-image concept search."""
     from nacosae.config import settings
     from nacosae.models.cache import shared_cache
+    from nacosae.search.neurons import read_neurons_file
     from nacosae.search.runner import ExplainOptions, run_explain
 
+    config = settings()
+    if resume is not None:
+        show(run_explain(None, shared_cache(), resume=resume))
+        return
     if preset not in (None, "smoke"):
         raise typer.BadParameter("the only preset is smoke", param_hint="--preset")
-    neurons = list(neuron_id or ([0] if preset == "smoke" else []))
-    if not neurons:
-        raise typer.BadParameter("give at least one --neuron-id", param_hint="--neuron-id")
-    config = settings()
+    selections = [str(n) for n in neuron_id or []]
+    selections += [neurons] if neurons else []
+    selections += [read_neurons_file(neurons_file)] if neurons_file else []
+    if not selections and preset == "smoke":
+        selections = ["0"]
+    if not selections:
+        raise typer.BadParameter(
+            "give --neuron-id, --neurons or --neurons-file", param_hint="--neuron-id"
+        )
     options = ExplainOptions(
-        neurons=neurons,
+        neurons=selections,
         save_dir=out or config.save_dir,
         controls_root=config.controls_dir,
         model=model,
@@ -95,7 +119,11 @@ def explain(
         device=device,
         preset=preset,
     )
-    result = run_explain(options, shared_cache())
+    show(run_explain(options, shared_cache()))
+
+
+def show(result: ExplainResult) -> None:
+    """The final table: neuron -> best concept and score."""
     from rich.table import Table
 
     table = Table(title=f"run {result.run_dir.name}")

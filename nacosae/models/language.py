@@ -30,6 +30,11 @@ class LanguageModel(Protocol):
 
     def chat(self, messages: list[Message], seed: int) -> str: ...
 
+    def chat_many(self, requests: list[tuple[list[Message], int]]) -> list[str]: ...
+
+
+LOCAL_BATCH = 16
+
 
 def load_local_llm(spec: ModelSpec) -> tuple[Any, Any]:
     """ModelCache loader for kind 'llm': (model, tokenizer) from the HF cache or the hub."""
@@ -92,12 +97,35 @@ class LocalLLM:
         self.constraint = constraint
 
     def chat(self, messages: list[Message], seed: int) -> str:
+        return self.chat_many([(messages, seed)])[0]
+
+    def chat_many(self, requests: list[tuple[list[Message], int]]) -> list[str]:
+        """Replies in request order; up to LOCAL_BATCH chats per left-padded `generate` call.
+        A batch's sampling is seeded from its requests' seeds, so the same batch gives the same
+        replies."""
+        from nacosae.models.text2image import stable_seed
+
+        replies: list[str] = []
+        for start in range(0, len(requests), LOCAL_BATCH):
+            chunk = requests[start : start + LOCAL_BATCH]
+            seed = chunk[0][1] if len(chunk) == 1 else stable_seed(*(s for _, s in chunk))
+            replies.extend(self._generate([m for m, _ in chunk], seed))
+        return replies
+
+    def _generate(self, chats: list[list[Message]], seed: int) -> list[str]:
         import torch
 
         tokenizer, model = self.bundle.tokenizer, self.bundle.model
-        inputs = tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-        ).to(self.device)
+        texts = [
+            tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False)
+            for m in chats
+        ]
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
+            self.device
+        )
         extra: dict[str, Any] = {}
         if self.constraint is not None:
             extra["prefix_allowed_tokens_fn"] = self.constraint(inputs["input_ids"].shape[1])
@@ -112,8 +140,8 @@ class LocalLLM:
                 max_new_tokens=self.max_new_tokens,
                 pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
             )
-        new_tokens = output[0, inputs["input_ids"].shape[1] :]
-        return tokenizer.decode(new_tokens, skip_special_tokens=True)
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
 
 
 @dataclass
@@ -128,6 +156,15 @@ class HTTPLLM:
     def _endpoint(self) -> str:
         base = self.url.rstrip("/")
         return base if base.endswith("/chat/completions") else f"{base}/chat/completions"
+
+    def chat_many(self, requests: list[tuple[list[Message], int]]) -> list[str]:
+        """Concurrent requests (the server batches them), replies in request order."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if len(requests) == 1:
+            return [self.chat(*requests[0])]
+        with ThreadPoolExecutor(max_workers=min(16, len(requests))) as pool:
+            return list(pool.map(lambda r: self.chat(*r), requests))
 
     def chat(self, messages: list[Message], seed: int) -> str:
         body = {

@@ -36,9 +36,12 @@ LIGHTINGS = (
 )
 
 
+PROMPT_SCHEME = "A realistic photo of a {concept}, {camera angle}, {lighting} (v1)"
+
+
 @dataclass(frozen=True)
 class GenerationSettings:
-    """Everything that changes the pixels (also the concept-cache key of later issues)."""
+    """Everything that changes the pixels (with the seed and PROMPT_SCHEME: the cache key)."""
 
     model_id: str
     num_inference_steps: int
@@ -115,19 +118,27 @@ class TextToImage:
 
     def render(self, concept: str, n: int, seed: int, first: int = 0) -> list[Image]:
         """Images `first .. first+n-1` of `concept` in one batched call."""
+        return self.render_many([(concept, first, n)], seed)
+
+    def render_many(self, requests: list[tuple[str, int, int]], seed: int) -> list[Image]:
+        """Images of several concepts in one batched call: (concept, first index, count) each,
+        returned in request order."""
         import torch
 
-        indices = range(first, first + n)
         generator_device = "cpu" if self.device == "mps" else self.device
-        generators = [
-            torch.Generator(generator_device).manual_seed(stable_seed("image", seed, concept, i))
-            for i in indices
-        ]
+        prompts, generators = [], []
+        for concept, first, n in requests:
+            for i in range(first, first + n):
+                prompts.append(image_prompt(concept, seed, i))
+                image_seed = stable_seed("image", seed, concept, i)
+                generators.append(torch.Generator(generator_device).manual_seed(image_seed))
+        if not prompts:
+            return []
         extra: dict[str, Any] = {}
         if self.settings.height and self.settings.width:
             extra = {"height": self.settings.height, "width": self.settings.width}
         result = self.pipeline(
-            prompt=[image_prompt(concept, seed, i) for i in indices],
+            prompt=prompts,
             num_inference_steps=self.settings.num_inference_steps,
             guidance_scale=self.settings.guidance_scale,
             generator=generators,

@@ -1,20 +1,30 @@
-"""The iterative concept search for one unit.
+"""The iterative concept search, for all neurons of a run in lockstep.
 
-history <- top-5 control classes by class mean + 5 random others, each rendered and scored;
-repeat n times: the LLM proposes a concept from the scored history (strict parsing, at most
-`max_retries` re-asks with the error stated), it is rendered and scored, and enters the history;
-finally the LLM unifies the top 3 into one concept, which is scored too. The best-scored concept
-is the explanation. Every scored concept is one event in events.jsonl.
+Per neuron: history <- top-5 control classes by class mean + 5 random others, each rendered and
+scored; repeat n times: the LLM proposes a concept from the scored history (strict parsing, at
+most `max_retries` re-asks with the error stated), it is rendered, scored and enters the
+history; finally the LLM unifies the top 3 into one concept, which is scored too. The
+best-scored concept is the explanation.
+
+All neurons move through the same phases together (initial, iteration 1..n, summary): each
+phase asks the LLM for every neuron in one batch, renders the distinct new concepts once, then
+appends the phase's events in neuron order. Concepts are cached (memory and disk), so a concept
+is rendered once for all neurons and later runs. A resumed run replays the complete phases
+found in events.jsonl (same RNG calls, no model calls) and computes the rest, so it ends
+identical to an uninterrupted run.
 """
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,15 +33,18 @@ from nacosae.models.text2image import stable_seed
 from nacosae.search.controls import ControlSelector, class_concept
 from nacosae.search.history import History, Scored, normalise
 from nacosae.search.prompts import (
+    Proposal,
     Template,
     format_concepts,
     format_forbidden,
     parse_answer,
 )
 from nacosae.search.scoring import score_all
+from nacosae.store.concepts import ConceptStore
 from nacosae.store.runs import RunWriter
 
 PHASES = ("llm", "t2i", "vision", "scoring", "io")
+Message = dict[str, str]
 
 
 @dataclass
@@ -62,79 +75,109 @@ class SearchSettings:
     n_random: int = 5
     max_retries: int = 3
     save_images: bool = True
+    t2i_batch: int = 10  # images per text-to-image call
 
 
 @dataclass
 class SearchParts:
-    """What the loop needs, however it was built (CLI, smoke preset or the Python API)."""
+    """What the search needs, however it was built (CLI, smoke preset or the Python API)."""
 
-    render: Callable[[str, int, int], list[Any]]  # (concept, n, seed) -> PIL images
+    render_many: Callable[[list[tuple[str, int, int]], int], list[Any]]
     activations: Callable[[list[Any]], np.ndarray]  # PIL images -> [n, units]
-    chat: Callable[[list[dict[str, str]], int], str]  # (messages, seed) -> reply
+    chat_many: Callable[[list[tuple[list[Message], int]]], list[str]]
     class_means: np.ndarray  # [classes, units]
     classes: list[dict[str, Any]]
     controls: ControlSelector
     main_template: Template
     summary_template: Template
-
-
-class ConceptCache:
-    """Each concept is rendered and pushed through the model once per run; every neuron and
-    iteration that needs it reuses the activations of all units."""
-
-    def __init__(self, parts: SearchParts, settings: SearchSettings, timer: PhaseTimer) -> None:
-        self.parts, self.settings, self.timer = parts, settings, timer
-        self.entries: dict[str, tuple[np.ndarray, list[Any]]] = {}
-        self.images_rendered = 0
-
-    def get(self, concept: str) -> tuple[np.ndarray, list[Any]]:
-        key = normalise(concept)
-        if key not in self.entries:
-            with self.timer.phase("t2i"):
-                images = self.parts.render(concept, self.settings.num_img, self.settings.seed)
-            self.images_rendered += len(images)
-            with self.timer.phase("vision"):
-                acts = self.parts.activations(images)
-            self.entries[key] = (acts, images)
-        return self.entries[key]
+    concept_store: ConceptStore
 
 
 @dataclass
-class NeuronSearch:
+class Counters:
+    images_rendered: int = 0
+    concepts_rendered: int = 0
+    cache_hits: int = 0
+    llm_calls: int = 0
+    parse_retries: int = 0
+
+
+class ConceptCache:
+    """Each concept's images and all-unit activations, from memory, disk, or rendered once."""
+
+    def __init__(
+        self, parts: SearchParts, settings: SearchSettings, timer: PhaseTimer, counters: Counters
+    ) -> None:
+        self.parts, self.settings, self.timer, self.counters = parts, settings, timer, counters
+        self.store = parts.concept_store
+        self.entries: dict[str, np.ndarray] = {}
+
+    def ensure(self, concepts: list[str]) -> None:
+        """Make every concept available, rendering only the images no cache holds."""
+        n = self.settings.num_img
+        wanted = [c for c in dict.fromkeys(concepts) if c not in self.entries]
+        requests: list[tuple[str, int, int]] = []
+        for concept in wanted:
+            have = min(self.store.image_count(concept), n)
+            if have < n:
+                requests.append((concept, have, n - have))
+        self._render(requests)
+        for concept in wanted:
+            acts = self.store.load_activations(concept, n)
+            if acts is None:
+                with self.timer.phase("io"):
+                    images = self.store.load_images(concept, n)
+                with self.timer.phase("vision"):
+                    acts = self.parts.activations(images)
+                with self.timer.phase("io"):
+                    self.store.save_activations(concept, acts)
+            if any(c == concept for c, _, _ in requests):
+                self.counters.concepts_rendered += 1
+            else:
+                self.counters.cache_hits += 1
+            self.entries[concept] = acts
+
+    def _render(self, requests: list[tuple[str, int, int]]) -> None:
+        """Render in calls of at most `t2i_batch` images (a concept may span two calls)."""
+        pending = [(c, first + k) for c, first, count in requests for k in range(count)]
+        batch = max(1, self.settings.t2i_batch)
+        for start in range(0, len(pending), batch):
+            chunk = pending[start : start + batch]
+            grouped: dict[str, list[int]] = {}
+            for concept, index in chunk:
+                grouped.setdefault(concept, []).append(index)
+            calls = [(c, idx[0], len(idx)) for c, idx in grouped.items()]
+            with self.timer.phase("t2i"):
+                images = self.parts.render_many(calls, self.settings.seed)
+            self.counters.images_rendered += len(images)
+            with self.timer.phase("io"):
+                offset = 0
+                for concept, first, count in calls:
+                    self.store.save_images(concept, first, images[offset : offset + count])
+                    offset += count
+
+    def activations(self, concept: str) -> np.ndarray:
+        return self.entries[concept]
+
+
+@dataclass
+class NeuronState:
+    """One neuron's search: its RNG, history, tried concepts and best-so-far curve."""
+
     neuron: int
-    parts: SearchParts
-    settings: SearchSettings
-    writer: RunWriter
-    cache: ConceptCache
-    timer: PhaseTimer
-    on_event: Callable[[dict[str, Any]], None] = lambda event: None
+    seed: int
+    rng: random.Random = field(init=False)
+    history: History = field(default_factory=lambda: History([]))
+    tried: list[str] = field(default_factory=list)
+    curve: list[float] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+    llm_calls: int = 0
+    parse_retries: int = 0
 
     def __post_init__(self) -> None:
-        self.rng = random.Random(stable_seed("history", self.settings.seed, self.neuron))
-        self.tried: list[str] = []
-        self.curve: list[float] = []
-        self.best: dict[str, Any] | None = None
-        self.llm_calls = 0
-        self.parse_retries = 0
+        self.rng = random.Random(stable_seed("history", self.seed, self.neuron))
 
-    # ------------------------------------------------------------ scoring one concept
-
-    def score(self, concept: str, iteration: int, source: str, extra: dict[str, Any]) -> Scored:
-        started = time.perf_counter()
-        acts, images = self.cache.get(concept)
-        with self.timer.phase("scoring"):
-            control, control_info = self.parts.controls.select(self.neuron, concept, self.rng)
-            metrics = score_all(control, acts[:, self.neuron])
-        files: list[str] = []
-        if self.settings.save_images:
-            with self.timer.phase("io"):
-                folder = self.writer.image_folder(self.neuron, iteration, concept)
-                for k, image in enumerate(images):
-                    path = folder / f"{k}.png"
-                    if not path.exists():
-                        image.save(path)
-                    files.append(path.relative_to(self.writer.directory).as_posix())
-        score = metrics[self.settings.metric]
+    def note(self, concept: str, score: float, iteration: int, source: str) -> None:
         self.tried.append(concept)
         self.curve.append(max(score, self.curve[-1]) if self.curve else score)
         if self.best is None or score > self.best["score"]:
@@ -144,84 +187,195 @@ class NeuronSearch:
                 "iteration": iteration,
                 "source": source,
             }
-        event = {
+
+    def summary(self, metric: str) -> dict[str, Any]:
+        return {
             "neuron": self.neuron,
-            "iteration": iteration,
-            "source": source,
-            "concept": concept,
-            "score": score,
-            "metrics": metrics,
-            "control": control_info,
-            "images": files,
-            **extra,
-            "seconds": round(time.perf_counter() - started, 4),
+            "metric": metric,
+            "best": self.best,
+            "history": [{"concept": s.concept, "score": s.score} for s in self.history.sorted()],
+            "best_so_far": self.curve,
+            "concepts_scored": len(self.tried),
+            "llm_calls": self.llm_calls,
+            "parse_retries": self.parse_retries,
         }
-        with self.timer.phase("io"):
-            self.writer.append_event(event)
-        self.on_event(event)
-        return Scored(concept, score)
 
-    # ------------------------------------------------------------ asking the LLM
 
-    def ask(
-        self, prompt: str, iteration: int, allow_tried: bool = False
-    ) -> tuple[Any, dict[str, Any]]:
-        """A valid proposal (or None) and the record of the exchange. The summary step may
-        name a concept that was tried already (`allow_tried`)."""
-        messages = [{"role": "user", "content": prompt}]
-        answers: list[str] = []
-        errors: list[str] = []
-        tried = set() if allow_tried else {normalise(c) for c in self.tried}
-        for attempt in range(self.settings.max_retries + 1):
-            seed = stable_seed("llm", self.settings.seed, self.neuron, iteration, attempt)
-            with self.timer.phase("llm"):
-                reply = self.parts.chat(messages, seed)
-            self.llm_calls += 1
-            answers.append(reply)
-            try:
-                proposal = parse_answer(reply, tried)
-            except Exception as exc:  # ConceptParseError: re-ask with the problem stated
-                errors.append(str(exc))
-                if attempt == self.settings.max_retries:
-                    break
-                self.parse_retries += 1
-                messages = [
-                    *messages,
-                    {"role": "assistant", "content": reply},
-                    {"role": "user", "content": f"That answer cannot be used: {exc}. Try again."},
-                ]
+class Replay:
+    """The complete phases of an earlier attempt, handed back in order."""
+
+    def __init__(self, events: list[dict[str, Any]], writer: RunWriter) -> None:
+        self.events, self.position, self.writer = events, 0, writer
+
+    def take(self, expected: list[tuple[int, int]]) -> list[dict[str, Any]] | None:
+        """The recorded events of a phase if all of it was recorded; otherwise drop everything
+        from here on (a phase cut short by a kill is computed again, whole)."""
+        chunk = self.events[self.position : self.position + len(expected)]
+        if len(chunk) == len(expected) and all(
+            (e["neuron"], e["iteration"]) == key for e, key in zip(chunk, expected, strict=True)
+        ):
+            self.position += len(expected)
+            return chunk
+        if self.events:
+            self.writer.keep_events(self.position)
+            self.events = self.events[: self.position]
+        return None
+
+
+class Search:
+    """Runs the search for `neurons`, appending events to the run and returning summaries."""
+
+    def __init__(
+        self,
+        neurons: list[int],
+        parts: SearchParts,
+        settings: SearchSettings,
+        writer: RunWriter,
+        timer: PhaseTimer,
+        recorded: list[dict[str, Any]] | None = None,
+        on_phase: Callable[[int], None] = lambda iteration: None,
+    ) -> None:
+        self.parts, self.settings, self.writer, self.timer = parts, settings, writer, timer
+        self.states = [NeuronState(n, settings.seed) for n in neurons]
+        self.counters = Counters()
+        self.concepts = ConceptCache(parts, settings, timer, self.counters)
+        self.replay = Replay(list(recorded or []), writer)
+        self.on_phase = on_phase
+        self._pending: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------ phases
+
+    def run(self) -> dict[int, dict[str, Any]]:
+        self._initial_phase()
+        self.on_phase(0)
+        for iteration in range(1, self.settings.n_iters + 1):
+            self._proposal_phase(iteration, "llm")
+            self.on_phase(iteration)
+        self._proposal_phase(self.settings.n_iters + 1, "summary")
+        self.on_phase(self.settings.n_iters + 1)
+        return {s.neuron: s.summary(self.settings.metric) for s in self.states}
+
+    def _initial_phase(self) -> None:
+        plans = {s.neuron: self._initial_concepts(s) for s in self.states}
+        expected = [(s.neuron, 0) for s in self.states for _ in plans[s.neuron]]
+        recorded = self.replay.take(expected)
+        if recorded is None:
+            self.concepts.ensure([c for s in self.states for c, _ in plans[s.neuron]])
+        events = iter(recorded or [])
+        for state in self.states:
+            scored = []
+            for concept, source in plans[state.neuron]:
+                event = next(events) if recorded else self._score(state, concept, 0, source, {})
+                if recorded:
+                    self._replay_score(state, event)
+                scored.append(Scored(concept, event["score"]))
+            state.history = History(scored)
+        self._flush_live(recorded)
+
+    def _proposal_phase(self, iteration: int, source: str) -> None:
+        expected = [(s.neuron, iteration) for s in self.states]
+        recorded = self.replay.take(expected)
+        if recorded is not None:
+            for state, event in zip(self.states, recorded, strict=True):
+                self._replay_proposal(state, event)
+            return
+        proposals = self._ask_all(iteration, summary=source == "summary")
+        self.concepts.ensure([p.concept for p, _ in proposals.values() if p is not None])
+        for state in self.states:
+            proposal, record = proposals[state.neuron]
+            if proposal is None:
+                self._failed(state, iteration, source, record)
                 continue
-            record = {
-                "reasoning": proposal.reasoning,
-                "raw_answer": reply,
-                "parse_retries": attempt,
-                "parse_errors": errors,
-            }
-            return proposal, record
-        return None, {"raw_answers": answers, "parse_retries": len(errors), "parse_errors": errors}
+            event = self._score(state, proposal.concept, iteration, source, record)
+            state.history.add(Scored(proposal.concept, event["score"]), state.rng)
+        self._flush_live(None)
 
-    def failed_proposal(self, iteration: int, source: str, record: dict[str, Any]) -> None:
-        event = {
-            "neuron": self.neuron,
-            "iteration": iteration,
-            "source": source,
-            "status": "failed",
-            "concept": None,
-            "score": None,
-            **record,
+    # ------------------------------------------------------------ the LLM
+
+    def _prompt(self, state: NeuronState, summary: bool) -> str:
+        if summary:
+            return self.parts.summary_template.render(
+                concepts=format_concepts(state.history.top(3))
+            )
+        return self.parts.main_template.render(
+            concepts=format_concepts(state.history.sorted()),
+            forbidden=format_forbidden(state.tried),
+        )
+
+    def _ask_all(
+        self, iteration: int, summary: bool
+    ) -> dict[int, tuple[Proposal | None, dict[str, Any]]]:
+        """One batched LLM call per attempt for every neuron still without a valid answer."""
+        chats = {
+            s.neuron: [{"role": "user", "content": self._prompt(s, summary)}] for s in self.states
         }
-        with self.timer.phase("io"):
-            self.writer.append_event(event)
-        self.on_event(event)
+        tried = {
+            s.neuron: set() if summary else {normalise(c) for c in s.tried} for s in self.states
+        }
+        answers: dict[int, list[str]] = {s.neuron: [] for s in self.states}
+        errors: dict[int, list[str]] = {s.neuron: [] for s in self.states}
+        done: dict[int, tuple[Proposal | None, dict[str, Any]]] = {}
+        pending = [s.neuron for s in self.states]
+        for attempt in range(self.settings.max_retries + 1):
+            if not pending:
+                break
+            requests = [
+                (chats[n], stable_seed("llm", self.settings.seed, n, iteration, attempt))
+                for n in pending
+            ]
+            with self.timer.phase("llm"):
+                replies = self.parts.chat_many(requests)
+            still = []
+            for neuron, reply in zip(pending, replies, strict=True):
+                answers[neuron].append(reply)
+                try:
+                    proposal = parse_answer(reply, tried[neuron])
+                except Exception as exc:  # ConceptParseError: re-ask with the problem stated
+                    errors[neuron].append(str(exc))
+                    chats[neuron] = [
+                        *chats[neuron],
+                        {"role": "assistant", "content": reply},
+                        {
+                            "role": "user",
+                            "content": f"That answer cannot be used: {exc}. Try again.",
+                        },
+                    ]
+                    still.append(neuron)
+                    continue
+                done[neuron] = (
+                    proposal,
+                    {
+                        "reasoning": proposal.reasoning,
+                        "raw_answer": reply,
+                        "parse_retries": attempt,
+                        "parse_errors": errors[neuron],
+                    },
+                )
+            pending = still
+        for neuron in pending:
+            done[neuron] = (
+                None,
+                {
+                    "raw_answers": answers[neuron],
+                    "parse_retries": len(answers[neuron]) - 1,
+                    "parse_errors": errors[neuron],
+                },
+            )
+        for state in self.states:
+            state.llm_calls += len(answers[state.neuron])
+            state.parse_retries += len(answers[state.neuron]) - 1
+        self.counters.llm_calls += sum(len(a) for a in answers.values())
+        self.counters.parse_retries += sum(len(a) - 1 for a in answers.values())
+        return done
 
-    # ------------------------------------------------------------ the search
+    # ------------------------------------------------------------ events
 
-    def initial_concepts(self) -> list[tuple[str, str]]:
-        means = self.parts.class_means[:, self.neuron]
+    def _initial_concepts(self, state: NeuronState) -> list[tuple[str, str]]:
+        means = self.parts.class_means[:, state.neuron]
         order = [int(i) for i in np.argsort(-np.nan_to_num(means, nan=-np.inf), kind="stable")]
         top = order[: self.settings.n_top]
         rest = [i for i in order if i not in top]
-        randoms = self.rng.sample(rest, min(self.settings.n_random, len(rest)))
+        randoms = state.rng.sample(rest, min(self.settings.n_random, len(rest)))
         chosen = [(i, "initial-top") for i in top] + [(i, "initial-random") for i in randoms]
         seen: set[str] = set()
         concepts = []
@@ -232,36 +386,86 @@ class NeuronSearch:
                 concepts.append((concept, source))
         return concepts
 
-    def run(self) -> dict[str, Any]:
-        settings = self.settings
-        history = History([self.score(c, 0, source, {}) for c, source in self.initial_concepts()])
-        for iteration in range(1, settings.n_iters + 1):
-            prompt = self.parts.main_template.render(
-                concepts=format_concepts(history.sorted()),
-                forbidden=format_forbidden(self.tried),
-            )
-            proposal, record = self.ask(prompt, iteration)
-            if proposal is None:
-                self.failed_proposal(iteration, "llm", record)
-                continue
-            scored = self.score(proposal.concept, iteration, "llm", record)
-            history.add(scored, self.rng)
-        summary_iteration = settings.n_iters + 1
-        prompt = self.parts.summary_template.render(concepts=format_concepts(history.top(3)))
-        proposal, record = self.ask(prompt, summary_iteration, allow_tried=True)
-        if proposal is None:
-            self.failed_proposal(summary_iteration, "summary", record)
-        else:
-            history.add(
-                self.score(proposal.concept, summary_iteration, "summary", record), self.rng
-            )
-        return {
-            "neuron": self.neuron,
-            "metric": settings.metric,
-            "best": self.best,
-            "history": [{"concept": s.concept, "score": s.score} for s in history.sorted()],
-            "best_so_far": self.curve,
-            "concepts_scored": len(self.tried),
-            "llm_calls": self.llm_calls,
-            "parse_retries": self.parse_retries,
+    def _score(
+        self, state: NeuronState, concept: str, iteration: int, source: str, extra: dict[str, Any]
+    ) -> dict[str, Any]:
+        started = time.perf_counter()
+        acts = self.concepts.activations(concept)
+        with self.timer.phase("scoring"):
+            control, control_info = self.parts.controls.select(state.neuron, concept, state.rng)
+            metrics = score_all(control, acts[:, state.neuron])
+        files: list[str] = []
+        if self.settings.save_images:
+            with self.timer.phase("io"):
+                files = self._link_images(state.neuron, iteration, concept)
+        score = metrics[self.settings.metric]
+        state.note(concept, score, iteration, source)
+        event = {
+            "neuron": state.neuron,
+            "iteration": iteration,
+            "source": source,
+            "concept": concept,
+            "score": score,
+            "metrics": metrics,
+            "control": control_info,
+            "images": files,
+            **extra,
+            "seconds": round(time.perf_counter() - started, 4),
         }
+        self._pending.append(event)
+        return event
+
+    def _failed(self, state: NeuronState, iteration: int, source: str, record: dict) -> None:
+        self._pending.append(
+            {
+                "neuron": state.neuron,
+                "iteration": iteration,
+                "source": source,
+                "status": "failed",
+                "concept": None,
+                "score": None,
+                **record,
+            }
+        )
+
+    def _flush_live(self, recorded: list | None) -> None:
+        """Append the phase's events in one write (live phases only)."""
+        events, self._pending = self._pending, []
+        if recorded is None:
+            with self.timer.phase("io"):
+                self.writer.append_events(events)
+
+    def _replay_score(self, state: NeuronState, event: dict[str, Any]) -> None:
+        """Make the same RNG calls as scoring did, and take the recorded result."""
+        self.parts.controls.select(state.neuron, event["concept"], state.rng)
+        state.note(event["concept"], event["score"], event["iteration"], event["source"])
+
+    def _replay_proposal(self, state: NeuronState, event: dict[str, Any]) -> None:
+        calls = len(event["raw_answers"]) if event.get("status") == "failed" else None
+        calls = calls if calls is not None else event["parse_retries"] + 1
+        state.llm_calls += calls
+        state.parse_retries += calls - 1
+        self.counters.llm_calls += calls
+        self.counters.parse_retries += calls - 1
+        if event.get("status") != "failed":
+            self._replay_score(state, event)
+            state.history.add(Scored(event["concept"], event["score"]), state.rng)
+
+    def _link_images(self, neuron: int, iteration: int, concept: str) -> list[str]:
+        """The run's copy of the concept's images: hard links into the concept cache."""
+        folder = self.writer.image_folder(neuron, iteration, concept)
+        files = []
+        for k in range(self.settings.num_img):
+            target = folder / f"{k}.png"
+            if not target.exists():
+                source = self.parts.concept_store.image_path(concept, k)
+                _link_or_copy(source, target)
+            files.append(target.relative_to(self.writer.directory).as_posix())
+        return files
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from nacosae import __version__, progress
-from nacosae.errors import NacosaeError, NeuronOutOfRange
+from nacosae.errors import NacosaeError
 from nacosae.models.cache import ModelCache, ModelSpec
 from nacosae.models.downloads import DEFAULT_EMBEDDER, DEFAULT_LANGUAGE_MODEL, DEFAULT_T2I_MODEL
 from nacosae.search.controls import STRATEGIES
@@ -24,7 +24,7 @@ OFFLOAD_MODES = ("none", "cpu", "sequential")
 class ExplainOptions:
     """Everything `nacosae explain` can be told (defaults follow the original project)."""
 
-    neurons: list[int]
+    neurons: list[str]  # selections: "12", "0:100", "1,5,9", "random:50" (resolved at run time)
     save_dir: Path
     controls_root: Path
     model: str = "resnet18"
@@ -52,7 +52,7 @@ class ExplainOptions:
 
     def validate(self) -> None:
         if not self.neurons:
-            raise NacosaeError("no neuron given: pass --neuron-id N")
+            raise NacosaeError("no neuron given: pass --neuron-id, --neurons or --neurons-file")
         if self.metric not in METRICS:
             raise NacosaeError(f"unknown --metric {self.metric!r}: use {', '.join(METRICS)}")
         if self.control_strategy not in STRATEGIES:
@@ -71,6 +71,16 @@ class ExplainOptions:
         data.pop("llm_constraint")
         data["save_dir"], data["controls_root"] = str(self.save_dir), str(self.controls_root)
         return data
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> ExplainOptions:
+        known = {f for f in cls.__dataclass_fields__ if f != "llm_constraint"}
+        values = {k: v for k, v in data.items() if k in known}
+        values["save_dir"], values["controls_root"] = (
+            Path(values["save_dir"]),
+            Path(values["controls_root"]),
+        )
+        return cls(**values)
 
 
 def _versions() -> dict[str, str]:
@@ -91,28 +101,36 @@ class ExplainResult:
     summary: dict[str, Any]
 
 
-def run_explain(options: ExplainOptions, cache: ModelCache) -> ExplainResult:
-    """Run the search for every neuron of `options`; the run directory records the outcome."""
-    options.validate()
-    if options.preset == "smoke":
-        from nacosae.presets import smoke_options
+def run_explain(
+    options: ExplainOptions | None, cache: ModelCache, resume: Path | None = None
+) -> ExplainResult:
+    """Run (or, with `resume`, continue) the search; the run directory records the outcome."""
+    recorded: list[dict[str, Any]] = []
+    if resume is not None:
+        writer, options, recorded = _reopen(resume)
+    elif options is None:
+        raise ValueError("run_explain needs options or a run directory to resume")
+    else:
+        options.validate()
+        if options.preset == "smoke":
+            from nacosae.presets import smoke_options
 
-        options = smoke_options(options)
+            options = smoke_options(options)
+        run_id = make_run_id(options.model, options.layer, options.neurons)
+        writer = RunWriter.create(
+            options.save_dir,
+            run_id,
+            {
+                "config": options.record(),
+                "versions": _versions(),
+                "seed": options.seed,
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
+        )
     cache.offload = options.offload  # type: ignore[assignment]
-    run_id = make_run_id(options.model, options.layer, options.neurons)
-    writer = RunWriter.create(
-        options.save_dir,
-        run_id,
-        {
-            "config": options.record(),
-            "versions": _versions(),
-            "seed": options.seed,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        },
-    )
     started = time.perf_counter()
     try:
-        summary = _run(options, cache, writer)
+        summary = _run(options, cache, writer, recorded)
     except KeyboardInterrupt:
         writer.update(status="interrupted", seconds=round(time.perf_counter() - started, 3))
         raise
@@ -140,9 +158,32 @@ def run_explain(options: ExplainOptions, cache: ModelCache) -> ExplainResult:
     return ExplainResult(writer.directory, summary)
 
 
-def _run(options: ExplainOptions, cache: ModelCache, writer: RunWriter) -> dict[str, Any]:
+def _reopen(directory: Path) -> tuple[RunWriter, ExplainOptions, list[dict[str, Any]]]:
+    from nacosae.store.runs import RUN_FILE, read_events
+
+    directory = Path(directory).expanduser()
+    if not (directory / RUN_FILE).is_file():
+        raise NacosaeError(f"--resume {directory}: no run.json there, so it is not a run directory")
+    writer = RunWriter.open(directory)
+    if writer.record.get("status") == "done":
+        raise NacosaeError(f"run {directory.name} is already done: nothing to resume")
+    options = ExplainOptions.from_record(writer.record["config"])
+    options.save_dir = directory.parent
+    resumes = writer.record.get("resumes", 0) + 1
+    writer.update(status="running", error=None, resumes=resumes)
+    progress.info(f"resuming run {directory.name}")
+    return writer, options, read_events(directory)
+
+
+def _run(
+    options: ExplainOptions,
+    cache: ModelCache,
+    writer: RunWriter,
+    recorded: list[dict[str, Any]],
+) -> dict[str, Any]:
     from nacosae.controls import resolve_device
-    from nacosae.search.loop import NeuronSearch, PhaseTimer, SearchSettings
+    from nacosae.search import neurons as selection
+    from nacosae.search.loop import PhaseTimer, Search, SearchSettings
     from nacosae.search.prompts import MAIN_FIELDS, SUMMARY_FIELDS, load_template
 
     main_template = load_template(options.prompt, MAIN_FIELDS)
@@ -155,16 +196,13 @@ def _run(options: ExplainOptions, cache: ModelCache, writer: RunWriter) -> dict[
         progress.warn("--preset smoke uses tiny random models: its results mean nothing")
     device = resolve_device(options.device)
     store = _open_store(options)
-    for neuron in options.neurons:
-        if not 0 <= neuron < store.n_units:
-            raise NeuronOutOfRange(
-                f"neuron {neuron} is outside layer {options.layer} of {options.model}: valid ids "
-                f"are 0 to {store.n_units - 1}"
-            )
+    where = f"layer {options.layer} of {options.model}"
+    neurons = selection.resolve(options.neurons, store.n_units, options.seed, where)
     timer = PhaseTimer()
     templates = (main_template, summary_template)
     parts, generation = _build_parts(options, cache, store, device, templates)
     writer.update(
+        neurons=neurons,
         control_store={
             "path": str(store.directory),
             "weights": store.index["weights"],
@@ -175,57 +213,49 @@ def _run(options: ExplainOptions, cache: ModelCache, writer: RunWriter) -> dict[
         generation=generation,
         device=device,
     )
-    from nacosae.search.loop import ConceptCache
-
     settings = SearchSettings(
         n_iters=options.n_iters,
         num_img=options.num_img,
         metric=options.metric,
         seed=options.seed,
         save_images=options.save_images,
+        t2i_batch=max(options.num_img, 20 if device.startswith("cuda") else 10),
     )
-    concepts = ConceptCache(parts, settings, timer)
-    summary: dict[str, Any] = {"run_id": writer.directory.name, "metric": options.metric}
-    summary["neurons"] = {}
-    totals = {"llm_calls": 0, "parse_retries": 0}
-    with progress.progress_bar("step") as bar:
-        steps = options.n_iters + 12
-        task = bar.add_task("explain", total=steps * len(options.neurons))
+    with progress.progress_bar("phase") as bar:
+        task = bar.add_task("explain", total=options.n_iters + 2)
 
-        for neuron in options.neurons:
-            best: dict[str, Any] = {}
+        def show(iteration: int) -> None:
+            c = search.counters
+            looked_up = c.cache_hits + c.concepts_rendered
+            bar.update(
+                task,
+                completed=iteration + 1,
+                description=(
+                    f"{len(neurons)} neurons | phase {iteration}/{options.n_iters + 1} | "
+                    f"{c.images_rendered} images rendered | concept cache hits "
+                    f"{c.cache_hits}/{looked_up}"
+                ),
+            )
 
-            def show(event: dict[str, Any], neuron: int = neuron, best: dict = best) -> None:
-                if event.get("score") is not None and event["score"] > best.get("score", -1e18):
-                    best.update(concept=event["concept"], score=event["score"])
-                what = (
-                    f"'{event['concept']}' {event['score']:.3f}"
-                    if event.get("score") is not None
-                    else "no valid proposal"
-                )
-                bar.update(
-                    task,
-                    advance=1,
-                    description=(
-                        f"neuron {neuron} it {event['iteration']}/{options.n_iters}: {what} | "
-                        f"best '{best.get('concept')}' {best.get('score', 0):.3f}"
-                    ),
-                )
-
-            search = NeuronSearch(neuron, parts, settings, writer, concepts, timer, show)
-            result = search.run()
-            summary["neurons"][str(neuron)] = result
-            totals["llm_calls"] += search.llm_calls
-            totals["parse_retries"] += search.parse_retries
-            writer.write_summary(summary)
-    writer.update(
-        totals={
-            "images_rendered": concepts.images_rendered,
-            **totals,
-            "model_loads": cache.stats.loads,
-            "seconds": timer.as_dict(),
-        }
-    )
+        search = Search(neurons, parts, settings, writer, timer, recorded, show)
+        results = search.run()
+    summary = {
+        "run_id": writer.directory.name,
+        "metric": options.metric,
+        "neurons": {str(n): results[n] for n in neurons},
+    }
+    writer.write_summary(summary)
+    previous = writer.record.get("totals") or {}
+    c = search.counters
+    totals = {
+        "images_rendered": c.images_rendered + previous.get("images_rendered", 0),
+        "cache_hits": c.cache_hits + previous.get("cache_hits", 0),
+        "llm_calls": c.llm_calls,
+        "parse_retries": c.parse_retries,
+        "model_loads": cache.stats.loads,
+        "seconds": timer.as_dict(),
+    }
+    writer.update(totals=totals)
     return summary
 
 
@@ -269,9 +299,12 @@ def _build_parts(
     torch_vision_dtype = getattr(torch, vision_dtype)
 
     def activations(images: list[Any]) -> np.ndarray:
-        batch = torch.stack([transform(image.convert("RGB")) for image in images])
-        batch = batch.to(device, dtype=torch_vision_dtype)
-        return layer_activations(model, options.layer, batch).float().cpu().numpy()
+        chunks = []
+        for start in range(0, len(images), 64):
+            batch = torch.stack([transform(im.convert("RGB")) for im in images[start : start + 64]])
+            batch = batch.to(device, dtype=torch_vision_dtype)
+            chunks.append(layer_activations(model, options.layer, batch).float().cpu().numpy())
+        return np.concatenate(chunks)
 
     steps, guidance = default_generation(options.t2i_model)
     generation = GenerationSettings(
@@ -309,10 +342,31 @@ def _build_parts(
         strategy=options.control_strategy,
         embed=embed,
     )
+    from nacosae.data.images import PREPROCESSING_DESCRIPTION
+    from nacosae.models.text2image import PROMPT_SCHEME
+    from nacosae.store.concepts import ConceptKeys, ConceptStore
+
+    keys = ConceptKeys(
+        generation={
+            **asdict(generation),
+            "prompt_scheme": PROMPT_SCHEME,
+            "seed": options.seed,
+            "dtype": t2i_dtype,
+            "device": device.split(":")[0],
+        },
+        vision={
+            "model": options.model,
+            "weights": model.nacosae_weights_id,
+            "layer": options.layer,
+            "dtype": vision_dtype,
+            "preprocessing": PREPROCESSING_DESCRIPTION,
+        },
+    )
     parts = SearchParts(
-        render=t2i.render,
+        render_many=t2i.render_many,
         activations=activations,
-        chat=llm.chat,
+        chat_many=llm.chat_many,
+        concept_store=ConceptStore(Path(options.controls_root).parent / "concepts", keys),
         class_means=class_means,
         classes=store.classes,
         controls=controls,

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nacosae.store.atomic import atomic_write_json
+from nacosae.store.atomic import atomic_write_json, atomic_write_text
 
 RUN_FILE = "run.json"
 EVENTS_FILE = "events.jsonl"
@@ -33,12 +33,12 @@ def slugify(concept: str, limit: int = 40) -> str:
     return f"{base}-{hashlib.sha256(concept.encode()).hexdigest()[:6]}"
 
 
-def make_run_id(model: str, layer: str, neurons: list[int], now: float | None = None) -> str:
+def make_run_id(model: str, layer: str, neurons: list[str], now: float | None = None) -> str:
+    """'<time>_<model>_<layer>_n<selection>', e.g. 20261127-101500_resnet18_avgpool_n12."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
-    many = f"n{neurons[0]}-{neurons[-1]}x{len(neurons)}"
-    which = f"n{neurons[0]}" if len(neurons) == 1 else many
+    which = re.sub(r"[^A-Za-z0-9]+", "-", "_".join(neurons)).strip("-")[:40] or "none"
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{model}_{layer}")
-    return f"{stamp}_{safe}_{which}"
+    return f"{stamp}_{safe}_n{which}"
 
 
 class RunWriter:
@@ -70,12 +70,28 @@ class RunWriter:
         self.record.update(fields)
         self.save_record()
 
-    def append_event(self, event: dict[str, Any]) -> None:
-        line = json.dumps(event, sort_keys=False, ensure_ascii=False) + "\n"
+    @classmethod
+    def open(cls, directory: Path) -> RunWriter:
+        """An existing run, to resume it."""
+        writer = cls(directory)
+        writer.record = json.loads((writer.directory / RUN_FILE).read_text())
+        return writer
+
+    def append_events(self, events: list[dict[str, Any]]) -> None:
+        """Append lines and fsync: a kill leaves at most one cut line, which readers skip."""
+        if not events:
+            return
+        text = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in events)
         with open(self.directory / EVENTS_FILE, "a", encoding="utf-8") as fh:
-            fh.write(line)
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+
+    def keep_events(self, count: int) -> None:
+        """Cut events.jsonl back to its first `count` complete events (before a resume)."""
+        kept = read_events(self.directory)[:count]
+        text = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in kept)
+        atomic_write_text(self.directory / EVENTS_FILE, text)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write_json(self.directory / SUMMARY_FILE, summary)
