@@ -92,3 +92,13 @@ def fake_hub(monkeypatch: pytest.MonkeyPatch):
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
         yield hub
+
+
+@pytest.fixture(scope="session")
+def t2i_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny diffusers pipeline saved as a local folder (usable as --t2i-model)."""
+    from nacosae.models.tiny import tiny_text2image_pipeline
+
+    folder = tmp_path_factory.mktemp("t2i") / "tiny-sd"
+    tiny_text2image_pipeline(folder.parent / "work").save_pretrained(folder)
+    return folder

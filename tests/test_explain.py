@@ -9,15 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from nacosae.models.tiny import tiny_text2image_pipeline
 from tests.chatserver import ChatServer
-
-
-@pytest.fixture(scope="session")
-def t2i_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("t2i") / "tiny-sd"
-    tiny_text2image_pipeline(folder.parent / "work").save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture

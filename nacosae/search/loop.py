@@ -206,19 +206,21 @@ class Replay:
 
     def __init__(self, events: list[dict[str, Any]], writer: RunWriter) -> None:
         self.events, self.position, self.writer = events, 0, writer
+        self.live = not events  # once a phase is missing, everything after it is computed
 
     def take(self, expected: list[tuple[int, int]]) -> list[dict[str, Any]] | None:
-        """The recorded events of a phase if all of it was recorded; otherwise drop everything
-        from here on (a phase cut short by a kill is computed again, whole)."""
+        """The recorded events of a phase if all of it was recorded; otherwise cut the events
+        file back to the complete phases (a phase cut short by a kill is computed again, whole)."""
+        if self.live:
+            return None
         chunk = self.events[self.position : self.position + len(expected)]
         if len(chunk) == len(expected) and all(
             (e["neuron"], e["iteration"]) == key for e, key in zip(chunk, expected, strict=True)
         ):
             self.position += len(expected)
             return chunk
-        if self.events:
-            self.writer.keep_events(self.position)
-            self.events = self.events[: self.position]
+        self.writer.keep_events(self.position)
+        self.live = True
         return None
 
 
