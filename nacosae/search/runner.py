@@ -219,7 +219,7 @@ def _run(
         metric=options.metric,
         seed=options.seed,
         save_images=options.save_images,
-        t2i_batch=max(options.num_img, 20 if device.startswith("cuda") else 10),
+        t2i_batch=max(options.num_img, 32),
     )
     with progress.progress_bar("phase") as bar:
         task = bar.add_task("explain", total=options.n_iters + 2)
