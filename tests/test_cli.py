@@ -9,7 +9,8 @@ def test_help_lists_the_commands_that_exist(invoke):
     assert result.exit_code == 0
     assert "controls" in result.output and "download" in result.output
     assert "explain" in result.output
-    for unbuilt in ("report", "evaluate", "dashboard"):
+    assert "report" in result.output
+    for unbuilt in ("evaluate", "dashboard"):
         assert unbuilt not in result.output
 
 

@@ -73,13 +73,14 @@ def main_options(
 
 
 def _register() -> None:
-    from nacosae.cli import controls, download, explain
+    from nacosae.cli import controls, download, explain, report
 
     download.download_app.command("imagenet")(guarded(download.imagenet))
     download.download_app.command("models")(guarded(download.models))
     app.add_typer(download.download_app, name="download")
     app.command("controls")(guarded(controls.controls))
     app.command("explain")(guarded(explain.explain))
+    app.command("report")(guarded(report.report))
 
 
 _register()

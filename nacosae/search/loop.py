@@ -177,16 +177,14 @@ class NeuronState:
     def __post_init__(self) -> None:
         self.rng = random.Random(stable_seed("history", self.seed, self.neuron))
 
-    def note(self, concept: str, score: float, iteration: int, source: str) -> None:
-        self.tried.append(concept)
+    def note(self, event: dict[str, Any]) -> None:
+        """Take a scored event into the tried list, the curve and the best."""
+        score = event["score"]
+        self.tried.append(event["concept"])
         self.curve.append(max(score, self.curve[-1]) if self.curve else score)
         if self.best is None or score > self.best["score"]:
-            self.best = {
-                "concept": concept,
-                "score": score,
-                "iteration": iteration,
-                "source": source,
-            }
+            keys = ("concept", "score", "iteration", "source", "metrics")
+            self.best = {key: event[key] for key in keys}
 
     def summary(self, metric: str) -> dict[str, Any]:
         return {
@@ -401,7 +399,6 @@ class Search:
             with self.timer.phase("io"):
                 files = self._link_images(state.neuron, iteration, concept)
         score = metrics[self.settings.metric]
-        state.note(concept, score, iteration, source)
         event = {
             "neuron": state.neuron,
             "iteration": iteration,
@@ -414,6 +411,7 @@ class Search:
             **extra,
             "seconds": round(time.perf_counter() - started, 4),
         }
+        state.note(event)
         self._pending.append(event)
         return event
 
@@ -440,7 +438,7 @@ class Search:
     def _replay_score(self, state: NeuronState, event: dict[str, Any]) -> None:
         """Make the same RNG calls as scoring did, and take the recorded result."""
         self.parts.controls.select(state.neuron, event["concept"], state.rng)
-        state.note(event["concept"], event["score"], event["iteration"], event["source"])
+        state.note(event)
 
     def _replay_proposal(self, state: NeuronState, event: dict[str, Any]) -> None:
         calls = len(event["raw_answers"]) if event.get("status") == "failed" else None

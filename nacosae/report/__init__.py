@@ -1,0 +1,1 @@
+"""Reading run directories and exporting what they found (tables, CSV/JSON, Markdown/HTML)."""

@@ -1,0 +1,93 @@
+"""Plots shared by `nacosae report` and the dashboard: one style, PNG bytes out."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+STYLE = {
+    "figure.figsize": (5.0, 3.0),
+    "figure.dpi": 100,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "font.size": 9,
+}
+COLOURS = {
+    "initial-top": "#4c72b0",
+    "initial-random": "#8c8c8c",
+    "llm": "#dd8452",
+    "summary": "#55a868",
+}
+
+
+def _png(draw: Any) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots()
+        draw(ax)
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+        plt.close(fig)
+    return buffer.getvalue()
+
+
+def scores_per_iteration(events: list[dict[str, Any]], metric: str) -> bytes:
+    """Each scored concept's score at its iteration, coloured by where it came from."""
+    scored = [e for e in events if e.get("score") is not None]
+
+    def draw(ax: Any) -> None:
+        for source, colour in COLOURS.items():
+            points = [(e["iteration"], e["score"]) for e in scored if e["source"] == source]
+            if points:
+                ax.scatter(*zip(*points, strict=True), s=18, color=colour, label=source)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(metric)
+        ax.legend(fontsize=7)
+
+    return _png(draw)
+
+
+def best_so_far(curves: dict[str, list[float]], metric: str) -> bytes:
+    """Best score after each scored concept, one line per neuron or run."""
+
+    def draw(ax: Any) -> None:
+        for label, curve in curves.items():
+            ax.plot(range(1, len(curve) + 1), curve, label=label)
+        ax.set_xlabel("concepts scored")
+        ax.set_ylabel(f"best {metric} so far")
+        if len(curves) > 1:
+            ax.legend(fontsize=7)
+
+    return _png(draw)
+
+
+def relative_scores(events: list[dict[str, Any]], metric: str) -> bytes:
+    """Each proposal's score relative to the best initial (control-class) concept."""
+    scored = [e for e in events if e.get("score") is not None]
+    initial = [e["score"] for e in scored if e["iteration"] == 0]
+    base = max(initial) if initial else 0.0
+
+    def draw(ax: Any) -> None:
+        later = [e for e in scored if e["iteration"] > 0]
+        ax.bar([e["iteration"] for e in later], [e["score"] - base for e in later], color="#dd8452")
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(f"{metric} - best initial")
+
+    return _png(draw)
+
+
+def score_histogram(scores: list[float], metric: str) -> bytes:
+    def draw(ax: Any) -> None:
+        ax.hist(scores, bins=min(20, max(5, len(scores))), color="#4c72b0")
+        ax.set_xlabel(f"best {metric} per neuron")
+        ax.set_ylabel("neurons")
+
+    return _png(draw)

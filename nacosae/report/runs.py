@@ -1,0 +1,134 @@
+"""Read-only views of run directories, tolerant of runs that are running, failed, interrupted
+or damaged: a broken run becomes a view with an error, never an exception for the others."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nacosae.store.runs import EVENTS_FILE, RUN_FILE, SUMMARY_FILE, read_events
+
+
+@dataclass
+class NeuronView:
+    neuron: int
+    best: dict[str, Any] | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    curve: list[float] = field(default_factory=list)
+    iterations: int = 0
+
+
+@dataclass
+class RunView:
+    run_id: str
+    path: Path
+    record: dict[str, Any]
+    status: str
+    error: str | None = None
+    neurons: dict[int, NeuronView] = field(default_factory=dict)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.record.get("config", {})
+
+    def events(self) -> list[dict[str, Any]]:
+        return read_events(self.path)
+
+
+def _neurons_from_events(events: list[dict[str, Any]]) -> dict[int, NeuronView]:
+    views: dict[int, NeuronView] = {}
+    for event in events:
+        view = views.setdefault(event["neuron"], NeuronView(event["neuron"], None))
+        view.iterations = max(view.iterations, event["iteration"])
+        if event.get("score") is None:
+            continue
+        score = event["score"]
+        view.curve.append(max(score, view.curve[-1]) if view.curve else score)
+        if view.best is None or score > view.best["score"]:
+            view.best = {k: event.get(k) for k in ("concept", "score", "iteration", "source")}
+            view.best["metrics"] = event.get("metrics", {})
+    return views
+
+
+def load_run(path: Path) -> RunView:
+    """A run's view from run.json and summary.json (events.jsonl only for unfinished neurons)."""
+    path = Path(path)
+    try:
+        record = json.loads((path / RUN_FILE).read_text())
+        if not isinstance(record, dict):
+            raise ValueError("run.json is not an object")
+    except (OSError, ValueError) as exc:
+        return RunView(path.name, path, {}, "corrupt", f"unreadable run.json: {exc}")
+    view = RunView(
+        record.get("run_id", path.name),
+        path,
+        record,
+        record.get("status", "?"),
+        record.get("error"),
+    )
+    try:
+        summary = json.loads((path / SUMMARY_FILE).read_text())
+        for key, found in summary.get("neurons", {}).items():
+            view.neurons[int(key)] = NeuronView(
+                int(key),
+                found.get("best"),
+                found.get("history", []),
+                found.get("best_so_far", []),
+                max(len(found.get("best_so_far", [])), 0)
+                and record.get("config", {}).get("n_iters", 0) + 1,
+            )
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as exc:
+        view.error = view.error or f"unreadable summary.json: {exc}"
+    wanted = record.get("neurons")
+    if (path / EVENTS_FILE).is_file() and (not view.neurons or wanted != list(view.neurons)):
+        for neuron, found in _neurons_from_events(read_events(path)).items():
+            view.neurons.setdefault(neuron, found)
+    return view
+
+
+def list_runs(runs_dir: Path, only: list[str] | None = None) -> list[RunView]:
+    """Every run under `runs_dir` (newest last), or just the `only` run ids."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        return []
+    paths = sorted(p for p in runs_dir.iterdir() if (p / RUN_FILE).exists() or p.is_dir())
+    if only:
+        paths = [runs_dir / run_id for run_id in only]
+    return [load_run(p) for p in paths if p.is_dir()]
+
+
+METRIC_COLUMNS = ("auc", "mad", "mean", "u1", "p")
+
+
+def rows(runs: list[RunView]) -> list[dict[str, Any]]:
+    """One row per (run, neuron); `neuron` and `concept` first, as `nacosae evaluate` reads."""
+    table = []
+    for run in runs:
+        base = {
+            "run_id": run.run_id,
+            "model": run.config.get("model"),
+            "layer": run.config.get("layer"),
+            "status": run.status,
+        }
+        if not run.neurons:
+            table.append({"neuron": None, "concept": None, **base, "score": None})
+            continue
+        for neuron, view in sorted(run.neurons.items()):
+            best = view.best or {}
+            metrics = best.get("metrics", {})
+            table.append(
+                {
+                    "neuron": neuron,
+                    "concept": best.get("concept"),
+                    **base,
+                    "metric": run.config.get("metric", "auc"),
+                    "score": best.get("score"),
+                    **{m: metrics.get(m) for m in METRIC_COLUMNS},
+                    "iterations": view.iterations,
+                }
+            )
+    return table
