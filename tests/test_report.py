@@ -100,3 +100,15 @@ def test_run_filter_and_bad_input(invoke, runs_dir, tmp_path):
     missing = invoke("report", tmp_path / "absent")
     assert missing.exit_code == 1 and "does not exist" in missing.output
     assert invoke("report", runs_dir, "--format", "pdf").exit_code == 2
+
+
+def test_large_tables_print_as_plain_aligned_text(invoke, runs_dir, monkeypatch):
+    from nacosae.cli import report
+
+    monkeypatch.setattr(report, "RICH_ROW_LIMIT", 1)
+    result = invoke("report", runs_dir)
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert lines[0].split() == list(report.TABLE_COLUMNS)
+    assert len(lines) == 1 + 5  # header, 2 neurons of the done run, 3 other runs
+    assert "┃" not in result.output

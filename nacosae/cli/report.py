@@ -59,23 +59,45 @@ def report(
     progress.info(f"wrote {out}")
 
 
+RICH_ROW_LIMIT = 200  # rich lays out big tables slowly; beyond this, plain aligned text
+TABLE_COLUMNS = (
+    "run_id",
+    "model",
+    "layer",
+    "neuron",
+    "concept",
+    "score",
+    "auc",
+    "mad",
+    "mean",
+    "iterations",
+    "status",
+)
+
+
+def _cell(value: object) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else "-" if value is None else str(value)
+
+
 def _print_table(runs: list) -> None:
+    from rich.console import Console
     from rich.table import Table
 
     from nacosae.report.runs import rows
 
-    table = Table(title=f"{len(runs)} runs")
-    columns = ("run_id", "model", "layer", "neuron", "concept", "score", "auc", "mad", "mean")
-    for column in (*columns, "iterations", "status"):
-        table.add_column(column, overflow="fold")  # wrap long ids instead of cutting them
-    for row in rows(runs):
-        cells = [row.get(c) for c in (*columns, "iterations", "status")]
-        table.add_row(
-            *(f"{c:.4f}" if isinstance(c, float) else "-" if c is None else str(c) for c in cells)
-        )
-    from rich.console import Console
-
+    cells = [[_cell(row.get(c)) for c in TABLE_COLUMNS] for row in rows(runs)]
     out = Console()  # the table is the command's output: stdout, full width when piped
     if not out.is_terminal:
         out = Console(width=240)
+    if len(cells) > RICH_ROW_LIMIT:
+        widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(TABLE_COLUMNS)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(TABLE_COLUMNS, widths, strict=True))]
+        lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+        typer.echo("\n".join(lines))
+        return
+    table = Table(title=f"{len(runs)} runs")
+    for column in TABLE_COLUMNS:
+        table.add_column(column, overflow="fold")  # wrap long ids instead of cutting them
+    for row in cells:
+        table.add_row(*row)
     out.print(table)
