@@ -15,7 +15,7 @@ from pathlib import Path
 # nacosae reads them at call time.
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="nacosae-tests-hf-")
 os.environ.pop("HF_HUB_OFFLINE", None)
-import huggingface_hub  # noqa: E402,F401
+import huggingface_hub.constants  # noqa: E402,F401 - lazy package: import the module itself
 import numpy as np
 import pytest
 from PIL import Image
@@ -102,3 +102,36 @@ def t2i_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("t2i") / "tiny-sd"
     tiny_text2image_pipeline(folder.parent / "work").save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def runs_dir(tmp_path_factory):
+    """A done 2-neuron smoke run, a failed run, an interrupted run and a corrupt directory."""
+    from typer.testing import CliRunner
+
+    from nacosae.cli import app
+    from nacosae.config import settings
+    from nacosae.models import language
+
+    root = tmp_path_factory.mktemp("report")
+    runs = root / "runs"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("NACOSAE_HOME", str(root / "home"))
+    mp.setenv("HF_HUB_OFFLINE", "1")
+    settings.cache_clear()
+    runner = CliRunner()
+    base = ["explain", "--preset", "smoke", "--n-iters", "2", "--out", str(runs)]
+    done = runner.invoke(app, [*base, "--neurons", "0,5"])
+    assert done.exit_code == 0, done.output
+    assert runner.invoke(app, [*base, "--neuron-id", "99"]).exit_code == 1
+
+    def interrupt(self, requests):
+        raise KeyboardInterrupt
+
+    mp.setattr(language.LocalLLM, "chat_many", interrupt)
+    assert runner.invoke(app, [*base, "--neuron-id", "3"]).exit_code == 130
+    mp.undo()
+    settings.cache_clear()
+    (runs / "zz-corrupt").mkdir()
+    (runs / "zz-corrupt" / "run.json").write_text("{half a json")
+    return runs

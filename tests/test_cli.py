@@ -10,7 +10,8 @@ def test_help_lists_the_commands_that_exist(invoke):
     assert "controls" in result.output and "download" in result.output
     assert "explain" in result.output
     assert "report" in result.output
-    for unbuilt in ("evaluate", "dashboard"):
+    assert "dashboard" in result.output
+    for unbuilt in ("evaluate",):
         assert unbuilt not in result.output
 
 

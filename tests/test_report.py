@@ -5,41 +5,6 @@ import io
 import json
 import re
 
-import pytest
-
-
-@pytest.fixture(scope="module")
-def runs_dir(tmp_path_factory):
-    """A done 2-neuron smoke run, a failed run, an interrupted run and a corrupt directory."""
-    from typer.testing import CliRunner
-
-    from nacosae.cli import app
-    from nacosae.config import settings
-    from nacosae.models import language
-
-    root = tmp_path_factory.mktemp("report")
-    runs = root / "runs"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("NACOSAE_HOME", str(root / "home"))
-    mp.setenv("HF_HUB_OFFLINE", "1")
-    settings.cache_clear()
-    runner = CliRunner()
-    base = ["explain", "--preset", "smoke", "--n-iters", "2", "--out", str(runs)]
-    done = runner.invoke(app, [*base, "--neurons", "0,5"])
-    assert done.exit_code == 0, done.output
-    assert runner.invoke(app, [*base, "--neuron-id", "99"]).exit_code == 1
-
-    def interrupt(self, requests):
-        raise KeyboardInterrupt
-
-    mp.setattr(language.LocalLLM, "chat_many", interrupt)
-    assert runner.invoke(app, [*base, "--neuron-id", "3"]).exit_code == 130
-    mp.undo()
-    settings.cache_clear()
-    (runs / "zz-corrupt").mkdir()
-    (runs / "zz-corrupt" / "run.json").write_text("{half a json")
-    return runs
-
 
 def test_table_lists_every_run(invoke, runs_dir):
     result = invoke("report", runs_dir)

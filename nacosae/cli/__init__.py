@@ -73,7 +73,7 @@ def main_options(
 
 
 def _register() -> None:
-    from nacosae.cli import controls, download, explain, report
+    from nacosae.cli import controls, dashboard, download, explain, report
 
     download.download_app.command("imagenet")(guarded(download.imagenet))
     download.download_app.command("models")(guarded(download.models))
@@ -81,6 +81,7 @@ def _register() -> None:
     app.command("controls")(guarded(controls.controls))
     app.command("explain")(guarded(explain.explain))
     app.command("report")(guarded(report.report))
+    app.command("dashboard")(guarded(dashboard.dashboard))
 
 
 _register()

@@ -1,0 +1,150 @@
+"""The Streamlit dashboard: every page through streamlit's AppTest, and one real browser."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).parents[1] / "dashboard"
+
+
+def done_run(runs_dir: Path) -> str:
+    return next(runs_dir.glob("*n0-5")).name
+
+
+def app(page: str, runs_dir: Path, monkeypatch, run_id: str | None = None) -> AppTest:
+    monkeypatch.setenv("NACOSAE_DASHBOARD_RUNS", str(runs_dir))
+    at = AppTest.from_file(str(ROOT / page), default_timeout=60)
+    if run_id:
+        at.session_state["run_id"] = run_id
+    return at.run()
+
+
+def texts(at: AppTest) -> str:
+    parts = [
+        e.value
+        for kind in ("header", "markdown", "caption", "info", "error", "warning")
+        for e in getattr(at, kind)
+    ]
+    return "\n".join(str(p) for p in parts)
+
+
+def test_overview_selects_a_run_and_switches_neuron(runs_dir, monkeypatch):
+    import json
+
+    run_id = done_run(runs_dir)
+    summary = json.loads((runs_dir / run_id / "summary.json").read_text())["neurons"]
+    at = app("app.py", runs_dir, monkeypatch)
+    at.sidebar.selectbox(key="run_pick").select(run_id).run()
+    assert not at.exception
+    assert at.header[0].value == f"Neuron 0: {summary['0']['best']['concept']}"
+    at.sidebar.selectbox(key="neuron_pick").select(5).run()
+    assert at.header[0].value == f"Neuron 5: {summary['5']['best']['concept']}"
+    assert len(at.dataframe) == 2
+    assert [b.label for b in at.get("download_button")] == ["CSV", "JSON", "HTML"]
+
+
+def test_filters_and_corrupt_run(runs_dir, monkeypatch):
+    at = app("app.py", runs_dir, monkeypatch)
+    at.sidebar.selectbox(key="run_pick").select("zz-corrupt").run()
+    assert not at.exception
+    assert "zz-corrupt cannot be read" in texts(at)
+    at.sidebar.selectbox(key="f_Status").select("done").run()
+    assert at.sidebar.selectbox(key="run_pick").options == [done_run(runs_dir)]
+
+
+def test_empty_and_missing_runs_directory(tmp_path, monkeypatch):
+    at = app("app.py", tmp_path, monkeypatch)
+    assert "No runs in" in texts(at)
+    at = app("app.py", tmp_path / "absent", monkeypatch)
+    assert "No runs directory" in texts(at)
+
+
+def test_images_page(runs_dir, monkeypatch):
+    at = app("pages/1_Images.py", runs_dir, monkeypatch, done_run(runs_dir))
+    assert not at.exception
+    assert at.title[0].value == "Images"
+    assert len(at.get("image")) >= 10  # one strip per scored concept
+
+
+def test_reasoning_page(runs_dir, monkeypatch):
+    at = app("pages/2_Reasoning.py", runs_dir, monkeypatch, done_run(runs_dir))
+    assert not at.exception
+    assert len(at.expander) == 3  # 2 iterations + the summary
+    assert "<answer>" in at.code[0].value
+
+
+def test_compare_page(runs_dir, monkeypatch):
+    at = app("pages/3_Compare.py", runs_dir, monkeypatch, done_run(runs_dir))
+    assert not at.exception
+    assert len(at.multiselect[0].value) >= 2
+    assert len(at.dataframe) == 1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium")
+def test_real_browser_shows_the_best_concept(runs_dir, tmp_path):
+    import json
+
+    run_id = done_run(runs_dir)
+    only = tmp_path / "runs"
+    shutil.copytree(runs_dir / run_id, only / run_id)
+    concept = json.loads((only / run_id / "summary.json").read_text())["neurons"]["0"]["best"]
+    port = free_port()
+    env = {**os.environ, "SAVE_DIR": str(only)}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "nacosae", "dashboard", str(only), "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.3)
+        flags = [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1400,1000",
+            "--virtual-time-budget=20000",
+        ]
+        url = f"http://127.0.0.1:{port}/"
+        wanted = f"Neuron 0: {concept['concept']}"
+        for _ in range(4):  # the first load of a fresh server can outlast the time budget
+            dom = subprocess.run(
+                [*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120
+            ).stdout
+            if wanted in dom:
+                break
+        shot = Path(os.environ.get("NACOSAE_SCREENSHOT", tmp_path / "dashboard.png"))
+        for _ in range(4):  # a blank first paint is small; a rendered page is not
+            subprocess.run([*flags, f"--screenshot={shot}", url], capture_output=True, timeout=120)
+            if shot.is_file() and shot.stat().st_size > 10_000:
+                break
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert wanted in dom
+    assert shot.is_file() and shot.stat().st_size > 10_000
