@@ -148,58 +148,6 @@ def tiny_text2image_pipeline(workdir: Path, seed: int = 0) -> Any:
 
 # ---------------------------------------------------------------- language model
 
-TINY_CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
-_CORPUS = [
-    "<thinking>the unit likes round red things</thinking><answer>red apple</answer>",
-    "a realistic photo of a dog, a cat, a car, a tree, a house, a boat, a bird",
-    "Concepts with scores. Propose one new concept of one to three words.",
-]
-
-
-def tiny_language_model(seed: int = 0) -> tuple[Any, Any]:
-    """A two-layer Llama with a byte-level BPE tokenizer and a chat template."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    specials = ["<|pad|>", "<|bos|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
-    bpe = Tokenizer(models.BPE(unk_token=None))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator(_CORPUS, trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe,
-        bos_token="<|bos|>",
-        eos_token="<|end|>",
-        pad_token="<|pad|>",
-        padding_side="left",
-    )
-    tokenizer.chat_template = TINY_CHAT_TEMPLATE
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return LlamaForCausalLM(config).eval(), tokenizer
-
-
 SMOKE_WORDS = (
     "red", "blue", "green", "yellow", "striped", "round", "wooden", "metal", "furry", "shiny",
     "apple", "boat", "car", "dog", "cat", "tree", "house", "bird", "fence", "flower",
