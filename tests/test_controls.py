@@ -3,10 +3,6 @@
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +17,7 @@ from nacosae.controls import open_controls
 from nacosae.errors import CorruptStore
 from nacosae.models.vision import model_info
 from tests.conftest import write_image_tree
+from tests.killing import kill_cli_when
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -218,27 +215,16 @@ def test_sigkilled_run_resumes_to_an_identical_store(invoke, tmp_path, monkeypat
     ]  # fmt: skip
     killed_home = tmp_path / "killed"
     env = {**os.environ, "NACOSAE_HOME": str(killed_home)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nacosae", "-q", *args],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     index_path = killed_home / "controls/resnet18/avgpool/index.json"
-    deadline = time.monotonic() + 120
-    killed_at = None
-    while time.monotonic() < deadline and proc.poll() is None:
+
+    def two_shards_written() -> bool:
         try:
-            index = json.loads(index_path.read_text())
+            return len(json.loads(index_path.read_text())["shards"]) >= 2
         except (FileNotFoundError, json.JSONDecodeError):
-            index = None
-        if index and len(index["shards"]) >= 2:
-            proc.send_signal(signal.SIGKILL)
-            killed_at = len(index["shards"])
-            break
-        time.sleep(0.01)
-    proc.wait()
-    assert killed_at is not None, "the run ended before it could be killed"
+            return False
+
+    killed = kill_cli_when(args, env, two_shards_written, timeout=120)
+    assert killed, "the run ended before it could be killed"
     assert json.loads(index_path.read_text())["status"] == "building"
 
     monkeypatch.setenv("NACOSAE_HOME", str(killed_home))

@@ -4,10 +4,8 @@ import hashlib
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -17,6 +15,7 @@ from nacosae.errors import NacosaeError, NeuronOutOfRange
 from nacosae.search.neurons import parse_spec, read_neurons_file, resolve
 from nacosae.store.concepts import ConceptKeys, ConceptStore
 from tests.chatserver import ChatServer
+from tests.killing import kill_cli_when
 from tests.test_explain import events_of, explain_args, only_run
 
 GENERATION = {"model_id": "m", "num_inference_steps": 2, "guidance_scale": 0.0, "seed": 42}
@@ -136,23 +135,12 @@ def test_sigkilled_multi_neuron_run_resumes_to_the_same_result(invoke, tmp_path,
     args = ["explain", "--preset", "smoke", "--neurons", "0:3", "--n-iters", "6"]
     killed = tmp_path / "killed"
     env = {**os.environ, "SAVE_DIR": str(killed)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nacosae", "-q", *args],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 240
-    lines = 0
-    while time.monotonic() < deadline and proc.poll() is None:
+
+    def phases_on_disk() -> bool:  # the initial phase and at least one iteration
         runs = list(killed.glob("*/events.jsonl")) if killed.is_dir() else []
-        lines = len(runs[0].read_text().splitlines()) if runs else 0
-        if lines >= 33:  # the initial phase and at least one iteration are on disk
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.01)
-    proc.wait()
-    assert lines >= 33, "the run ended before it could be killed"
+        return bool(runs) and len(runs[0].read_text().splitlines()) >= 33
+
+    assert kill_cli_when(args, env, phases_on_disk, timeout=240), "the run ended first"
     run = only_run(killed)
     assert json.loads((run / "run.json").read_text())["status"] == "running"
 
