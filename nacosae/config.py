@@ -55,6 +55,9 @@ def load_settings(dotenv_path: Path | None = None) -> Settings:
     if hf_home is not None:
         # huggingface_hub reads HF_HOME from the process environment when it is imported.
         os.environ.setdefault("HF_HOME", str(hf_home))
+    if env.get("HF_TOKEN"):
+        # so that transformers/diffusers loaders fetching a gated model see a token set in .env
+        os.environ.setdefault("HF_TOKEN", env["HF_TOKEN"])
     return Settings(
         nacosae_home=home, save_dir=save_dir, hf_home=hf_home, hf_token=env.get("HF_TOKEN") or None
     )
