@@ -257,10 +257,6 @@ def load_vision_model(name: str, weights: str = "default") -> tuple[nn.Module, s
 # ---------------------------------------------------------------- layers and pooling
 
 
-def top_level_layers(model: nn.Module) -> list[str]:
-    return [n for n, _ in model.named_children()]
-
-
 def resolve_layer(model: nn.Module, layer: str, model_name: str = "the model") -> nn.Module:
     """The module at dotted path `layer`, or an error listing what exists there."""
     module = model

@@ -274,7 +274,7 @@ def _build_parts(
 
     from nacosae.controls import compute_dtype, load_vision, vision_spec
     from nacosae.data.images import preprocess_transform
-    from nacosae.models.language import HTTPLLM, LocalLLM, cached_llm_loader
+    from nacosae.models.language import HTTPLLM, LanguageModel, LocalLLM, cached_llm_loader
     from nacosae.models.text2image import (
         GenerationSettings,
         TextToImage,
@@ -317,7 +317,7 @@ def _build_parts(
     t2i = TextToImage(cache.get(t2i_spec, load_pipeline), generation, device)
 
     if options.llm_url:
-        llm: Any = HTTPLLM(options.llm_url, options.language_model)
+        llm: LanguageModel = HTTPLLM(options.llm_url, options.language_model)
     else:
         llm_dtype = "bfloat16" if device.startswith("cuda") else "float32"
         spec = ModelSpec(kind="llm", id=options.language_model, dtype=llm_dtype, device=device)

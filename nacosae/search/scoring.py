@@ -10,11 +10,8 @@ All metrics are computed for every concept; `--metric` only picks the one that s
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 
-Metric = Literal["auc", "mad", "mean"]
 METRICS: tuple[str, ...] = ("auc", "mad", "mean")
 
 
