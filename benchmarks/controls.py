@@ -33,6 +33,21 @@ def make_jpegs(root: Path, n: int, classes: int = 8) -> None:
         Image.fromarray(shifted).save(folder / f"img_{i:05d}.JPEG", quality=90)
 
 
+def forward_only_rate(model: torch.nn.Module, images: Path, batch_size: int) -> float:
+    """Images/s of the model alone, on images already decoded and preprocessed."""
+    from nacosae.data.images import ControlImages, list_image_folder
+    from nacosae.models.vision import layer_activations
+
+    listing = list_image_folder(images)
+    dataset = ControlImages(listing, list(range(len(listing))))
+    tensors = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    layer_activations(model, "avgpool", tensors[:batch_size])  # warm-up
+    start = time.perf_counter()
+    for i in range(0, len(tensors), batch_size):
+        layer_activations(model, "avgpool", tensors[i : i + batch_size])
+    return len(tensors) / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=512)
@@ -43,26 +58,15 @@ def main() -> None:
 
     from nacosae import progress
     from nacosae.controls import ControlsRequest, build_controls, load_vision, vision_spec
-    from nacosae.data.images import ControlImages, list_image_folder
     from nacosae.models.cache import ModelCache
-    from nacosae.models.vision import layer_activations
 
     progress.configure(quiet=True)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         make_jpegs(root / "val", args.images)
         cache = ModelCache()
-        model = cache.get(vision_spec(args.model, "none", "cpu", "float32"), load_vision)
-
-        listing = list_image_folder(root / "val")
-        dataset = ControlImages(listing, list(range(len(listing))))
-        tensors = torch.stack([dataset[i][0] for i in range(len(dataset))])
-        layer_activations(model, "avgpool", tensors[: args.batch_size])  # warm-up
-        start = time.perf_counter()
-        for i in range(0, len(tensors), args.batch_size):
-            layer_activations(model, "avgpool", tensors[i : i + args.batch_size])
-        forward_seconds = time.perf_counter() - start
-        forward_rate = len(tensors) / forward_seconds
+        with cache.use(vision_spec(args.model, "none", "cpu", "float32"), load_vision) as model:
+            forward_rate = forward_only_rate(model, root / "val", args.batch_size)
         emit(
             metric="forward_only_images_per_s",
             value=round(forward_rate, 2),

@@ -28,7 +28,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from nacosae import progress
-    from nacosae.models.cache import ModelCache, ModelSpec
+    from nacosae.models.cache import ModelCache, ModelHandle
     from nacosae.models.text2image import GenerationSettings, TextToImage
     from nacosae.search.runner import ExplainOptions, run_explain
 
@@ -63,8 +63,8 @@ def main() -> None:
                 target_share=0.05,
             )
 
-        pipe = cache.get(ModelSpec(kind="t2i", id="nacosae/tiny-sd", device="cpu"), None)
-        t2i = TextToImage(pipe, GenerationSettings("nacosae/tiny-sd", 2, 0.0), "cpu")
+        (spec, _pipe), *_ = [(s, o) for s, o in cache.loaded() if s.kind == "t2i"]
+        t2i = TextToImage(ModelHandle(cache, spec), GenerationSettings(spec.id, 2, 0.0))
         t2i.render("warm up", 5, seed=0)
         batched, single = [], []
         for r in range(args.repeats):

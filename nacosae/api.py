@@ -67,7 +67,7 @@ def explain(
         module.nacosae_weights_id = module_weights_id(module)
         for dtype in ("float32", "float16"):
             spec = vision_spec(name, weights, device, compute_dtype(dtype, device))  # type: ignore[arg-type]
-            cache.get(spec, lambda _spec, m=module: m)
+            cache.load(spec, lambda _spec, m=module: m)
     controls_root = Path(options.pop("controls_root", config.controls_dir))
     if images is not None and not (store_dir(controls_root, name, layer) / "index.json").exists():
         build_controls(

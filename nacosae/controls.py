@@ -20,6 +20,7 @@ from nacosae.data.images import (
 )
 from nacosae.errors import NacosaeError
 from nacosae.models.cache import ModelCache, ModelSpec
+from nacosae.models.residency import OffloadMode
 from nacosae.store.activations import ControlStore, StoreBuilder, shard_spans, store_dir
 
 if TYPE_CHECKING:
@@ -86,9 +87,16 @@ def load_vision(spec: ModelSpec) -> nn.Module:
     return model
 
 
-def vision_spec(model: str, weights: str, device: str, dtype: str) -> ModelSpec:
+def vision_spec(
+    model: str, weights: str, device: str, dtype: str, offload: OffloadMode = "none"
+) -> ModelSpec:
     return ModelSpec(
-        kind="vision", id=model, dtype=dtype, device=device, options=(("weights", weights),)
+        kind="vision",
+        id=model,
+        dtype=dtype,
+        device=device,
+        offload=offload,
+        options=(("weights", weights),),
     )
 
 
@@ -104,8 +112,6 @@ def build_controls(request: ControlsRequest, cache: ModelCache) -> ControlsResul
     """Build (or resume, or keep) the store for `request.model` / `request.layer`."""
     import torch
 
-    from nacosae.models.vision import POOLING_DESCRIPTION, count_units, resolve_layer
-
     if request.batch_size < 1:
         raise NacosaeError("--batch-size must be at least 1")
     if request.shard_size < 1:
@@ -114,10 +120,37 @@ def build_controls(request: ControlsRequest, cache: ModelCache) -> ControlsResul
     device = resolve_device(request.device)
     run_dtype = compute_dtype(request.dtype, device)
     spec = vision_spec(request.model, request.weights, device, run_dtype)
-    model = cache.get(spec, load_vision)
-    resolve_layer(model, request.layer, request.model)
     torch_dtype = getattr(torch, run_dtype)
-    n_units = count_units(model, request.layer, device, torch_dtype)
+    with cache.use(spec, load_vision) as model:
+        builder = _store_builder(request, listing, model, device, torch_dtype)
+        directory = builder.directory
+        done = builder.begin(overwrite=request.overwrite)
+        if builder.complete:
+            return ControlsResult(directory, builder.index, True, 0)
+        if done:
+            progress.info(f"resuming: {done} of {len(builder.spans)} shards already written")
+        processed = _extract(request, listing, builder, model, device, torch_dtype, done)
+    index = builder.finish([c.folder for c in listing.classes])
+    if index["skipped"]:
+        names = ", ".join(index["skipped"][:5]) + (" ..." if len(index["skipped"]) > 5 else "")
+        progress.warn(
+            f"{len(index['skipped'])} unreadable images skipped ({names}); "
+            f"all are listed under 'skipped' in {directory / 'index.json'}"
+        )
+    return ControlsResult(directory, index, False, processed)
+
+
+def _store_builder(
+    request: ControlsRequest,
+    listing: ImageFolderListing,
+    model: nn.Module,
+    device: str,
+    torch_dtype: torch.dtype,
+) -> StoreBuilder:
+    """The store to write: its identity (what a later request must match) and its layout."""
+    from nacosae.models.vision import POOLING_DESCRIPTION, count_units, resolve_layer
+
+    resolve_layer(model, request.layer, request.model)
     identity = {
         "model": request.model,
         "layer": request.layer,
@@ -135,23 +168,10 @@ def build_controls(request: ControlsRequest, cache: ModelCache) -> ControlsResul
             for c in listing.classes
         ],
     }
+    n_units = count_units(model, request.layer, device, torch_dtype)
     spans = shard_spans(len(listing), request.shard_size)
     directory = store_dir(request.controls_root, request.model, request.layer)
-    builder = StoreBuilder(directory, identity, n_units, spans, details)
-    done = builder.begin(overwrite=request.overwrite)
-    if builder.complete:
-        return ControlsResult(directory, builder.index, True, 0)
-    if done:
-        progress.info(f"resuming: {done} of {len(spans)} shards already written")
-    processed = _extract(request, listing, builder, model, device, torch_dtype, done)
-    index = builder.finish([c.folder for c in listing.classes])
-    if index["skipped"]:
-        names = ", ".join(index["skipped"][:5]) + (" ..." if len(index["skipped"]) > 5 else "")
-        progress.warn(
-            f"{len(index['skipped'])} unreadable images skipped ({names}); "
-            f"all are listed under 'skipped' in {directory / 'index.json'}"
-        )
-    return ControlsResult(directory, index, False, processed)
+    return StoreBuilder(directory, identity, n_units, spans, details)
 
 
 def _extract(

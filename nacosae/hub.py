@@ -9,10 +9,13 @@ dataset's terms, check the id, or run `nacosae download ...` before going offlin
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from nacosae.errors import NacosaeError
+
+COMMIT_HASH = re.compile(r"[0-9a-f]{40}")
 
 
 class HubError(NacosaeError):
@@ -149,6 +152,38 @@ def delete_cached(repo_id: str, repo_type: str = "model") -> int:
             strategy.execute()
             return strategy.expected_freed_size
     return 0
+
+
+def cached_commit(repo_id: str, revision: str = "main", repo_type: str = "model") -> str | None:
+    """The commit a branch or tag points to in the local HF cache (`refs/<revision>`), if any."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    root = Path(cache_dir() or constants.HF_HUB_CACHE)
+    folder = root / repo_folder_name(repo_id=repo_id, repo_type=repo_type)
+    if COMMIT_HASH.fullmatch(revision):
+        return revision if (folder / "snapshots" / revision).is_dir() else None
+    ref = folder / "refs" / revision
+    return ref.read_text().strip() if ref.is_file() else None
+
+
+def remote_commit(
+    repo_id: str, revision: str | None = None, *, token: str | None = None
+) -> str | None:
+    """The commit `revision` (default: main) points to on the hub; None when the hub cannot be
+    reached. A missing repo or revision is an error."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        info = HfApi(endpoint=endpoint(), token=token).model_info(repo_id, revision=revision)
+    except HfHubHTTPError as exc:
+        if exc.response is not None and exc.response.status_code >= 500:
+            return None
+        raise _translate(exc, repo_id, "model", token) from exc
+    except Exception:  # noqa: BLE001 - no network: the caller falls back to the local cache
+        return None
+    return info.sha
 
 
 def cached_files(repo_id: str, repo_type: str = "model") -> list[str]:

@@ -2,23 +2,24 @@
 
 It checks an installation end to end on a CPU in well under a minute: a tiny CNN, a tiny
 diffusers pipeline (64 px), a tiny Llama whose sampled replies are kept well-formed by a token
-constraint, and a control store over generated images (kept under NACOSAE_HOME/smoke, built
-once). Its results mean nothing.
+constraint, and a control store over generated images. The models are saved as local model
+folders under NACOSAE_HOME/smoke/models (built once) and load through the same loaders as real
+models. Its results mean nothing.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from nacosae.models.cache import ModelCache, ModelSpec
+from nacosae.models.cache import ModelCache
 
 if TYPE_CHECKING:
     from nacosae.search.runner import ExplainOptions
 
-SMOKE_T2I = "nacosae/tiny-sd"
-SMOKE_LLM = "nacosae/tiny-llama"
+SMOKE_T2I = "tiny-sd"  # folder names under NACOSAE_HOME/smoke/models
+SMOKE_LLM = "tiny-llama"
 SMOKE_CLASSES = (
     "apple", "boat", "car", "dog", "cat", "tree", "house", "bird", "fence", "flower", "lake",
     "clock",
@@ -49,14 +50,15 @@ def write_smoke_images(root: Path, per_class: int = 3) -> Path:
 
 
 def smoke_options(options: ExplainOptions) -> ExplainOptions:
-    """The options of a smoke run: tiny model ids, CPU, few steps (nothing is built yet)."""
+    """The options of a smoke run: tiny model folders, CPU, few steps (nothing is built yet)."""
+    models = Path(options.controls_root).parent / "smoke" / "models"
     return replace(
         options,
         model="tiny_cnn",
         layer="avgpool",
         weights="none",
-        t2i_model=SMOKE_T2I,
-        language_model=SMOKE_LLM,
+        t2i_model=str(models / SMOKE_T2I),
+        language_model=str(models / SMOKE_LLM),
         llm_url=None,
         num_inf_steps=options.num_inf_steps or 2,
         guidance_scale=0.0 if options.guidance_scale is None else options.guidance_scale,
@@ -66,26 +68,37 @@ def smoke_options(options: ExplainOptions) -> ExplainOptions:
     )
 
 
+def write_smoke_models(t2i_folder: Path, llm_folder: Path) -> None:
+    """Save the tiny pipeline and the tiny Llama as model folders (once)."""
+    from nacosae.models.tiny import smoke_language_model, tiny_text2image_pipeline
+
+    if not (t2i_folder / "model_index.json").is_file():
+        pipe = tiny_text2image_pipeline(t2i_folder.parent / "work")
+        pipe.save_pretrained(t2i_folder.with_suffix(".tmp"))
+        t2i_folder.with_suffix(".tmp").replace(t2i_folder)
+    if not (llm_folder / "config.json").is_file():
+        model, tokenizer = smoke_language_model()
+        staging = llm_folder.with_suffix(".tmp")
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        staging.replace(llm_folder)
+
+
 def prepare_smoke(options: ExplainOptions, cache: ModelCache) -> ExplainOptions:
-    """Build the tiny components of `smoke_options(...)` into `cache`; returns the options with
-    the LLM's format constraint attached."""
+    """Build the tiny models and control store of `smoke_options(...)` (once); returns the
+    options with the LLM's format constraint attached."""
     from nacosae.controls import ControlsRequest, build_controls
-    from nacosae.models.language import _ModelAndTokenizer
-    from nacosae.models.tiny import (
-        smoke_answer_constraint,
-        smoke_language_model,
-        tiny_text2image_pipeline,
-    )
+    from nacosae.models.tiny import smoke_answer_constraint, smoke_tokenizer
 
     root = Path(options.controls_root).parent
+    write_smoke_models(Path(options.t2i_model), Path(options.language_model))
     images = write_smoke_images(root / "images")
-    controls_root = options.controls_root
     build_controls(
         ControlsRequest(
             model="tiny_cnn",
             layer="avgpool",
             images=images,
-            controls_root=controls_root,
+            controls_root=options.controls_root,
             weights="none",
             batch_size=64,
             workers=0,
@@ -93,15 +106,4 @@ def prepare_smoke(options: ExplainOptions, cache: ModelCache) -> ExplainOptions:
         ),
         cache,
     )
-
-    def load_t2i(spec: ModelSpec) -> Any:
-        pipe = tiny_text2image_pipeline(root / "work")
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
-    cache.get(ModelSpec(kind="t2i", id=SMOKE_T2I, device="cpu"), load_t2i)
-    bundle = cache.get(
-        ModelSpec(kind="llm", id=SMOKE_LLM, device="cpu"),
-        lambda spec: _ModelAndTokenizer(smoke_language_model()),
-    )
-    return replace(options, llm_constraint=smoke_answer_constraint(bundle.tokenizer))
+    return replace(options, llm_constraint=smoke_answer_constraint(smoke_tokenizer()))

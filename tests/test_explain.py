@@ -6,16 +6,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from tests.chatserver import ChatServer
-
-
-@pytest.fixture
-def controls(invoke, image_tree):
-    result = invoke("controls", "--model", "tiny_cnn", "--images", image_tree, "--workers", "0")
-    assert result.exit_code == 0, result.output
 
 
 def answers(*replies):
@@ -200,16 +193,18 @@ def test_out_of_memory_suggests_offload(invoke, controls, t2i_dir, tmp_path, mon
     with ChatServer(answers("<answer>x</answer>")) as server:
         result = invoke(*explain_args(t2i_dir, server, "--neuron-id", "1"))
     assert result.exit_code == 1
-    assert "--offload cpu" in result.output and "fewer --num-img" in result.output
+    output = " ".join(result.output.split())
+    assert "out of GPU memory rendering 6 images in one call" in output
+    assert "--t2i-batch 3" in output and "--offload model" in output
     assert failed_run(tmp_path)["status"] == "failed"
 
 
 def test_images_do_not_depend_on_batch_size(t2i_dir):
-    from nacosae.models.cache import ModelSpec
+    from nacosae.models.cache import ModelCache, ModelHandle, ModelSpec
     from nacosae.models.text2image import GenerationSettings, TextToImage, load_pipeline
 
-    pipe = load_pipeline(ModelSpec(kind="t2i", id=str(t2i_dir)))
-    t2i = TextToImage(pipe, GenerationSettings(str(t2i_dir), 2, 0.0), "cpu")
+    pipeline = ModelHandle(ModelCache(), ModelSpec(kind="t2i", id=str(t2i_dir)), load_pipeline)
+    t2i = TextToImage(pipeline, GenerationSettings(str(t2i_dir), 2, 0.0))
     batch = t2i.render("red apple", 5, seed=7)
     singles = [t2i.render("red apple", 1, seed=7, first=k)[0] for k in range(5)]
     for a, b in zip(batch, singles, strict=True):

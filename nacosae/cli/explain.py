@@ -12,6 +12,7 @@ from nacosae import progress
 if TYPE_CHECKING:
     from nacosae.search.runner import ExplainResult
 from nacosae.models.downloads import DEFAULT_EMBEDDER, DEFAULT_LANGUAGE_MODEL, DEFAULT_T2I_MODEL
+from nacosae.models.language import HTTP_CONCURRENCY, MAX_NEW_TOKENS
 
 
 def explain(
@@ -62,9 +63,27 @@ def explain(
     embedder: Annotated[
         str, typer.Option(help="Sentence embedder for dissimilar-class.")
     ] = DEFAULT_EMBEDDER,
-    offload: Annotated[str, typer.Option(help="none, cpu (model swapping) or sequential.")] = (
-        "cpu"
-    ),
+    offload: Annotated[
+        str,
+        typer.Option(
+            help="none, cpu (swap whole models by LRU within --gpu-memory), model (library "
+            "model-level CPU offload) or sequential (layer by layer, least memory)."
+        ),
+    ] = "cpu",
+    gpu_memory: Annotated[
+        float | None,
+        typer.Option(help="GiB of models kept on the GPU [default: free memory less a margin]."),
+    ] = None,
+    t2i_batch: Annotated[
+        int | None,
+        typer.Option(help="Images per text-to-image call [default: what the memory fits, <= 32]."),
+    ] = None,
+    max_new_tokens: Annotated[
+        int, typer.Option(help="Most tokens an LLM answer may have (local and --llm-url).")
+    ] = MAX_NEW_TOKENS,
+    llm_concurrency: Annotated[
+        int, typer.Option(help="Most requests in flight to an --llm-url server.")
+    ] = HTTP_CONCURRENCY,
     save_images: Annotated[bool, typer.Option(help="Keep the rendered images.")] = True,
     out: Annotated[Path | None, typer.Option(help="Runs directory [default: SAVE_DIR].")] = None,
     seed: Annotated[int, typer.Option(help="Seed for every random choice.")] = 42,
@@ -114,6 +133,10 @@ def explain(
         control_strategy=control_strategy,
         embedder=embedder,
         offload=offload,
+        gpu_memory=gpu_memory,
+        t2i_batch=t2i_batch,
+        max_new_tokens=max_new_tokens,
+        llm_concurrency=llm_concurrency,
         save_images=save_images,
         seed=seed,
         device=device,

@@ -1,27 +1,46 @@
-"""ModelCache: one load per model spec per process, kept on the accelerator within a byte budget.
+"""ModelCache: one load per model spec per process, and a residency protocol that never hands
+out a model that can be moved away.
 
-Every command shares one cache. `get(spec)` loads through the loader registered for the spec's
-kind on first use and returns the same object afterwards. Placed models are tracked by parameter
-bytes; when placing one would exceed the budget, the least-recently-used placed models are moved
-to the CPU (`offload="cpu"`, the original "model swapping"). `offload="sequential"` hands the
-model to accelerate/diffusers offload hooks instead of placing it. Thread-safe: concurrent `get`
-of one spec loads it once; different specs load in parallel.
+Models are used only inside `with cache.use(spec) as model:`. Entry loads the model if needed,
+puts it where its offload mode says (below) and pins it; exit unpins it. Eviction only ever
+moves unpinned models, so a caller never computes with weights that were moved under it, and a
+thread that needs room held by another thread's pinned model waits for it (a thread that
+already holds pins never waits: it goes over budget instead, so nesting cannot deadlock).
+
+Offload modes, part of the spec (`ModelSpec.offload`):
+- `none`: the whole model sits on its device from its first use on.
+- `cpu`: like `none`, but when placing a model would exceed the device budget, the least
+  recently used unpinned models move to the CPU (model swapping).
+- `model`: weights live on the CPU; the library hooks move the whole model to the device when
+  it computes, and it goes back to the CPU when its last user leaves `use`.
+- `sequential`: weights live on the CPU and stream to the device layer by layer.
+On the CPU every mode is `none`: there is nowhere else to put the weights.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
 
-OffloadMode = Literal["none", "cpu", "sequential"]
+from nacosae import progress
+from nacosae.models.residency import (
+    OFFLOAD_MODES,
+    OffloadMode,
+    Release,
+    attach_offload,
+    object_nbytes,
+    place,
+)
+
 Loader = Callable[["ModelSpec"], Any]
-Mover = Callable[[Any, str], Any]
 
 GIB = 1024**3
+WAIT_SECONDS = 600.0  # how long a thread waits for another thread's pinned model
 
 
 @dataclass(frozen=True)
@@ -33,18 +52,38 @@ class ModelSpec:
     revision: str | None = None
     dtype: str = "float32"
     device: str = "cpu"
+    offload: OffloadMode = "none"
     options: tuple[tuple[str, str], ...] = ()
 
+    def __post_init__(self) -> None:
+        if self.offload not in OFFLOAD_MODES:
+            raise ValueError(f"offload must be one of {', '.join(OFFLOAD_MODES)}: {self.offload!r}")
+
+    @property
+    def residency(self) -> OffloadMode:
+        """The offload mode in effect: on the CPU there is nothing to offload to."""
+        return "none" if self.device == "cpu" else self.offload
+
     def label(self) -> str:
-        return f"{self.kind}:{self.id}" + (f"@{self.revision}" if self.revision else "")
+        return f"{self.kind}:{self.id}" + (f"@{self.revision[:12]}" if self.revision else "")
+
+    def storage_key(self) -> ModelSpec:
+        """The key of the loaded object: `none` and `cpu` share one plain object (they differ
+        only in whether it may be swapped out), `model` and `sequential` each have their own,
+        since the library hooks change the object."""
+        hooked = self.residency in ("model", "sequential")
+        return replace(self, offload=self.residency if hooked else "none")
 
 
 @dataclass
 class _Entry:
     obj: Any
     nbytes: int
-    placed: bool  # on spec.device (counts against the budget)
     load_seconds: float
+    placed: bool = False  # the whole model is on spec.device (modes none and cpu)
+    swappable: bool = False  # its latest use allowed swapping it out (mode cpu)
+    pins: Counter[int] = field(default_factory=Counter)  # thread id -> open `use` scopes
+    release: Release | None = None  # model offload: back to the CPU when the last user leaves
 
 
 @dataclass
@@ -52,7 +91,9 @@ class CacheStats:
     hits: int = 0
     loads: int = 0
     load_seconds: float = 0.0
+    placements: int = 0
     evictions: int = 0
+    move_seconds: float = 0.0
     models: dict[str, int] = field(default_factory=dict)  # label -> parameter bytes
 
     def as_dict(self) -> dict[str, Any]:
@@ -60,44 +101,11 @@ class CacheStats:
             "hits": self.hits,
             "loads": self.loads,
             "load_seconds": round(self.load_seconds, 3),
+            "placements": self.placements,
             "evictions": self.evictions,
+            "move_seconds": round(self.move_seconds, 3),
             "models": dict(self.models),
         }
-
-
-def object_nbytes(obj: Any) -> int:
-    """Parameter and buffer bytes of a module, or of every module inside a pipeline-like object."""
-    import torch
-
-    modules: list[torch.nn.Module] = []
-    if isinstance(obj, torch.nn.Module):
-        modules.append(obj)
-    elif hasattr(obj, "components") and isinstance(obj.components, dict):
-        modules.extend(m for m in obj.components.values() if isinstance(m, torch.nn.Module))
-    seen: set[int] = set()
-    total = 0
-    for module in modules:
-        for tensor in (*module.parameters(), *module.buffers()):
-            if id(tensor) not in seen:
-                seen.add(id(tensor))
-                total += tensor.numel() * tensor.element_size()
-    return total
-
-
-def move_to(obj: Any, device: str) -> Any:
-    """Default mover: `.to(device)` works for torch modules and diffusers pipelines alike."""
-    moved = obj.to(device)
-    return obj if moved is None else moved
-
-
-def apply_sequential_offload(obj: Any, device: str) -> Any:
-    """Let weights live on the CPU and stream to `device` layer by layer during forward."""
-    if hasattr(obj, "enable_sequential_cpu_offload"):
-        obj.enable_sequential_cpu_offload(device=device)
-        return obj
-    from accelerate import cpu_offload
-
-    return cpu_offload(obj, execution_device=device)
 
 
 def default_budget(device: str) -> float:
@@ -114,117 +122,251 @@ def default_budget(device: str) -> float:
     return float("inf")
 
 
+def _empty_device_cache(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()
+
+
 class ModelCache:
-    """The process-wide model cache. See the module docstring for the policy."""
+    """The process-wide model cache. See the module docstring for the protocol."""
 
     def __init__(
-        self,
-        budget_bytes: float | None = None,
-        offload: OffloadMode = "cpu",
-        loaders: dict[str, Loader] | None = None,
-        mover: Mover = move_to,
-        sizer: Callable[[Any], int] = object_nbytes,
+        self, budget_bytes: float | None = None, loaders: dict[str, Loader] | None = None
     ) -> None:
-        if offload not in ("none", "cpu", "sequential"):
-            raise ValueError(f"offload must be none, cpu or sequential, not {offload!r}")
-        self.offload: OffloadMode = offload
         self._budget_override = budget_bytes
         self._budgets: dict[str, float] = {}
         self._loaders: dict[str, Loader] = dict(loaders or {})
-        self._mover = mover
-        self._sizer = sizer
         self._entries: OrderedDict[ModelSpec, _Entry] = OrderedDict()  # LRU first
-        self._lock = threading.RLock()
+        self._cond = threading.Condition(threading.RLock())
         self._load_locks: dict[ModelSpec, threading.Lock] = {}
+        self._warned_over_budget: set[ModelSpec] = set()
         self.stats = CacheStats()
+
+    # ------------------------------------------------------------ configuration
 
     def register(self, kind: str, loader: Loader) -> None:
         """Set the loader used for specs of `kind`."""
-        with self._lock:
+        with self._cond:
             self._loaders[kind] = loader
 
-    def __contains__(self, spec: ModelSpec) -> bool:
-        with self._lock:
-            return spec in self._entries
-
-    def placed(self) -> list[ModelSpec]:
-        """Specs currently on their device, least recently used first."""
-        with self._lock:
-            return [s for s, e in self._entries.items() if e.placed]
+    def set_budget(self, budget_bytes: float | None) -> None:
+        """Bytes of whole models allowed on each accelerator (None: free memory less a margin)."""
+        with self._cond:
+            self._budget_override = budget_bytes
 
     def budget(self, device: str) -> float:
+        if device == "cpu":
+            return float("inf")
         if self._budget_override is not None:
             return self._budget_override
         if device not in self._budgets:
             self._budgets[device] = default_budget(device)
         return self._budgets[device]
 
-    def get(self, spec: ModelSpec, loader: Loader | None = None) -> Any:
-        """The model for `spec`, loading it once and placing it on its device within budget."""
-        with self._lock:
+    # ------------------------------------------------------------ inspection
+
+    def __contains__(self, spec: ModelSpec) -> bool:
+        with self._cond:
+            return spec.storage_key() in self._entries
+
+    def placed(self) -> list[ModelSpec]:
+        """Specs whose whole model is on its device now, least recently used first."""
+        with self._cond:
+            return [s for s, e in self._entries.items() if e.placed]
+
+    def is_pinned(self, spec: ModelSpec) -> bool:
+        """Whether some `use` scope holds `spec` now."""
+        with self._cond:
+            entry = self._entries.get(spec.storage_key())
+            return bool(entry and entry.pins)
+
+    def loaded(self) -> list[tuple[ModelSpec, Any]]:
+        """Every loaded (spec, model) pair, for inspection; use models through `use` only."""
+        with self._cond:
+            return [(s, e.obj) for s, e in self._entries.items()]
+
+    def nbytes(self, spec: ModelSpec) -> int:
+        with self._cond:
+            return self._entries[spec.storage_key()].nbytes
+
+    # ------------------------------------------------------------ loading
+
+    def load(self, spec: ModelSpec, loader: Loader | None = None) -> int:
+        """Load `spec` (once) without placing it; returns its parameter bytes."""
+        return self._load(spec, loader).nbytes
+
+    def _load(self, spec: ModelSpec, loader: Loader | None) -> _Entry:
+        spec = spec.storage_key()
+        with self._cond:
             if spec in self._entries:
                 self.stats.hits += 1
-                return self._touch(spec)
+                return self._entries[spec]
             load_lock = self._load_locks.setdefault(spec, threading.Lock())
         with load_lock:
-            with self._lock:
+            with self._cond:
                 if spec in self._entries:  # another thread finished loading it meanwhile
                     self.stats.hits += 1
-                    return self._touch(spec)
+                    return self._entries[spec]
                 load = loader or self._loaders.get(spec.kind)
             if load is None:
                 raise KeyError(f"no loader registered for model kind {spec.kind!r}")
             started = time.perf_counter()
             obj = load(spec)
             seconds = time.perf_counter() - started
-            with self._lock:
-                nbytes = self._sizer(obj)
-                entry = _Entry(obj=obj, nbytes=nbytes, placed=False, load_seconds=seconds)
+            release = None
+            if spec.residency in ("model", "sequential"):
+                release = attach_offload(obj, spec.residency, spec.device)
+            with self._cond:
+                self._forget_other_modes(spec)
+                entry = _Entry(obj=obj, nbytes=object_nbytes(obj), load_seconds=seconds)
+                entry.release = release
                 self._entries[spec] = entry
                 self.stats.loads += 1
                 self.stats.load_seconds += seconds
-                self.stats.models[spec.label()] = nbytes
-                if self.offload == "sequential" and spec.device != "cpu":
-                    entry.obj = apply_sequential_offload(obj, spec.device)
-                    return entry.obj
-                return self._touch(spec)
+                self.stats.models[spec.label()] = entry.nbytes
+                return entry
 
-    def _touch(self, spec: ModelSpec) -> Any:
-        """Mark `spec` most recently used and make sure it sits on its device."""
-        entry = self._entries[spec]
-        self._entries.move_to_end(spec)
-        if not entry.placed and not (self.offload == "sequential" and spec.device != "cpu"):
-            if self.offload == "cpu":
-                self._make_room(spec.device, entry.nbytes, keep=spec)
-            entry.obj = self._mover(entry.obj, spec.device)
-            entry.placed = True
-        return entry.obj
+    def _forget_other_modes(self, spec: ModelSpec) -> None:
+        """Drop unpinned copies of the same model under other offload hooks: keeping both
+        would hold the weights twice."""
+        for other in [
+            s
+            for s in self._entries
+            if s != spec and replace(s, offload="none") == (replace(spec, offload="none"))
+        ]:
+            if not self._entries[other].pins:
+                del self._entries[other]
+
+    # ------------------------------------------------------------ the residency protocol
+
+    def use(self, spec: ModelSpec, loader: Loader | None = None) -> AbstractContextManager[Any]:
+        """`with cache.use(spec) as model:` the model, on its device and pinned until exit."""
+        return self._use(spec, loader)
+
+    @contextmanager
+    def _use(self, spec: ModelSpec, loader: Loader | None) -> Iterator[Any]:
+        entry = self._load(spec, loader)
+        key = spec.storage_key()
+        me = threading.get_ident()
+        with self._cond:
+            if self._entries.get(key) is not entry:  # forgotten meanwhile (clear, mode switch)
+                self._entries[key] = entry
+            self._entries.move_to_end(key)
+            entry.swappable = spec.residency == "cpu"
+            if spec.residency in ("none", "cpu") and not entry.placed:
+                self._place(spec, key, entry, me)
+            entry.pins[me] += 1
+        try:
+            yield entry.obj
+        finally:
+            with self._cond:
+                entry.pins[me] -= 1
+                if entry.pins[me] <= 0:
+                    del entry.pins[me]
+                if not entry.pins and entry.release is not None:
+                    entry.release()
+                self._cond.notify_all()
+
+    def _place(self, spec: ModelSpec, key: ModelSpec, entry: _Entry, me: int) -> None:
+        """Move `spec` to its device, first making room by LRU if its mode is `cpu`."""
+        deadline = time.monotonic() + WAIT_SECONDS
+        while spec.residency == "cpu" and not self._make_room(key, entry.nbytes):
+            held_by_others = any(
+                e.placed and e.pins and set(e.pins) != {me}
+                for s, e in self._entries.items()
+                if s.device == spec.device
+            )
+            holding = any(me in e.pins for e in self._entries.values())
+            if not held_by_others or holding or time.monotonic() > deadline:
+                self._warn_over_budget(spec)
+                break
+            self._cond.wait(timeout=1.0)  # another thread's pinned model will be released
+        started = time.perf_counter()
+        entry.obj = place(entry.obj, spec.device)
+        self.stats.move_seconds += time.perf_counter() - started
+        self.stats.placements += 1
+        entry.placed = True
 
     def _placed_bytes(self, device: str) -> int:
         return sum(e.nbytes for s, e in self._entries.items() if e.placed and s.device == device)
 
-    def _make_room(self, device: str, needed: int, keep: ModelSpec) -> None:
-        if device == "cpu":
-            return
-        budget = self.budget(device)
-        for spec, entry in list(self._entries.items()):
-            if self._placed_bytes(device) + needed <= budget:
+    def _make_room(self, spec: ModelSpec, needed: int) -> bool:
+        """Move unpinned models of the device to the CPU, least recently used first, until
+        `needed` more bytes fit; whether they fit now."""
+        budget = self.budget(spec.device)
+        evicted = False
+        for other, entry in list(self._entries.items()):
+            if self._placed_bytes(spec.device) + needed <= budget:
                 break
-            if spec == keep or not entry.placed or spec.device != device:
+            if other == spec or not entry.placed or entry.pins or other.device != spec.device:
                 continue
-            entry.obj = self._mover(entry.obj, "cpu")
+            if not entry.swappable:  # placed under mode none: it stays
+                continue
+            started = time.perf_counter()
+            entry.obj = place(entry.obj, "cpu")
+            self.stats.move_seconds += time.perf_counter() - started
             entry.placed = False
             self.stats.evictions += 1
-        if device.startswith("cuda"):
-            import torch
+            evicted = True
+        if evicted:
+            _empty_device_cache(spec.device)
+        return self._placed_bytes(spec.device) + needed <= budget
 
-            torch.cuda.empty_cache()
+    def _warn_over_budget(self, spec: ModelSpec) -> None:
+        if spec in self._warned_over_budget:
+            return
+        self._warned_over_budget.add(spec)
+        progress.warn(
+            f"{spec.label()} does not fit the {self.budget(spec.device) / GIB:.1f} GiB budget on "
+            f"{spec.device} beside the models in use; placing it anyway (if memory runs out, "
+            "use --offload model or sequential)"
+        )
+
+    # ------------------------------------------------------------ reporting
+
+    def plan(self, specs: list[ModelSpec]) -> list[str]:
+        """One phrase per loaded spec: its size and where it will live during the run."""
+        swapped_total: dict[str, int] = {}
+        for spec in specs:
+            if spec.residency == "cpu":
+                swapped_total[spec.device] = swapped_total.get(spec.device, 0) + self.nbytes(spec)
+        phrases = []
+        for spec in specs:
+            size = _human_bytes(self.nbytes(spec))
+            where = {
+                "none": f"on {spec.device}",
+                "model": f"in CPU memory, moved whole to {spec.device} while it computes",
+                "sequential": f"in CPU memory, streamed to {spec.device} layer by layer",
+            }.get(spec.residency)
+            if where is None:
+                budget = self.budget(spec.device)
+                if swapped_total[spec.device] <= budget:
+                    where = f"on {spec.device} (all fit the {_human_bytes(budget)} budget)"
+                else:
+                    where = (
+                        f"on {spec.device} while in use, swapped to CPU memory when the "
+                        f"{_human_bytes(budget)} budget needs room"
+                    )
+            phrases.append(f"{spec.kind} {spec.id} {size} {where}")
+        return phrases
 
     def clear(self) -> None:
-        """Forget every model (they are freed when no one else holds them)."""
-        with self._lock:
-            self._entries.clear()
-            self._load_locks.clear()
+        """Forget every unpinned model (they are freed when no one else holds them)."""
+        with self._cond:
+            for spec in [s for s, e in self._entries.items() if not e.pins]:
+                del self._entries[spec]
+                self._load_locks.pop(spec, None)
+
+
+def _human_bytes(n: float) -> str:
+    if n == float("inf"):
+        return "unlimited"
+    for unit, size in (("GiB", GIB), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"
 
 
 _shared: ModelCache | None = None
@@ -238,3 +380,19 @@ def shared_cache() -> ModelCache:
         if _shared is None:
             _shared = ModelCache()
         return _shared
+
+
+@dataclass(frozen=True)
+class ModelHandle:
+    """A model the code may use but not hold: `with handle.use() as model:` each time."""
+
+    cache: ModelCache
+    spec: ModelSpec
+    loader: Loader | None = None
+
+    def use(self) -> AbstractContextManager[Any]:
+        return self.cache.use(self.spec, self.loader)
+
+    def load(self) -> int:
+        """Load now (parameter bytes returned), so that sizes are known before the work."""
+        return self.cache.load(self.spec, self.loader)

@@ -1,28 +1,32 @@
 """LLM backends that turn a chat (list of messages) into the model's reply text.
 
 - LocalLLM: a transformers causal LM with its chat template; sampling with temperature 0.5 and
-  top-p 0.9, bounded new tokens, the torch RNG seeded per call so runs repeat exactly.
-- HTTPLLM: any OpenAI-compatible chat-completions server (vLLM, Ollama, llama.cpp) at `--llm-url`;
-  the key comes from NACOSAE_LLM_API_KEY or OPENAI_API_KEY.
+  top-p 0.9, bounded new tokens, the torch RNG seeded per call so runs repeat exactly. It takes
+  its model from the ModelCache inside each batch (`with model.use()`), never holding it.
+- HTTPLLM: any OpenAI-compatible chat-completions server (vLLM, Ollama, llama.cpp) at `--llm-url`,
+  through the `openai` client (bounded retries with backoff on 408/409/429/5xx, connection
+  errors and timeouts); the key comes from NACOSAE_LLM_API_KEY or OPENAI_API_KEY.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import urllib.error
-import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from nacosae import hub
 from nacosae.errors import NacosaeError
-from nacosae.models.cache import ModelSpec
+from nacosae.models.cache import ModelHandle, ModelSpec
 
 Message = dict[str, str]
 TEMPERATURE = 0.5
 TOP_P = 0.9
-MAX_NEW_TOKENS = 384
+MAX_NEW_TOKENS = 1024  # room for the chain-of-thought prompts' reasoning before the answer
+LOCAL_BATCH = 16
+HTTP_CONCURRENCY = 16
+HTTP_RETRIES = 5
+HTTP_TIMEOUT = 300.0
 
 
 class LanguageModel(Protocol):
@@ -33,17 +37,15 @@ class LanguageModel(Protocol):
     def chat_many(self, requests: list[tuple[list[Message], int]]) -> list[str]: ...
 
 
-LOCAL_BATCH = 16
-
-
-def load_local_llm(spec: ModelSpec) -> tuple[Any, Any]:
-    """ModelCache loader for kind 'llm': (model, tokenizer) from the HF cache or the hub."""
+def load_local_llm(spec: ModelSpec) -> LLMBundle:
+    """ModelCache loader for kind 'llm': model and tokenizer from a folder, the HF cache or the
+    hub, at the spec's pinned revision."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kwargs: dict[str, Any] = {"cache_dir": hub.cache_dir(), "local_files_only": hub.offline()}
-    if spec.revision:
-        kwargs["revision"] = spec.revision
+    from nacosae.models.revisions import from_pretrained_kwargs
+
+    kwargs = from_pretrained_kwargs(spec.id, spec.revision)
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec.id, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(
@@ -59,63 +61,63 @@ def load_local_llm(spec: ModelSpec) -> tuple[Any, Any]:
         raise hub.HubError(f"cannot load language model {spec.id!r}: {text}") from exc
     if tokenizer.chat_template is None:
         raise NacosaeError(f"{spec.id} has no chat template: use an instruction-tuned model")
-    return model.eval(), tokenizer
+    return LLMBundle(model.eval(), tokenizer)
 
 
-class _ModelAndTokenizer:
-    """Lets the ModelCache size and move a (model, tokenizer) pair like a module."""
+class LLMBundle:
+    """A causal LM and its tokenizer, loaded and cached together. `components` shows the cache
+    which module holds the weights (to size, move or offload it)."""
 
-    def __init__(self, pair: tuple[Any, Any]) -> None:
-        self.model, self.tokenizer = pair
-        self.components = {"model": self.model}
-
-    def to(self, device: str) -> _ModelAndTokenizer:
-        self.model.to(device)
-        return self
+    def __init__(self, model: Any, tokenizer: Any) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.components = {"model": model}
 
 
-def cached_llm_loader(spec: ModelSpec) -> _ModelAndTokenizer:
-    return _ModelAndTokenizer(load_local_llm(spec))
+def pad_token_id(tokenizer: Any) -> int:
+    """The pad id for batched generation (the end-of-sequence id if the tokenizer has none).
+    Id 0 is a valid pad id."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 class LocalLLM:
     """`constraint`, if given, maps the prompt length to a `prefix_allowed_tokens_fn` for
-    `generate` (used by the smoke preset to keep a random model's replies well-formed)."""
+    `generate` (the smoke preset uses it to keep a random model's replies well-formed)."""
 
     def __init__(
         self,
-        bundle: Any,
-        name: str,
-        device: str,
+        model: ModelHandle,
         max_new_tokens: int = MAX_NEW_TOKENS,
         constraint: Any = None,
+        batch_size: int = LOCAL_BATCH,
     ) -> None:
-        self.bundle = bundle
-        self.name = name
-        self.device = device
+        self.model = model
+        self.name = model.spec.id
+        self.device = model.spec.device
         self.max_new_tokens = max_new_tokens
         self.constraint = constraint
+        self.batch_size = batch_size
 
     def chat(self, messages: list[Message], seed: int) -> str:
         return self.chat_many([(messages, seed)])[0]
 
     def chat_many(self, requests: list[tuple[list[Message], int]]) -> list[str]:
-        """Replies in request order; up to LOCAL_BATCH chats per left-padded `generate` call.
+        """Replies in request order; up to `batch_size` chats per left-padded `generate` call.
         A batch's sampling is seeded from its requests' seeds, so the same batch gives the same
         replies."""
-        from nacosae.models.text2image import stable_seed
+        from nacosae.seeds import stable_seed
 
         replies: list[str] = []
-        for start in range(0, len(requests), LOCAL_BATCH):
-            chunk = requests[start : start + LOCAL_BATCH]
-            seed = chunk[0][1] if len(chunk) == 1 else stable_seed(*(s for _, s in chunk))
-            replies.extend(self._generate([m for m, _ in chunk], seed))
+        with self.model.use() as bundle:
+            for start in range(0, len(requests), self.batch_size):
+                chunk = requests[start : start + self.batch_size]
+                seed = chunk[0][1] if len(chunk) == 1 else stable_seed(*(s for _, s in chunk))
+                replies.extend(self._generate(bundle, [m for m, _ in chunk], seed))
         return replies
 
-    def _generate(self, chats: list[list[Message]], seed: int) -> list[str]:
+    def _generate(self, bundle: LLMBundle, chats: list[list[Message]], seed: int) -> list[str]:
         import torch
 
-        tokenizer, model = self.bundle.tokenizer, self.bundle.model
+        tokenizer, model = bundle.tokenizer, bundle.model
         texts = [
             tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False)
             for m in chats
@@ -138,7 +140,7 @@ class LocalLLM:
                 temperature=TEMPERATURE,
                 top_p=TOP_P,
                 max_new_tokens=self.max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+                pad_token_id=pad_token_id(tokenizer),
             )
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
         return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
@@ -146,60 +148,89 @@ class LocalLLM:
 
 @dataclass
 class HTTPLLM:
-    """An OpenAI-compatible `/chat/completions` endpoint."""
+    """An OpenAI-compatible chat-completions server, through the `openai` client.
+
+    Transient failures (408, 409, 429, 5xx, connection errors, timeouts) are retried by the
+    client with exponential backoff (honouring Retry-After) up to `retries` times; what still
+    fails becomes one `NacosaeError`. At most `concurrency` requests are in flight.
+    """
 
     url: str
     name: str
-    timeout: float = 120.0
     max_tokens: int = MAX_NEW_TOKENS
+    concurrency: int = HTTP_CONCURRENCY
+    retries: int = HTTP_RETRIES
+    timeout: float = HTTP_TIMEOUT
 
-    def _endpoint(self) -> str:
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise NacosaeError("--llm-concurrency must be at least 1")
+        self._client: Any = None
+
+    def _base_url(self) -> str:
         base = self.url.rstrip("/")
-        return base if base.endswith("/chat/completions") else f"{base}/chat/completions"
+        return base.removesuffix("/chat/completions")
+
+    def client(self) -> Any:
+        if self._client is None:
+            from openai import OpenAI
+
+            key = os.environ.get("NACOSAE_LLM_API_KEY") or os.environ.get("OPENAI_API_KEY")
+            self._client = OpenAI(
+                base_url=self._base_url(),
+                api_key=key or "none",  # local servers accept any key; the client needs one
+                max_retries=self.retries,
+                timeout=self.timeout,
+            )
+        return self._client
 
     def chat_many(self, requests: list[tuple[list[Message], int]]) -> list[str]:
         """Concurrent requests (the server batches them), replies in request order."""
-        from concurrent.futures import ThreadPoolExecutor
-
         if len(requests) == 1:
             return [self.chat(*requests[0])]
-        with ThreadPoolExecutor(max_workers=min(16, len(requests))) as pool:
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests))) as pool:
             return list(pool.map(lambda r: self.chat(*r), requests))
 
     def chat(self, messages: list[Message], seed: int) -> str:
-        body = {
-            "model": self.name,
-            "messages": messages,
-            "temperature": TEMPERATURE,
-            "top_p": TOP_P,
-            "max_tokens": self.max_tokens,
-            "seed": seed,
-        }
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get("NACOSAE_LLM_API_KEY") or os.environ.get("OPENAI_API_KEY")
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        request = urllib.request.Request(
-            self._endpoint(), data=json.dumps(body).encode(), headers=headers, method="POST"
-        )
+        import openai
+
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                reply = json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            detail = exc.read()[:200].decode(errors="replace")
+            reply = self.client().chat.completions.create(
+                model=self.name,
+                messages=messages,
+                temperature=TEMPERATURE,
+                top_p=TOP_P,
+                max_tokens=self.max_tokens,
+                seed=seed,
+            )
+        except openai.APIStatusError as exc:
+            detail = _first_line(getattr(exc, "message", "") or str(exc))
             raise NacosaeError(
-                f"the LLM server at {self.url} answered {exc.code}: {detail}".splitlines()[0]
+                f"the LLM server at {self.url} answered {exc.status_code} after "
+                f"{self.retries} retries: {detail}"
             ) from exc
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+        except openai.APITimeoutError as exc:
             raise NacosaeError(
-                f"cannot reach the LLM server at {self.url} ({getattr(exc, 'reason', exc)}): "
-                "start it or fix --llm-url"
+                f"the LLM server at {self.url} did not answer within {self.timeout:.0f} s "
+                f"({self.retries} retries): check the server"
             ) from exc
-        except json.JSONDecodeError as exc:
-            raise NacosaeError(f"the LLM server at {self.url} sent invalid JSON") from exc
+        except openai.APIConnectionError as exc:
+            raise NacosaeError(
+                f"cannot reach the LLM server at {self.url}: start it or fix --llm-url"
+            ) from exc
+        except openai.APIError as exc:
+            raise NacosaeError(
+                f"the LLM server at {self.url} did not answer in the chat-completions format "
+                f"({_first_line(str(exc))})"
+            ) from exc
         try:
-            return str(reply["choices"][0]["message"]["content"])
-        except (KeyError, IndexError, TypeError) as exc:
+            content = reply.choices[0].message.content
+        except (AttributeError, IndexError, TypeError) as exc:
             raise NacosaeError(
                 f"the LLM server at {self.url} did not answer in the chat-completions format"
             ) from exc
+        return content or ""
+
+
+def _first_line(text: str) -> str:
+    return (text.strip().splitlines() or [""])[0][:200]

@@ -7,13 +7,13 @@ values and not on how many images share the batch. fp16 on CUDA, fp32 elsewhere.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from nacosae import hub
-from nacosae.models.cache import ModelSpec
+from nacosae.models.cache import ModelHandle, ModelSpec
+from nacosae.seeds import stable_seed
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -60,33 +60,27 @@ def default_generation(model_id: str) -> tuple[int, float]:
     return 30, 7.5
 
 
-def stable_seed(*parts: object) -> int:
-    """A 63-bit seed from values, the same on every machine and Python version."""
-    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
-
-
 def image_prompt(concept: str, seed: int, index: int) -> str:
     rng = random.Random(stable_seed("prompt", seed, concept, index))
     return f"A realistic photo of a {concept}, {rng.choice(CAMERA_ANGLES)}, {rng.choice(LIGHTINGS)}"
 
 
 def load_pipeline(spec: ModelSpec) -> Any:
-    """ModelCache loader for kind 't2i': a diffusers pipeline from the HF cache or the hub."""
+    """ModelCache loader for kind 't2i': a diffusers pipeline from a folder, the HF cache or the
+    hub, at the spec's pinned revision.
+
+    The fp16 weight files are preferred whatever the compute dtype (float32 upcasts them): they
+    are what `nacosae download models` fetches, so offline loading works on every device. Repos
+    without fp16 files load their plain files. `pipeline.nacosae_variant` records which.
+    """
     import torch
     from diffusers import AutoPipelineForText2Image
 
-    dtype = getattr(torch, spec.dtype)
-    kwargs: dict[str, Any] = {
-        "dtype": dtype,
-        "cache_dir": hub.cache_dir(),
-        "local_files_only": hub.offline(),
-    }
-    if spec.revision:
-        kwargs["revision"] = spec.revision
-    variants = ["fp16", None] if dtype == torch.float16 else [None]
+    from nacosae.models.revisions import from_pretrained_kwargs
+
+    kwargs = {"dtype": getattr(torch, spec.dtype), **from_pretrained_kwargs(spec.id, spec.revision)}
     last: Exception | None = None
-    for variant in variants:
+    for variant in ("fp16", None):
         try:
             pipe = AutoPipelineForText2Image.from_pretrained(spec.id, variant=variant, **kwargs)
             break
@@ -95,6 +89,9 @@ def load_pipeline(spec: ModelSpec) -> Any:
     else:
         raise _load_error(spec.id, last)
     pipe.set_progress_bar_config(disable=True)
+    if hasattr(getattr(pipe, "vae", None), "enable_slicing"):
+        pipe.vae.enable_slicing()  # decode one image at a time: batch size barely costs memory
+    pipe.nacosae_variant = variant or "default"
     return pipe
 
 
@@ -109,12 +106,12 @@ def _load_error(model_id: str, exc: Exception | None) -> hub.HubError:
 
 
 class TextToImage:
-    """Renders concepts with a loaded pipeline."""
+    """Renders concepts with the pipeline of `model`, taken from the cache for each call."""
 
-    def __init__(self, pipeline: Any, settings: GenerationSettings, device: str) -> None:
-        self.pipeline = pipeline
+    def __init__(self, model: ModelHandle, settings: GenerationSettings) -> None:
+        self.model = model
         self.settings = settings
-        self.device = device
+        self.device = model.spec.device
 
     def render(self, concept: str, n: int, seed: int, first: int = 0) -> list[Image]:
         """Images `first .. first+n-1` of `concept` in one batched call."""
@@ -137,12 +134,13 @@ class TextToImage:
         extra: dict[str, Any] = {}
         if self.settings.height and self.settings.width:
             extra = {"height": self.settings.height, "width": self.settings.width}
-        result = self.pipeline(
-            prompt=prompts,
-            num_inference_steps=self.settings.num_inference_steps,
-            guidance_scale=self.settings.guidance_scale,
-            generator=generators,
-            output_type="pil",
-            **extra,
-        )
+        with self.model.use() as pipeline:
+            result = pipeline(
+                prompt=prompts,
+                num_inference_steps=self.settings.num_inference_steps,
+                guidance_scale=self.settings.guidance_scale,
+                generator=generators,
+                output_type="pil",
+                **extra,
+            )
         return list(result.images)

@@ -157,12 +157,10 @@ _REASONS = ("the", "unit", "likes", "best", "concepts", "share", "try", "somethi
 _TAGS = ("<thinking>", "</thinking>", "<answer>", "</answer>")
 
 
-def smoke_language_model(seed: int = 0) -> tuple[Any, Any]:
-    """A random two-layer Llama over a word-level vocabulary of smoke words and format tags.
-    Paired with `smoke_answer_constraint` its sampled replies are well-formed and meaningless."""
-    import torch
+def smoke_tokenizer() -> Any:
+    """A word-level tokenizer over the smoke words and format tags, with a chat template."""
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     specials = ["<|pad|>", "<|unk|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
     words = [*specials, *_TAGS, *SMOKE_WORDS, *_REASONS]
@@ -180,6 +178,16 @@ def smoke_language_model(seed: int = 0) -> tuple[Any, Any]:
         "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
         "{% if add_generation_prompt %}<|assistant|> {% endif %}"
     )
+    return tokenizer
+
+
+def smoke_language_model(seed: int = 0) -> tuple[Any, Any]:
+    """A random two-layer Llama over `smoke_tokenizer()`'s vocabulary. Paired with
+    `smoke_answer_constraint` its sampled replies are well-formed and meaningless."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = smoke_tokenizer()
     torch.manual_seed(seed)
     model = LlamaForCausalLM(
         LlamaConfig(

@@ -9,10 +9,14 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from nacosae.models.cache import ModelHandle
 
 STRATEGIES = ("full", "dissimilar-class")
 
@@ -76,8 +80,12 @@ def load_embedder(spec: Any) -> Any:
         ) from exc
 
 
-def embedding_function(model: Any) -> Any:
+def embedding_function(embedder: ModelHandle) -> Callable[[list[str]], np.ndarray]:
+    """Texts -> unit-length sentence embeddings, the embedder taken from the cache per call."""
+
     def embed(texts: list[str]) -> np.ndarray:
-        return np.asarray(model.encode(texts, normalize_embeddings=True), dtype=np.float64)
+        with embedder.use() as model:
+            vectors = model.encode(texts, normalize_embeddings=True)
+        return np.asarray(vectors, dtype=np.float64)
 
     return embed

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from nacosae.models.text2image import stable_seed
+from nacosae.errors import NacosaeError
 from nacosae.search.controls import ControlSelector, class_concept
 from nacosae.search.history import History, Scored, normalise
 from nacosae.search.prompts import (
@@ -40,6 +40,7 @@ from nacosae.search.prompts import (
     parse_answer,
 )
 from nacosae.search.scoring import score_all
+from nacosae.seeds import stable_seed
 from nacosae.store.concepts import ConceptStore
 from nacosae.store.runs import RunWriter
 
@@ -148,13 +149,25 @@ class ConceptCache:
                 grouped.setdefault(concept, []).append(index)
             calls = [(c, idx[0], len(idx)) for c, idx in grouped.items()]
             with self.timer.phase("t2i"):
-                images = self.parts.render_many(calls, self.settings.seed)
+                images = self._render_call(calls, len(chunk))
             self.counters.images_rendered += len(images)
             with self.timer.phase("io"):
                 offset = 0
                 for concept, first, count in calls:
                     self.store.save_images(concept, first, images[offset : offset + count])
                     offset += count
+
+    def _render_call(self, calls: list[tuple[str, int, int]], n_images: int) -> list[Any]:
+        try:
+            return self.parts.render_many(calls, self.settings.seed)
+        except Exception as exc:
+            if type(exc).__name__ != "OutOfMemoryError":
+                raise
+            raise NacosaeError(
+                f"out of GPU memory rendering {n_images} images in one call: use --t2i-batch "
+                f"{max(1, n_images // 2)} (images do not depend on the batch), --offload model "
+                "or sequential, or a --gpu-memory budget below the free memory"
+            ) from exc
 
     def activations(self, concept: str) -> np.ndarray:
         return self.entries[concept]

@@ -11,13 +11,13 @@ from typing import Any
 
 from nacosae import __version__, progress
 from nacosae.errors import NacosaeError
-from nacosae.models.cache import ModelCache, ModelSpec
+from nacosae.models.cache import GIB, ModelCache
 from nacosae.models.downloads import DEFAULT_EMBEDDER, DEFAULT_LANGUAGE_MODEL, DEFAULT_T2I_MODEL
+from nacosae.models.language import HTTP_CONCURRENCY, MAX_NEW_TOKENS
+from nacosae.models.residency import OFFLOAD_MODES
 from nacosae.search.controls import STRATEGIES
 from nacosae.search.scoring import METRICS
 from nacosae.store.runs import RunWriter, make_run_id
-
-OFFLOAD_MODES = ("none", "cpu", "sequential")
 
 
 @dataclass
@@ -43,11 +43,14 @@ class ExplainOptions:
     control_strategy: str = "full"
     embedder: str = DEFAULT_EMBEDDER
     offload: str = "cpu"
+    gpu_memory: float | None = None  # GiB of whole models per accelerator (None: free memory)
+    t2i_batch: int | None = None  # images per text-to-image call (None: what the memory fits)
     save_images: bool = True
     seed: int = 42
     device: str = "auto"
     preset: str | None = None
-    max_new_tokens: int = 384
+    max_new_tokens: int = MAX_NEW_TOKENS
+    llm_concurrency: int = HTTP_CONCURRENCY
     llm_constraint: Any = field(default=None, repr=False)  # set by the smoke preset
 
     def validate(self) -> None:
@@ -60,7 +63,17 @@ class ExplainOptions:
                 f"unknown --control-strategy {self.control_strategy!r}: use {', '.join(STRATEGIES)}"
             )
         if self.offload not in OFFLOAD_MODES:
-            raise NacosaeError(f"unknown --offload {self.offload!r}: use none, cpu or sequential")
+            raise NacosaeError(
+                f"unknown --offload {self.offload!r}: use {', '.join(OFFLOAD_MODES)}"
+            )
+        if self.gpu_memory is not None and self.gpu_memory <= 0:
+            raise NacosaeError("--gpu-memory must be a positive number of GiB")
+        if self.t2i_batch is not None and self.t2i_batch < 1:
+            raise NacosaeError("--t2i-batch must be at least 1")
+        if self.max_new_tokens < 16:
+            raise NacosaeError("--max-new-tokens must be at least 16 (room for an answer)")
+        if self.llm_concurrency < 1:
+            raise NacosaeError("--llm-concurrency must be at least 1")
         if self.num_img < 2:
             raise NacosaeError("--num-img must be at least 2 (scores compare image sets)")
         if self.n_iters < 0:
@@ -127,7 +140,7 @@ def run_explain(
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             },
         )
-    cache.offload = options.offload  # type: ignore[assignment]
+    cache.set_budget(options.gpu_memory * GIB if options.gpu_memory else None)
     started = time.perf_counter()
     try:
         summary = _run(options, cache, writer, recorded)
@@ -142,8 +155,8 @@ def run_explain(
     except Exception as err:
         if type(err).__name__ == "OutOfMemoryError":
             message = (
-                "out of GPU memory: use --offload cpu (or sequential), fewer --num-img, or a "
-                "smaller model"
+                "out of GPU memory: use --offload model (or sequential), a --gpu-memory budget "
+                "below the free memory, a smaller --t2i-batch, or smaller models"
             )
             writer.update(status="failed", error=message)
             raise NacosaeError(message) from err
@@ -183,11 +196,13 @@ def _run(
 ) -> dict[str, Any]:
     from nacosae.controls import resolve_device
     from nacosae.search import neurons as selection
-    from nacosae.search.loop import PhaseTimer, Search, SearchSettings
+    from nacosae.search.loop import PhaseTimer, Search
     from nacosae.search.prompts import MAIN_FIELDS, SUMMARY_FIELDS, load_template
 
-    main_template = load_template(options.prompt, MAIN_FIELDS)
-    summary_template = load_template(options.summary_prompt, SUMMARY_FIELDS)
+    templates = (
+        load_template(options.prompt, MAIN_FIELDS),
+        load_template(options.summary_prompt, SUMMARY_FIELDS),
+    )
     if options.preset == "smoke":
         from nacosae.presets import prepare_smoke
 
@@ -198,29 +213,9 @@ def _run(
     store = _open_store(options)
     where = f"layer {options.layer} of {options.model}"
     neurons = selection.resolve(options.neurons, store.n_units, options.seed, where)
+    parts, settings, facts = _build_parts(options, cache, store, device, templates, writer.record)
+    writer.update(neurons=neurons, device=device, **facts)
     timer = PhaseTimer()
-    templates = (main_template, summary_template)
-    parts, generation = _build_parts(options, cache, store, device, templates)
-    writer.update(
-        neurons=neurons,
-        control_store={
-            "path": str(store.directory),
-            "weights": store.index["weights"],
-            "dataset": store.index["dataset"],
-            "images": store.n_images,
-            "units": store.n_units,
-        },
-        generation=generation,
-        device=device,
-    )
-    settings = SearchSettings(
-        n_iters=options.n_iters,
-        num_img=options.num_img,
-        metric=options.metric,
-        seed=options.seed,
-        save_images=options.save_images,
-        t2i_batch=max(options.num_img, 32),
-    )
     with progress.progress_bar("phase") as bar:
         task = bar.add_task("explain", total=options.n_iters + 2)
 
@@ -266,82 +261,114 @@ def _open_store(options: ExplainOptions) -> Any:
 
 
 def _build_parts(
-    options: ExplainOptions, cache: ModelCache, store: Any, device: str, templates: tuple
-) -> tuple[Any, dict[str, Any]]:
-    """Load (through the cache) and wire the vision model, T2I, LLM and controls."""
-    import numpy as np
-    import torch
-
-    from nacosae.controls import compute_dtype, load_vision, vision_spec
-    from nacosae.data.images import preprocess_transform
-    from nacosae.models.language import HTTPLLM, LanguageModel, LocalLLM, cached_llm_loader
-    from nacosae.models.text2image import (
-        GenerationSettings,
-        TextToImage,
-        default_generation,
-        load_pipeline,
-    )
-    from nacosae.models.vision import layer_activations
-    from nacosae.search.controls import ControlSelector, embedding_function, load_embedder
-    from nacosae.search.loop import SearchParts
+    options: ExplainOptions,
+    cache: ModelCache,
+    store: Any,
+    device: str,
+    templates: tuple,
+    record: dict[str, Any],
+) -> tuple[Any, Any, dict[str, Any]]:
+    """The search's parts (model steps, controls, concept cache), its settings, and the facts
+    about them that run.json keeps."""
+    from nacosae.controls import compute_dtype
+    from nacosae.search import components
+    from nacosae.search.loop import SearchParts, SearchSettings
 
     vision_dtype = compute_dtype(store.index["dtype"], device)
-    model = cache.get(
-        vision_spec(options.model, options.weights, device, vision_dtype), load_vision
+    models = components.build_models(
+        options, cache, device, vision_dtype, pins=record.get("models")
     )
-    if model.nacosae_weights_id != store.index["weights"]:
+    weights_id = components.weights_id(models.vision)
+    if weights_id != store.index["weights"]:
         raise NacosaeError(
             f"the control store of {options.model} {options.layer} was built with weights "
-            f"{store.index['weights']}, not {model.nacosae_weights_id}: rerun `nacosae controls` "
+            f"{store.index['weights']}, not {weights_id}: rerun `nacosae controls` "
             "with the same --weights (and --overwrite)"
         )
-    transform = preprocess_transform()
-    torch_vision_dtype = getattr(torch, vision_dtype)
+    generation = _generation_settings(options)
+    variant, native_side = components.t2i_facts(models.t2i)
+    t2i_batch = options.t2i_batch or components.default_t2i_batch(
+        models, cache, generation, native_side, device
+    )
+    parts = SearchParts(
+        render_many=_t2i_backend(models, generation).render_many,
+        activations=components.vision_activations(models.vision, options.layer),
+        chat_many=models.llm.chat_many,
+        concept_store=_concept_store(
+            options, models, generation, variant, weights_id, vision_dtype, device
+        ),
+        class_means=store.class_means().float().numpy(),
+        classes=store.classes,
+        controls=_control_selector(store, options, models),
+        main_template=templates[0],
+        summary_template=templates[1],
+    )
+    settings = SearchSettings(
+        n_iters=options.n_iters,
+        num_img=options.num_img,
+        metric=options.metric,
+        seed=options.seed,
+        save_images=options.save_images,
+        t2i_batch=t2i_batch,
+    )
+    facts = {
+        "control_store": {
+            "path": str(store.directory),
+            "weights": store.index["weights"],
+            "dataset": store.index["dataset"],
+            "images": store.n_images,
+            "units": store.n_units,
+        },
+        "generation": {**asdict(generation), "variant": variant, "t2i_batch": t2i_batch},
+        "models": models.record(options),
+    }
+    return parts, settings, facts
 
-    def activations(images: list[Any]) -> np.ndarray:
-        chunks = []
-        for start in range(0, len(images), 64):
-            batch = torch.stack([transform(im.convert("RGB")) for im in images[start : start + 64]])
-            batch = batch.to(device, dtype=torch_vision_dtype)
-            chunks.append(layer_activations(model, options.layer, batch).float().cpu().numpy())
-        return np.concatenate(chunks)
+
+def _generation_settings(options: ExplainOptions) -> Any:
+    from nacosae.models.text2image import GenerationSettings, default_generation
 
     steps, guidance = default_generation(options.t2i_model)
-    generation = GenerationSettings(
+    return GenerationSettings(
         model_id=options.t2i_model,
         num_inference_steps=options.num_inf_steps or steps,
         guidance_scale=options.guidance_scale if options.guidance_scale is not None else guidance,
     )
-    t2i_dtype = "float16" if device.startswith("cuda") else "float32"
-    t2i_spec = ModelSpec(kind="t2i", id=options.t2i_model, dtype=t2i_dtype, device=device)
-    t2i = TextToImage(cache.get(t2i_spec, load_pipeline), generation, device)
 
-    if options.llm_url:
-        llm: LanguageModel = HTTPLLM(options.llm_url, options.language_model)
-    else:
-        llm_dtype = "bfloat16" if device.startswith("cuda") else "float32"
-        spec = ModelSpec(kind="llm", id=options.language_model, dtype=llm_dtype, device=device)
-        llm = LocalLLM(
-            cache.get(spec, cached_llm_loader),
-            options.language_model,
-            device,
-            max_new_tokens=options.max_new_tokens,
-            constraint=options.llm_constraint,
-        )
 
-    embed = None
-    if options.control_strategy == "dissimilar-class":
-        spec = ModelSpec(kind="embedder", id=options.embedder, device="cpu")
-        embed = embedding_function(cache.get(spec, load_embedder))
-    class_means = store.class_means().float().numpy()
+def _t2i_backend(models: Any, generation: Any) -> Any:
+    from nacosae.models.text2image import TextToImage
+
+    return TextToImage(models.t2i, generation)
+
+
+def _control_selector(store: Any, options: ExplainOptions, models: Any) -> Any:
     import scipy.stats  # noqa: F401 - imported here, with the models, not inside the timed loop
 
-    controls = ControlSelector(
+    from nacosae.search.controls import ControlSelector, embedding_function
+
+    embed = None
+    if models.embedder is not None:
+        embed = embedding_function(models.embedder)
+    return ControlSelector(
         unit_activations=lambda n: store.unit(n).float().numpy(),
         classes=store.classes,
         strategy=options.control_strategy,
         embed=embed,
     )
+
+
+def _concept_store(
+    options: ExplainOptions,
+    models: Any,
+    generation: Any,
+    variant: str,
+    weights_id: str,
+    vision_dtype: str,
+    device: str,
+) -> Any:
+    """The concept cache of this run's settings: its keys hold every setting that changes the
+    images (the pipeline's resolved revision and weight variant included) or the activations."""
     from nacosae.data.images import PREPROCESSING_DESCRIPTION
     from nacosae.models.text2image import PROMPT_SCHEME
     from nacosae.store.concepts import ConceptKeys, ConceptStore
@@ -349,28 +376,19 @@ def _build_parts(
     keys = ConceptKeys(
         generation={
             **asdict(generation),
+            "revision": models.t2i.spec.revision,
+            "variant": variant,
             "prompt_scheme": PROMPT_SCHEME,
             "seed": options.seed,
-            "dtype": t2i_dtype,
+            "dtype": models.t2i.spec.dtype,
             "device": device.split(":")[0],
         },
         vision={
             "model": options.model,
-            "weights": model.nacosae_weights_id,
+            "weights": weights_id,
             "layer": options.layer,
             "dtype": vision_dtype,
             "preprocessing": PREPROCESSING_DESCRIPTION,
         },
     )
-    parts = SearchParts(
-        render_many=t2i.render_many,
-        activations=activations,
-        chat_many=llm.chat_many,
-        concept_store=ConceptStore(Path(options.controls_root).parent / "concepts", keys),
-        class_means=class_means,
-        classes=store.classes,
-        controls=controls,
-        main_template=templates[0],
-        summary_template=templates[1],
-    )
-    return parts, asdict(generation)
+    return ConceptStore(Path(options.controls_root).parent / "concepts", keys)

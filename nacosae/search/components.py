@@ -1,0 +1,217 @@
+"""The models of an explain run, wired as handles into the cache.
+
+Each component resolves its model's exact version (hub commit or folder content hash), loads it
+once through the shared ModelCache and afterwards reaches it only through `with handle.use()`,
+inside the step that computes with it (render, vision forward, LLM batch). Nothing here keeps a
+model object, so the cache may swap or offload any model between two steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from nacosae import progress
+from nacosae.errors import NacosaeError
+from nacosae.models.cache import GIB, ModelCache, ModelHandle, ModelSpec
+
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL.Image import Image
+
+    from nacosae.models.language import LanguageModel
+    from nacosae.models.text2image import GenerationSettings
+    from nacosae.search.runner import ExplainOptions
+
+T2I_BATCH_LIMIT = 32
+CPU_T2I_BATCH = 8
+# activation memory per image of a 512 x 512 render in half precision (UNet at 64 x 64 latents,
+# VAE decoded one image at a time); scaled by pixel count, doubled with classifier-free guidance
+IMAGE_BYTES_512 = 0.35 * GIB
+
+
+@dataclass
+class RunModels:
+    """Handles of every model a run uses, and what identifies them exactly."""
+
+    vision: ModelHandle
+    t2i: ModelHandle
+    llm: LanguageModel
+    llm_spec: ModelSpec | None  # None for an LLM behind --llm-url
+    embedder: ModelHandle | None
+
+    def handles(self) -> list[ModelHandle]:
+        found = [self.vision, self.t2i]
+        if self.llm_spec is not None:
+            found.append(self.llm.model)  # type: ignore[attr-defined]
+        if self.embedder is not None:
+            found.append(self.embedder)
+        return found
+
+    def record(self, options: ExplainOptions) -> dict[str, Any]:
+        """For run.json: every model with its resolved revision (what a resume pins)."""
+        return {
+            "vision": {"id": self.vision.spec.id, "weights": dict(self.vision.spec.options)},
+            "t2i": {"id": self.t2i.spec.id, "revision": self.t2i.spec.revision},
+            "llm": {
+                "id": options.language_model,
+                "revision": self.llm_spec.revision if self.llm_spec else None,
+                "url": options.llm_url,
+            },
+            **(
+                {"embedder": {"id": self.embedder.spec.id, "revision": self.embedder.spec.revision}}
+                if self.embedder
+                else {}
+            ),
+        }
+
+
+def model_dtypes(device: str) -> dict[str, str]:
+    """Compute dtypes per model kind: half precision on accelerators, float32 on the CPU."""
+    accelerated = device != "cpu"
+    return {
+        "t2i": "float16" if accelerated else "float32",
+        "llm": "bfloat16" if device.startswith("cuda") else "float16" if accelerated else "float32",
+    }
+
+
+def _pinned_revision(model_id: str, pins: dict[str, Any], kind: str, what: str, option: str) -> str:
+    """The revision to load: a resumed run's recorded one, else resolved now. A local folder
+    whose content changed since the run started cannot be resumed faithfully."""
+    from nacosae.models.revisions import is_local, resolve_revision
+
+    recorded = (pins.get(kind) or {}).get("revision")
+    if recorded and not is_local(model_id):
+        return recorded
+    current = resolve_revision(
+        model_id, what=what, download_option=f" {option} {model_id}" if option else ""
+    )
+    if recorded and recorded != current:
+        raise NacosaeError(
+            f"the {what} folder {model_id} changed since this run started ({recorded[:19]} -> "
+            f"{current[:19]}): resuming would mix outputs of two models; start a new run"
+        )
+    return current
+
+
+def build_models(
+    options: ExplainOptions,
+    cache: ModelCache,
+    device: str,
+    vision_dtype: str,
+    pins: dict[str, Any] | None = None,
+) -> RunModels:
+    """Resolve, load (once) and describe every model of the run."""
+    from nacosae.controls import load_vision, vision_spec
+    from nacosae.models.language import HTTPLLM, LocalLLM, load_local_llm
+    from nacosae.models.text2image import load_pipeline
+    from nacosae.search.controls import load_embedder
+
+    pins = pins or {}
+    dtypes = model_dtypes(device)
+    mode = options.offload
+    vision = ModelHandle(
+        cache, vision_spec(options.model, options.weights, device, vision_dtype, mode), load_vision
+    )
+    t2i_revision = _pinned_revision(
+        options.t2i_model, pins, "t2i", "text-to-image model", "--t2i-model"
+    )
+    t2i = ModelHandle(
+        cache,
+        ModelSpec("t2i", options.t2i_model, t2i_revision, dtypes["t2i"], device, mode),
+        load_pipeline,
+    )
+    llm_spec = None
+    if options.llm_url:
+        llm: LanguageModel = HTTPLLM(
+            options.llm_url,
+            options.language_model,
+            max_tokens=options.max_new_tokens,
+            concurrency=options.llm_concurrency,
+        )
+    else:
+        revision = _pinned_revision(
+            options.language_model, pins, "llm", "language model", "--language-model"
+        )
+        llm_spec = ModelSpec("llm", options.language_model, revision, dtypes["llm"], device, mode)
+        llm = LocalLLM(
+            ModelHandle(cache, llm_spec, load_local_llm),
+            max_new_tokens=options.max_new_tokens,
+            constraint=options.llm_constraint,
+        )
+    embedder = None
+    if options.control_strategy == "dissimilar-class":
+        embedder = ModelHandle(cache, ModelSpec("embedder", options.embedder), load_embedder)
+    models = RunModels(vision, t2i, llm, llm_spec, embedder)
+    for handle in models.handles():
+        handle.load()
+    plan = cache.plan([h.spec for h in models.handles()])
+    progress.info("models: " + "; ".join(plan))
+    return models
+
+
+def vision_activations(
+    vision: ModelHandle, layer: str, batch_size: int = 64
+) -> Callable[[list[Image]], np.ndarray]:
+    """Images -> [n, units] activations of every unit of `layer`, the model taken per call."""
+    import numpy as np
+    import torch
+
+    from nacosae.data.images import preprocess_transform
+    from nacosae.models.vision import layer_activations
+
+    transform = preprocess_transform()
+    dtype = getattr(torch, vision.spec.dtype)
+
+    def activations(images: list[Image]) -> np.ndarray:
+        chunks = []
+        with vision.use() as model:
+            for start in range(0, len(images), batch_size):
+                batch = torch.stack(
+                    [transform(im.convert("RGB")) for im in images[start : start + batch_size]]
+                )
+                batch = batch.to(vision.spec.device, dtype=dtype)
+                chunks.append(layer_activations(model, layer, batch).float().cpu().numpy())
+        return np.concatenate(chunks)
+
+    return activations
+
+
+def weights_id(vision: ModelHandle) -> str:
+    with vision.use() as model:
+        return model.nacosae_weights_id
+
+
+def t2i_facts(t2i: ModelHandle) -> tuple[str, int]:
+    """(weight variant loaded, native image side in pixels) of the text-to-image pipeline."""
+    with t2i.use() as pipeline:
+        variant = getattr(pipeline, "nacosae_variant", "default")
+        side = pipeline.unet.config.sample_size * getattr(pipeline, "vae_scale_factor", 8)
+    return variant, int(side)
+
+
+def default_t2i_batch(
+    models: RunModels,
+    cache: ModelCache,
+    generation: GenerationSettings,
+    native_side: int,
+    device: str,
+) -> int:
+    """Images per text-to-image call that fit the device beside the models resident there."""
+    if not device.startswith("cuda"):
+        return CPU_T2I_BATCH
+    import torch
+
+    free, _total = torch.cuda.mem_get_info(torch.device(device))
+    room = min(free, cache.budget(device))
+    resident = [h.spec for h in models.handles() if h.spec.residency in ("none", "cpu")]
+    if models.t2i.spec.residency in ("none", "cpu"):
+        room -= cache.nbytes(models.t2i.spec)
+    if all(s.residency == "none" for s in resident):
+        room -= sum(cache.nbytes(s) for s in resident if s != models.t2i.spec)
+    pixels = (generation.height or native_side) * (generation.width or native_side)
+    per_image = IMAGE_BYTES_512 * pixels / 512**2
+    if generation.guidance_scale > 1.0:
+        per_image *= 2
+    return max(1, min(T2I_BATCH_LIMIT, int(room // per_image)))
