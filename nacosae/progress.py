@@ -50,6 +50,19 @@ def configure(*, quiet: bool = False, verbose: bool = False) -> None:
     log.propagate = False
 
 
+def quiet_libraries() -> None:
+    """Silence the progress bars and advisories of the model libraries (under --quiet)."""
+    import diffusers
+    import transformers
+    from huggingface_hub.utils import disable_progress_bars
+
+    disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+
+
 def info(message: str) -> None:
     if not ui.quiet:
         console.print(message, soft_wrap=True)

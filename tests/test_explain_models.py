@@ -2,7 +2,9 @@
 model's exact version, the text-to-image batch, and the LLM backends' limits and failures."""
 
 import json
+import socket
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 
@@ -22,18 +24,18 @@ def loaded(kind: str, model_id: str | None = None):
     ]
 
 
-def test_every_model_computes_only_inside_its_use_scope(invoke, tmp_path):
+def test_every_model_computes_only_inside_its_use_scope(invoke, runs_dir, monkeypatch, tmp_path):
     """The search takes each model inside the step that needs it: a forward pass of the vision
     model, the pipeline or the LLM while the cache does not have it pinned would mean that the
-    cache could move it away under the computation."""
-    args = ("explain", "--preset", "smoke", "--n-iters", "1", "--out", tmp_path / "runs")
-    assert invoke(*args).exit_code == 0
+    cache could move it away under the computation. (`runs_dir` ran the smoke preset in this
+    process, so its models are in the cache already: hooks go on them before this run.)"""
+    home = runs_dir.parent / "home"
+    monkeypatch.setenv("NACOSAE_HOME", str(home))
     cache = shared_cache()
-    home = str(tmp_path)
     calls: Counter = Counter()
     hooks = []
     for spec, obj in cache.loaded():
-        if spec.kind == "vision" or (spec.kind in ("t2i", "llm") and home in spec.id):
+        if spec.kind == "vision" or (spec.kind in ("t2i", "llm") and str(home) in spec.id):
             for module in modules_of(obj):
 
                 def check(_module, _inputs, spec=spec):
@@ -41,13 +43,16 @@ def test_every_model_computes_only_inside_its_use_scope(invoke, tmp_path):
                     calls[spec.kind] += 1
 
                 hooks.append(module.register_forward_pre_hook(check))
+    args = ("explain", "--preset", "smoke", "--n-iters", "1", "--out", tmp_path / "runs")
+    loads = cache.stats.loads
     try:
-        second = invoke(*args, "--seed", "7")  # another seed: new images, no concept cache hits
+        result = invoke(*args, "--seed", "7")  # another seed: new images, no concept cache hits
     finally:
         for hook in hooks:
             hook.remove()
-    assert second.exit_code == 0, second.output
+    assert result.exit_code == 0, result.output
     assert {"vision", "t2i", "llm"} <= set(calls)
+    assert cache.stats.loads == loads  # the same models, hooked, did the work
 
 
 def test_start_line_t2i_batch_and_revision_are_recorded(invoke, controls, t2i_dir, tmp_path):
@@ -168,6 +173,20 @@ def test_a_server_that_keeps_failing_is_one_line_and_finished_work_is_kept(
     assert [e["iteration"] for e in events_of(run)] == [0, 0, 0]  # the initial phase is kept
     assert server.received == 6  # the first proposal: one request and five retries
     assert record["config"]["max_new_tokens"] == 99
+
+
+def test_an_unreachable_server_fails_before_any_model_loads(invoke, controls, t2i_dir):
+    from nacosae.models.cache import shared_cache
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    loads = shared_cache().stats.loads
+    dead = SimpleNamespace(url=f"http://127.0.0.1:{port}/v1")
+    result = invoke(*explain_args(t2i_dir, dead, "--neuron-id", "0"))
+    assert result.exit_code == 1
+    assert "cannot reach the LLM server at http://127.0.0.1:" in result.output
+    assert shared_cache().stats.loads == loads
 
 
 @pytest.mark.parametrize("flag, value", [("--t2i-batch", "0"), ("--llm-concurrency", "0")])

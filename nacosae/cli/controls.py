@@ -54,7 +54,7 @@ def controls(
     images: Annotated[
         Path | None,
         typer.Option(
-            help="ImageFolder tree DIR/<class>/<image> [default: NACOSAE_HOME/data/imagenet/val]."
+            help="ImageFolder tree DIR/<class>/<image> \\[default: NACOSAE_HOME/data/imagenet/val]."
         ),
     ] = None,
     weights: Annotated[
@@ -62,7 +62,7 @@ def controls(
     ] = "default",
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
     workers: Annotated[
-        int | None, typer.Option(help="Decoding worker processes [default: CPU cores - 1].")
+        int | None, typer.Option(help="Decoding worker processes \\[default: CPU cores - 1].")
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cuda, cuda:N, mps or cpu.")] = "auto",
     dtype: Annotated[str, typer.Option(help="float16 or float32 (stored values).")] = "float32",

@@ -22,7 +22,8 @@ def dashboard_app() -> Path:
 
 def dashboard(
     runs_dir: Annotated[
-        Path | None, typer.Argument(help="Runs directory [default: SAVE_DIR].", show_default=False)
+        Path | None,
+        typer.Argument(help="Runs directory \\[default: SAVE_DIR].", show_default=False),
     ] = None,
     port: Annotated[int, typer.Option(help="Port to serve on.")] = 8501,
 ) -> None:

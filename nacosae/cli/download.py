@@ -31,10 +31,11 @@ def imagenet(
     split: Annotated[str, typer.Option(help="validation (50,000 images) or train.")] = "validation",
     out: Annotated[
         Path | None,
-        typer.Option(help="ImageFolder tree to write [default: NACOSAE_HOME/data/imagenet/val]."),
+        typer.Option(help="ImageFolder tree to write \\[default: NACOSAE_HOME/data/imagenet/val]."),
     ] = None,
     token: Annotated[
-        str | None, typer.Option(help="Hugging Face token [default: HF_TOKEN].", show_default=False)
+        str | None,
+        typer.Option(help="Hugging Face token \\[default: HF_TOKEN].", show_default=False),
     ] = None,
     from_parquet: Annotated[
         Path | None,
@@ -74,7 +75,8 @@ def models(
         str, typer.Option(help="Sentence-transformers repo id.")
     ] = DEFAULT_EMBEDDER,
     token: Annotated[
-        str | None, typer.Option(help="Hugging Face token [default: HF_TOKEN].", show_default=False)
+        str | None,
+        typer.Option(help="Hugging Face token \\[default: HF_TOKEN].", show_default=False),
     ] = None,
 ) -> None:
     """Prefetch the LLM, text-to-image model, embedder and explained model weights."""

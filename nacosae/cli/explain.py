@@ -46,10 +46,10 @@ def explain(
     ),
     num_img: Annotated[int, typer.Option(help="Images rendered per concept.")] = 5,
     num_inf_steps: Annotated[
-        int | None, typer.Option(help="Diffusion steps [default: the model's own].")
+        int | None, typer.Option(help="Diffusion steps \\[default: the model's own].")
     ] = None,
     guidance_scale: Annotated[
-        float | None, typer.Option(help="Classifier-free guidance [default: the model's own].")
+        float | None, typer.Option(help="Classifier-free guidance \\[default: the model's own].")
     ] = None,
     n_iters: Annotated[int, typer.Option(help="LLM proposals before the summary step.")] = 10,
     metric: Annotated[str, typer.Option(help="auc, mad or mean: the score that steers.")] = "auc",
@@ -72,11 +72,13 @@ def explain(
     ] = "cpu",
     gpu_memory: Annotated[
         float | None,
-        typer.Option(help="GiB of models kept on the GPU [default: free memory less a margin]."),
+        typer.Option(help="GiB of models kept on the GPU \\[default: free memory less a margin]."),
     ] = None,
     t2i_batch: Annotated[
         int | None,
-        typer.Option(help="Images per text-to-image call [default: what the memory fits, <= 32]."),
+        typer.Option(
+            help="Images per text-to-image call \\[default: what the memory fits, <= 32]."
+        ),
     ] = None,
     max_new_tokens: Annotated[
         int, typer.Option(help="Most tokens an LLM answer may have (local and --llm-url).")
@@ -85,7 +87,7 @@ def explain(
         int, typer.Option(help="Most requests in flight to an --llm-url server.")
     ] = HTTP_CONCURRENCY,
     save_images: Annotated[bool, typer.Option(help="Keep the rendered images.")] = True,
-    out: Annotated[Path | None, typer.Option(help="Runs directory [default: SAVE_DIR].")] = None,
+    out: Annotated[Path | None, typer.Option(help="Runs directory \\[default: SAVE_DIR].")] = None,
     seed: Annotated[int, typer.Option(help="Seed for every random choice.")] = 42,
     device: Annotated[str, typer.Option(help="auto, cuda, cuda:N, mps or cpu.")] = "auto",
     preset: Annotated[

@@ -14,7 +14,8 @@ FORMATS = ("table", "csv", "json", "md", "html")
 
 def report(
     runs_dir: Annotated[
-        Path | None, typer.Argument(help="Runs directory [default: SAVE_DIR].", show_default=False)
+        Path | None,
+        typer.Argument(help="Runs directory \\[default: SAVE_DIR].", show_default=False),
     ] = None,
     run: Annotated[
         list[str] | None, typer.Option("--run", help="Only this run id (repeatable).")

@@ -19,6 +19,7 @@ On the CPU every mode is `none`: there is nowhere else to put the weights.
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -63,6 +64,10 @@ class ModelSpec:
     def residency(self) -> OffloadMode:
         """The offload mode in effect: on the CPU there is nothing to offload to."""
         return "none" if self.device == "cpu" else self.offload
+
+    def same_weights(self, other: ModelSpec) -> bool:
+        """The same model, whatever the offload mode."""
+        return replace(self, offload="none") == replace(other, offload="none")
 
     def label(self) -> str:
         return f"{self.kind}:{self.id}" + (f"@{self.revision[:12]}" if self.revision else "")
@@ -231,13 +236,13 @@ class ModelCache:
     def _forget_other_modes(self, spec: ModelSpec) -> None:
         """Drop unpinned copies of the same model under other offload hooks: keeping both
         would hold the weights twice."""
-        for other in [
-            s
-            for s in self._entries
-            if s != spec and replace(s, offload="none") == (replace(spec, offload="none"))
-        ]:
+        dropped_placed = False
+        for other in [s for s in self._entries if s != spec and s.same_weights(spec)]:
             if not self._entries[other].pins:
-                del self._entries[other]
+                dropped_placed |= self._entries.pop(other).placed
+        if dropped_placed:
+            gc.collect()  # pipelines hold reference cycles; free their device memory now
+            _empty_device_cache(spec.device)
 
     # ------------------------------------------------------------ the residency protocol
 

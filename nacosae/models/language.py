@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from nacosae import hub
+from nacosae import hub, progress
 from nacosae.errors import NacosaeError
 from nacosae.models.cache import ModelHandle, ModelSpec
 
@@ -45,6 +45,8 @@ def load_local_llm(spec: ModelSpec) -> LLMBundle:
 
     from nacosae.models.revisions import from_pretrained_kwargs
 
+    if progress.ui.quiet:
+        progress.quiet_libraries()
     kwargs = from_pretrained_kwargs(spec.id, spec.revision)
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec.id, **kwargs)
@@ -183,6 +185,20 @@ class HTTPLLM:
                 timeout=self.timeout,
             )
         return self._client
+
+    def check(self) -> None:
+        """Fail fast, before other models load, when nothing answers at the URL. Any HTTP
+        answer will do (some servers do not list their models)."""
+        import openai
+
+        try:
+            self.client().with_options(max_retries=0, timeout=10.0).models.list()
+        except openai.APIStatusError:
+            return
+        except openai.APIConnectionError as exc:
+            raise NacosaeError(
+                f"cannot reach the LLM server at {self.url}: start it or fix --llm-url"
+            ) from exc
 
     def chat_many(self, requests: list[tuple[list[Message], int]]) -> list[str]:
         """Concurrent requests (the server batches them), replies in request order."""

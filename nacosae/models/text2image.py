@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from nacosae import hub
+from nacosae import hub, progress
 from nacosae.models.cache import ModelHandle, ModelSpec
 from nacosae.seeds import stable_seed
 
@@ -78,6 +78,8 @@ def load_pipeline(spec: ModelSpec) -> Any:
 
     from nacosae.models.revisions import from_pretrained_kwargs
 
+    if progress.ui.quiet:
+        progress.quiet_libraries()
     kwargs = {"dtype": getattr(torch, spec.dtype), **from_pretrained_kwargs(spec.id, spec.revision)}
     last: Exception | None = None
     for variant in ("fp16", None):

@@ -123,13 +123,16 @@ def build_models(
         load_pipeline,
     )
     llm_spec = None
+    llm: LanguageModel
     if options.llm_url:
-        llm: LanguageModel = HTTPLLM(
+        server = HTTPLLM(
             options.llm_url,
             options.language_model,
             max_tokens=options.max_new_tokens,
             concurrency=options.llm_concurrency,
         )
+        server.check()
+        llm = server
     else:
         revision = _pinned_revision(
             options.language_model, pins, "llm", "language model", "--language-model"

@@ -1,0 +1,570 @@
+"""The real GPU path, measured: real architectures with random weights, no network.
+
+Builds sd-turbo (SD 2.1 UNet, VAE, OpenCLIP-H text encoder), SDXL base, Llama-3.2-1B and
+Llama-3.1-8B from the published configs in `benchmarks/configs/` (random weights, a small local
+tokenizer), saves them as model folders (fp16 variant files, as `nacosae download models`
+fetches them) and then goes through nacosae's own loaders, ModelCache and search, exactly as
+`nacosae explain` does. ResNet-50 and ViT-B/16 come from torchvision with random weights.
+
+Sections (each prints one or more JSON lines, also appended to OUT/gpu.jsonl):
+- env: device, memory, library versions.
+- controls: `nacosae controls` images/s for ResNet-50 and ViT-B/16 on synthetic JPEGs, beside
+  the decode-only rate of the same loader (target: within 90% of it).
+- explain: one unit with default settings (sd-turbo 4 steps + Llama-3.2-1B, 5 images per
+  concept, 10 iterations + summary: 105 images, 11 LLM calls), seconds per phase, peak memory.
+- t2i, llm: text-to-image images/s and LLM tokens/s at batch 1, 8 and 32.
+- offload: the same unit with a budget that forces swapping, with `--offload model`, with
+  `sequential`, and with `cpu` again after `sequential` in the same process; events must equal
+  the first run's (timings aside).
+- large: SDXL base + Llama-3.1-8B with `--offload sequential` under a 10 GiB budget (one
+  iteration, 2 images per concept, 4 steps, to fit the time), peak memory.
+
+The LLM has random weights, so its replies are kept well-formed by the smoke preset's token
+constraint (short answers); `llm` measures unconstrained generation speed separately.
+
+    uv run python benchmarks/gpu.py --out results/          # on a CUDA machine, < 8 minutes
+    uv run python benchmarks/gpu.py --tiny --device cpu --out /tmp/gpu-tiny   # CI: same code
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+CONFIGS = Path(__file__).parent / "configs"
+CLASS_LABELS = (
+    "tench", "goldfish", "great white shark", "hen", "ostrich", "goldfinch", "bald eagle",
+    "tree frog", "loggerhead turtle", "garter snake", "trilobite", "scorpion", "tarantula",
+    "peacock", "flamingo", "king penguin",
+)  # fmt: skip
+SECTIONS = ("env", "controls", "explain", "t2i", "llm", "offload", "large")
+
+
+class Bench:
+    """Where results go, how much time is left, and the choices that differ in --tiny mode."""
+
+    def __init__(self, out: Path, tiny: bool, device: str, budget_seconds: float) -> None:
+        self.out, self.tiny, self.device = out, tiny, device
+        self.started = time.perf_counter()
+        self.budget_seconds = budget_seconds
+        self.results = out / "gpu.jsonl"
+        out.mkdir(parents=True, exist_ok=True)
+
+    def emit(self, section: str, **fields: Any) -> None:
+        line = json.dumps({"section": section, **fields}, default=str)
+        print(line, flush=True)
+        with self.results.open("a") as handle:
+            handle.write(line + "\n")
+
+    def seconds_left(self) -> float:
+        return self.budget_seconds - (time.perf_counter() - self.started)
+
+    @property
+    def half(self) -> str:
+        return "float32" if self.device == "cpu" else "float16"
+
+
+# ---------------------------------------------------------------- models from configs
+
+
+def _read(path: Path) -> dict[str, Any]:
+    return {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
+
+
+@contextmanager
+def _built_on(device: str) -> Iterator[None]:
+    """Create parameters directly on `device` (random init of billions of weights is fast
+    there and slow on a CPU)."""
+    import torch
+
+    with torch.device(device):
+        yield
+
+
+def build_pipeline_folder(config: str, folder: Path, device: str) -> Path:
+    """A diffusers pipeline with random weights, saved with fp16 variant files."""
+    import diffusers
+    import torch
+    import transformers
+    from transformers import CLIPTokenizer
+
+    from nacosae.models.tiny import write_tiny_clip_tokenizer
+
+    if (folder / "model_index.json").is_file():
+        return folder
+    source = CONFIGS / config
+    layout = json.loads((source / "pipeline.json").read_text())
+    tokenizer = CLIPTokenizer.from_pretrained(
+        str(write_tiny_clip_tokenizer(folder.parent / f"{config}-tokenizer")), model_max_length=77
+    )
+    with _built_on(device):
+        parts: dict[str, Any] = {
+            "unet": diffusers.UNet2DConditionModel.from_config(_read(source / "unet.json")),
+            "vae": diffusers.AutoencoderKL.from_config(_read(source / "vae.json")),
+        }
+        for name, cls in layout["text_encoders"].items():
+            text_config = transformers.CLIPTextConfig(**_read(source / f"{name}.json"))
+            parts[name] = getattr(transformers, cls)(text_config)
+    scheduler_cls = getattr(diffusers, layout["scheduler"])
+    parts["scheduler"] = scheduler_cls.from_config(_read(source / "scheduler.json"))
+    for name in layout["tokenizers"]:
+        parts[name] = tokenizer
+    if layout["pipeline"] == "StableDiffusionPipeline":
+        parts.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipeline = getattr(diffusers, layout["pipeline"])(**parts)
+    pipeline.to(torch.float16)
+    staging = folder.with_name(folder.name + ".tmp")
+    pipeline.save_pretrained(staging, variant="fp16")
+    staging.replace(folder)
+    del pipeline, parts
+    _free(device)
+    return folder
+
+
+def build_llm_folder(config: str, folder: Path, device: str) -> Path:
+    """A Llama with random weights from a published config, with the smoke tokenizer (its
+    special token ids replace Llama's), saved in bfloat16."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from nacosae.models.tiny import smoke_tokenizer
+
+    if (folder / "config.json").is_file():
+        return folder
+    tokenizer = smoke_tokenizer()
+    values = _read(CONFIGS / config)
+    values.update(
+        bos_token_id=tokenizer.convert_tokens_to_ids("<|user|>"),
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with _built_on(device):
+        model = LlamaForCausalLM(LlamaConfig(**values))
+    model.to(torch.bfloat16)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    staging = folder.with_name(folder.name + ".tmp")
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    staging.replace(folder)
+    del model
+    _free(device)
+    return folder
+
+
+def _free(device: str) -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def _peak_reset(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_gib(device: str) -> float | None:
+    import torch
+
+    if not device.startswith("cuda"):
+        return None
+    return round(torch.cuda.max_memory_allocated() / 1024**3, 2)
+
+
+# ---------------------------------------------------------------- sections
+
+
+def section_env(bench: Bench, state: dict[str, Any]) -> None:
+    import diffusers
+    import torch
+    import transformers
+
+    fields: dict[str, Any] = {
+        "device": bench.device,
+        "tiny": bench.tiny,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "cpus": os.cpu_count(),
+    }
+    if bench.device.startswith("cuda"):
+        free, total = torch.cuda.mem_get_info()
+        fields.update(
+            gpu=torch.cuda.get_device_name(),
+            gpu_total_gib=round(total / 1024**3, 1),
+            gpu_free_gib=round(free / 1024**3, 1),
+        )
+    bench.emit("env", **fields)
+
+
+def make_jpegs(root: Path, per_class: int, size: tuple[int, int]) -> Path:
+    """Photo-sized synthetic JPEGs in one folder per class, with a classes.json of labels."""
+    import numpy as np
+    from PIL import Image
+
+    if (root / "classes.json").is_file():
+        return root
+    rng = np.random.default_rng(0)
+    width, height = size
+    base = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    entries = []
+    for c, label in enumerate(CLASS_LABELS):
+        folder = root / f"c{c:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        entries.append({"index": c, "wnid": None, "folder": folder.name, "label": label})
+        for k in range(per_class):
+            shifted = np.roll(base, shift=(c * per_class + k) * 7, axis=1)
+            Image.fromarray(shifted).save(folder / f"{k:04d}.JPEG", quality=90)
+    (root / "classes.json").write_text(json.dumps(entries))
+    return root
+
+
+def decode_rate(images: Path, batch_size: int, workers: int) -> float:
+    """Images/s of the controls loader alone (decode, resize, crop; no model)."""
+    from torch.utils.data import DataLoader
+
+    from nacosae.data.images import ControlImages, list_image_folder
+
+    listing = list_image_folder(images)
+    loader = DataLoader(
+        ControlImages(listing, list(range(len(listing)))),
+        batch_size=batch_size,
+        num_workers=workers,
+        prefetch_factor=4 if workers else None,
+    )
+    started = time.perf_counter()
+    count = sum(len(positions) for _images, positions, _ok in loader)
+    return count / (time.perf_counter() - started)
+
+
+def section_controls(bench: Bench, state: dict[str, Any]) -> None:
+    from nacosae.controls import ControlsRequest, build_controls, default_workers
+
+    per_class = 2 if bench.tiny else 128
+    images = make_jpegs(bench.out / "jpegs", per_class, (500, 375))
+    state["images"] = images
+    workers = 0 if bench.tiny else default_workers()
+    batch = 16 if bench.tiny else 128
+    decode = decode_rate(images, batch, workers)
+    models = ("tiny_cnn", "tiny_vit") if bench.tiny else ("resnet50", "vit_b_16")
+    layers = {"tiny_cnn": "avgpool", "resnet50": "avgpool", "tiny_vit": "encoder"}
+    for model in models:
+        request = ControlsRequest(
+            model=model,
+            layer=layers.get(model, "encoder"),
+            images=images,
+            controls_root=bench.out / "controls",
+            weights="none",
+            batch_size=batch,
+            workers=workers,
+            device=bench.device,
+            dtype="float16",
+            overwrite=True,
+        )
+        started = time.perf_counter()
+        result = build_controls(request, state["cache"])
+        rate = result.images_processed / (time.perf_counter() - started)
+        bench.emit(
+            "controls",
+            model=model,
+            images=result.images_processed,
+            images_per_s=round(rate, 1),
+            decode_only_images_per_s=round(decode, 1),
+            ratio_to_decode=round(rate / decode, 3),
+            target_ratio=0.9,
+            batch_size=batch,
+            workers=workers,
+        )
+
+
+def explain_options(bench: Bench, state: dict[str, Any], name: str, **changes: Any) -> Any:
+    """Options of one explain variant; each variant gets its own concept cache (so it renders
+    everything) over the one control store."""
+    from nacosae.models.tiny import smoke_answer_constraint, smoke_tokenizer
+    from nacosae.search.runner import ExplainOptions
+
+    home = bench.out / "variants" / name
+    if home.exists():
+        shutil.rmtree(home)
+    home.mkdir(parents=True)
+    (home / "controls").symlink_to((bench.out / "controls").resolve(), target_is_directory=True)
+    options = ExplainOptions(
+        neurons=["0"],
+        save_dir=home / "runs",
+        controls_root=home / "controls",
+        model="tiny_cnn" if bench.tiny else "resnet50",
+        layer="avgpool",
+        weights="none",
+        t2i_model=str(state["sd_turbo"]),
+        language_model=str(state["llm_small"]),
+        num_inf_steps=2 if bench.tiny else None,
+        num_img=2 if bench.tiny else 5,
+        n_iters=1 if bench.tiny else 10,
+        device=bench.device,
+        max_new_tokens=32,
+        llm_constraint=smoke_answer_constraint(smoke_tokenizer()),
+    )
+    for key, value in changes.items():
+        setattr(options, key, value)
+    return options
+
+
+def run_variant(bench: Bench, state: dict[str, Any], name: str, **changes: Any) -> dict:
+    from nacosae.search.runner import run_explain
+    from nacosae.store.runs import read_events
+
+    options = explain_options(bench, state, name, **changes)
+    _peak_reset(bench.device)
+    stats = state["cache"].stats
+    loads_before, load_seconds_before = stats.loads, stats.load_seconds
+    started = time.perf_counter()
+    result = run_explain(options, state["cache"])
+    wall = time.perf_counter() - started
+    load_seconds = stats.load_seconds - load_seconds_before
+    record = json.loads((result.run_dir / "run.json").read_text())
+    events = [{k: v for k, v in e.items() if k != "seconds"} for e in read_events(result.run_dir)]
+    totals = record["totals"]
+    return {
+        "variant": name,
+        "offload": options.offload,
+        "gpu_memory_gib": options.gpu_memory,
+        "wall_s": round(wall, 2),
+        "load_s": round(load_seconds, 2),
+        "search_s": round(wall - load_seconds, 2),  # what swapping and offloading change
+        "seconds": totals["seconds"],
+        "images_rendered": totals["images_rendered"],
+        "llm_calls": totals["llm_calls"],
+        "t2i_batch": record["generation"]["t2i_batch"],
+        "model_loads": stats.loads - loads_before,
+        "evictions_total": record["model_cache"]["evictions"],
+        "peak_gpu_gib": _peak_gib(bench.device),
+        "events": events,
+    }
+
+
+def build_pair(bench: Bench, pipeline: str, llm: str, llm_folder: str) -> tuple[Path, Path]:
+    """A text-to-image folder and an LLM folder, built once (tiny configs with --tiny)."""
+    if bench.tiny:
+        pipeline, llm = "tiny-sd", "tiny-llama.json"
+    started = time.perf_counter()
+    models = bench.out / "models"
+    t2i = build_pipeline_folder(pipeline, models / pipeline, bench.device)
+    language = build_llm_folder(llm, models / llm_folder, bench.device)
+    bench.emit("build", models=[pipeline, llm], seconds=round(time.perf_counter() - started, 1))
+    return t2i, language
+
+
+def section_explain(bench: Bench, state: dict[str, Any]) -> None:
+    state["sd_turbo"], state["llm_small"] = build_pair(
+        bench, "sd-turbo", "llama-3.2-1b-instruct.json", "llm-small"
+    )
+    first = run_variant(bench, state, "default")
+    state["reference"] = dict(first)
+    events = first.pop("events")
+    bench.emit(
+        "explain",
+        **first,
+        concepts=len(events),
+        best=max((e["score"] for e in events if e.get("score") is not None), default=None),
+        target_search_s=None if bench.tiny else 30,
+    )
+
+
+def section_t2i(bench: Bench, state: dict[str, Any]) -> None:
+    from nacosae.models.cache import ModelHandle, ModelSpec
+    from nacosae.models.revisions import resolve_revision
+    from nacosae.models.text2image import GenerationSettings, TextToImage, load_pipeline
+
+    folder = str(state["sd_turbo"])
+    spec = ModelSpec("t2i", folder, resolve_revision(folder), bench.half, bench.device, "none")
+    t2i = TextToImage(
+        ModelHandle(state["cache"], spec, load_pipeline), GenerationSettings(folder, 4, 0.0)
+    )
+    t2i.render("warm up", 1, seed=0)
+    for batch in (1, 8, 32):
+        _peak_reset(bench.device)
+        started = time.perf_counter()
+        t2i.render_many([(f"concept {k}", 0, 1) for k in range(batch)], seed=1)
+        seconds = time.perf_counter() - started
+        bench.emit(
+            "t2i",
+            model="sd-turbo" if not bench.tiny else "tiny-sd",
+            steps=4,
+            batch=batch,
+            images_per_s=round(batch / seconds, 2),
+            seconds=round(seconds, 3),
+            peak_gpu_gib=_peak_gib(bench.device),
+        )
+
+
+def section_llm(bench: Bench, state: dict[str, Any]) -> None:
+    import torch
+
+    from nacosae.models.cache import ModelHandle, ModelSpec
+    from nacosae.models.language import load_local_llm
+    from nacosae.models.revisions import resolve_revision
+
+    folder = str(state["llm_small"])
+    dtype = "float32" if bench.device == "cpu" else "bfloat16"
+    spec = ModelSpec("llm", folder, resolve_revision(folder), dtype, bench.device, "none")
+    new_tokens = 16 if bench.tiny else 128
+    with ModelHandle(state["cache"], spec, load_local_llm).use() as bundle:
+        tokenizer = bundle.tokenizer
+        chat = [{"role": "user", "content": "the unit likes red round apple try something"}]
+        text = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+        for batch in (1, 8, 32):
+            inputs = tokenizer([text] * batch, return_tensors="pt", add_special_tokens=False)
+            inputs = inputs.to(bench.device)
+            _peak_reset(bench.device)
+            started = time.perf_counter()
+            with torch.inference_mode():
+                bundle.model.generate(
+                    **inputs,
+                    do_sample=False,
+                    min_new_tokens=new_tokens,
+                    max_new_tokens=new_tokens,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+            seconds = time.perf_counter() - started
+            bench.emit(
+                "llm",
+                model="tiny-llama" if bench.tiny else "Llama-3.2-1B",
+                batch=batch,
+                new_tokens=new_tokens,
+                tokens_per_s=round(batch * new_tokens / seconds, 1),
+                seconds=round(seconds, 3),
+                peak_gpu_gib=_peak_gib(bench.device),
+            )
+
+
+def _compare(bench: Bench, reference: dict, result: dict, **extra: Any) -> None:
+    events = result.pop("events")
+    same = events == reference["events"]
+    first_difference = None
+    if not same:
+        for k, (a, b) in enumerate(zip(events, reference["events"], strict=False)):
+            if a != b:
+                first_difference = {"index": k, "this": a.get("concept"), "ref": b.get("concept")}
+                break
+    bench.emit(
+        "offload",
+        **result,
+        events_equal_reference=same,
+        first_difference=first_difference,
+        search_ratio_to_reference=round(result["search_s"] / reference["search_s"], 3),
+        **extra,
+    )
+
+
+def section_offload(bench: Bench, state: dict[str, Any]) -> None:
+    from nacosae.models.cache import GIB
+
+    reference = state["reference"]
+    cache = state["cache"]
+    sizes = [n for label, n in cache.stats.models.items() if label.startswith(("t2i", "llm"))]
+    squeeze = max(sizes) / GIB + 0.25  # room for the largest model, not for two
+    swapped = run_variant(bench, state, "swapped", offload="cpu", gpu_memory=squeeze)
+    _compare(bench, reference, swapped, target_search_ratio=1.5)
+    for mode in ("model", "sequential"):
+        _compare(bench, reference, run_variant(bench, state, mode, offload=mode))
+    again = run_variant(bench, state, "cpu-after-sequential", offload="cpu")
+    _compare(bench, reference, again)
+
+
+def section_large(bench: Bench, state: dict[str, Any]) -> None:
+    state["sdxl"], state["llm_large"] = build_pair(
+        bench, "sdxl-base", "llama-3.1-8b-instruct.json", "llm-large"
+    )
+    result = run_variant(
+        bench,
+        state,
+        "large-sequential",
+        t2i_model=str(state["sdxl"]),
+        language_model=str(state["llm_large"]),
+        offload="sequential",
+        gpu_memory=10.0,
+        n_iters=1,
+        num_img=2,
+        num_inf_steps=4,
+    )
+    events = result.pop("events")
+    bench.emit(
+        "large",
+        **result,
+        models=[Path(state["sdxl"]).name, Path(state["llm_large"]).name],
+        concepts=len(events),
+        completed=True,
+        under_10_gib=None if result["peak_gpu_gib"] is None else result["peak_gpu_gib"] < 10,
+    )
+
+
+RUNNERS: dict[str, Callable[[Bench, dict[str, Any]], None]] = {
+    "env": section_env,
+    "controls": section_controls,
+    "explain": section_explain,
+    "t2i": section_t2i,
+    "llm": section_llm,
+    "offload": section_offload,
+    "large": section_large,
+}
+NEEDS = {"explain": "controls", "t2i": "explain", "llm": "explain", "offload": "explain"}
+MIN_SECONDS = {"offload": 120, "large": 150}  # skipped when less time is left
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder for results and models")
+    parser.add_argument("--tiny", action="store_true", help="tiny configs (CI, any device)")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--only", nargs="*", choices=SECTIONS, help="run only these sections")
+    parser.add_argument("--budget-seconds", type=float, default=450.0)
+    args = parser.parse_args(argv)
+
+    from nacosae import progress
+    from nacosae.models.cache import ModelCache
+
+    progress.configure(quiet=True)
+    progress.quiet_libraries()
+    bench = Bench(args.out, args.tiny, args.device, args.budget_seconds)
+    state: dict[str, Any] = {"cache": ModelCache()}
+    wanted = args.only or list(SECTIONS)
+    failed: set[str] = set()
+    for name in SECTIONS:
+        if name not in wanted:
+            continue
+        if NEEDS.get(name) in failed:
+            bench.emit(name, skipped=f"needs section {NEEDS[name]}, which failed")
+            failed.add(name)
+            continue
+        if bench.seconds_left() < MIN_SECONDS.get(name, 0):
+            bench.emit(name, skipped=f"{bench.seconds_left():.0f} s left of the budget")
+            continue
+        started = time.perf_counter()
+        try:
+            RUNNERS[name](bench, state)
+        except Exception as exc:  # noqa: BLE001 - report and go on with the other sections
+            failed.add(name)
+            bench.emit(name, error=f"{type(exc).__name__}: {exc}".splitlines()[0])
+            traceback.print_exc(file=sys.stderr)
+        bench.emit("timing", of=name, seconds=round(time.perf_counter() - started, 1))
+    bench.emit("done", failed=sorted(failed), seconds=round(time.perf_counter() - bench.started))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

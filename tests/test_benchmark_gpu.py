@@ -1,0 +1,39 @@
+"""`benchmarks/gpu.py --tiny --device cpu`: the GPU benchmark's code paths, on tiny configs, so
+that CI runs every section the GPU run relies on (the real sizes need a lent GPU)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+GPU_SCRIPT = Path(__file__).parents[1] / "benchmarks" / "gpu.py"
+
+
+def test_gpu_benchmark_runs_every_section_on_tiny_configs(tmp_path):
+    spec = importlib.util.spec_from_file_location("gpu_benchmark", GPU_SCRIPT)
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    assert gpu.main(["--tiny", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    lines = [json.loads(line) for line in (tmp_path / "gpu.jsonl").read_text().splitlines()]
+    by_section: dict[str, list[dict]] = {}
+    for line in lines:
+        by_section.setdefault(line["section"], []).append(line)
+    assert set(gpu.SECTIONS) <= set(by_section)
+    assert not any("error" in line or "skipped" in line for line in lines)
+    assert [c["model"] for c in by_section["controls"]] == ["tiny_cnn", "tiny_vit"]
+    (explain,) = by_section["explain"]
+    assert explain["llm_calls"] == 2 and explain["images_rendered"] == 2 * explain["concepts"]
+    assert [t["batch"] for t in by_section["t2i"]] == [1, 8, 32]
+    assert [t["batch"] for t in by_section["llm"]] == [1, 8, 32]
+    offload = by_section["offload"]
+    assert [o["variant"] for o in offload] == [
+        "swapped",
+        "model",
+        "sequential",
+        "cpu-after-sequential",
+    ]
+    assert all(o["events_equal_reference"] for o in offload)
+    (large,) = by_section["large"]
+    assert large["completed"] and large["offload"] == "sequential"
+    assert (
+        tmp_path / "models" / "tiny-sd" / "unet" / "diffusion_pytorch_model.fp16.safetensors"
+    ).is_file()
