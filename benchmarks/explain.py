@@ -30,7 +30,9 @@ def main() -> None:
     from nacosae import progress
     from nacosae.models.cache import ModelCache, ModelHandle
     from nacosae.models.text2image import GenerationSettings, TextToImage
-    from nacosae.search.runner import ExplainOptions, run_explain
+    from nacosae.presets import apply_presets, prepare
+    from nacosae.search.options import ExplainOptions
+    from nacosae.search.runner import run_explain
 
     progress.configure(quiet=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -41,8 +43,8 @@ def main() -> None:
             save_dir=root / "runs",
             controls_root=root / "home" / "controls",
             n_iters=args.n_iters,
-            preset="smoke",
         )
+        options = prepare(apply_presets(options, ["smoke"]), cache)
         run_explain(options, cache)  # builds and caches the tiny components once
         for neuron in range(1, 1 + args.repeats):
             options.neurons = [str(neuron)]

@@ -296,7 +296,7 @@ def explain_options(bench: Bench, state: dict[str, Any], name: str, **changes: A
     """Options of one explain variant; each variant gets its own concept cache (so it renders
     everything) over the one control store."""
     from nacosae.models.tiny import smoke_answer_constraint, smoke_tokenizer
-    from nacosae.search.runner import ExplainOptions
+    from nacosae.search.options import ExplainOptions
 
     home = bench.out / "variants" / name
     if home.exists():

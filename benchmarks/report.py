@@ -24,7 +24,9 @@ def main() -> None:
     args = parser.parse_args()
     from nacosae import progress
     from nacosae.models.cache import ModelCache
-    from nacosae.search.runner import ExplainOptions, run_explain
+    from nacosae.presets import apply_presets, prepare
+    from nacosae.search.options import ExplainOptions
+    from nacosae.search.runner import run_explain
 
     progress.configure(quiet=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -34,10 +36,10 @@ def main() -> None:
             save_dir=root / "seed",
             controls_root=root / "home" / "controls",
             n_iters=10,
-            preset="smoke",
             save_images=False,
         )
-        source = run_explain(options, ModelCache()).run_dir
+        cache = ModelCache()
+        source = run_explain(prepare(apply_presets(options, ["smoke"]), cache), cache).run_dir
         runs = root / "runs"
         for i in range(args.runs):
             target = runs / f"{source.name}-{i:04d}"

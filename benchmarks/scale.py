@@ -29,7 +29,9 @@ def main() -> None:
 
     from nacosae import progress
     from nacosae.models.cache import ModelCache
-    from nacosae.search.runner import ExplainOptions, run_explain
+    from nacosae.presets import apply_presets, prepare
+    from nacosae.search.options import ExplainOptions
+    from nacosae.search.runner import run_explain
 
     progress.configure(quiet=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -43,8 +45,8 @@ def main() -> None:
                 save_dir=root / name,
                 controls_root=root / "home" / "controls",
                 n_iters=args.n_iters,
-                preset="smoke",
             )
+            options = prepare(apply_presets(options, ["smoke"]), cache)
             start = time.perf_counter()
             result = run_explain(options, cache)
             wall = time.perf_counter() - start

@@ -30,13 +30,15 @@ def explain(
     model_name: str | None = None,
     images: str | Path | None = None,
     save_dir: str | Path | None = None,
+    preset: str | list[str] | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Explain `neurons` of `layer`; returns the run summary (also written under save_dir).
 
     `model` is a registered name or an `nn.Module` (then `model_name` names its control store).
     If no control store exists yet and `images` (an ImageFolder tree) is given, it is built
-    first. Other keyword arguments are `ExplainOptions` fields (n_iters, num_img, t2i_model,
+    first. `preset` ("line", "smoke" or both) applies a preset; keyword arguments you give win
+    over it. Other keyword arguments are `ExplainOptions` fields (n_iters, num_img, t2i_model,
     language_model, llm_url, metric, seed, device, ...).
     """
     from nacosae.config import settings
@@ -49,7 +51,9 @@ def explain(
     )
     from nacosae.errors import NacosaeError
     from nacosae.models.cache import shared_cache
-    from nacosae.search.runner import ExplainOptions, run_explain
+    from nacosae.presets import apply_presets, prepare
+    from nacosae.search.options import ExplainOptions
+    from nacosae.search.runner import run_explain
     from nacosae.store.activations import store_dir
 
     config = settings()
@@ -82,16 +86,21 @@ def explain(
             ),
             cache,
         )
-    run = run_explain(
-        ExplainOptions(
-            neurons=[str(n) for n in ids],
-            save_dir=Path(save_dir) if save_dir else config.save_dir,
-            controls_root=controls_root,
-            model=name,
-            layer=layer,
-            weights=weights,
-            **{**options, "device": device},
-        ),
-        cache,
+    explicit = set(options)
+    if not isinstance(model, str) or model != "resnet18":
+        explicit |= {"model", "weights"}
+    if layer != "avgpool":
+        explicit.add("layer")
+    resolved = ExplainOptions(
+        neurons=[str(n) for n in ids],
+        save_dir=Path(save_dir) if save_dir else config.save_dir,
+        controls_root=controls_root,
+        model=name,
+        layer=layer,
+        weights=weights,
+        **{**options, "device": device},
     )
+    presets = [preset] if isinstance(preset, str) else list(preset or [])
+    resolved = prepare(apply_presets(resolved, presets, explicit), cache)
+    run = run_explain(resolved, cache)
     return {"run_dir": str(run.run_dir), **run.summary}

@@ -164,7 +164,13 @@ def _store_builder(
         "pooling": POOLING_DESCRIPTION,
         "preprocessing": PREPROCESSING_DESCRIPTION,
         "classes": [
-            {"index": c.index, "wnid": c.wnid, "folder": c.folder, "label": c.label}
+            {
+                "index": c.index,
+                "wnid": c.wnid,
+                "folder": c.folder,
+                "label": c.label,
+                "concept": c.concept,
+            }
             for c in listing.classes
         ],
     }

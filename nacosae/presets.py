@@ -1,29 +1,98 @@
-"""`--preset smoke`: tiny random components built in-process, no downloads.
+"""Presets: named sets of explain options, applied where options are made (the CLI and the API).
 
-It checks an installation end to end on a CPU in well under a minute: a tiny CNN, a tiny
-diffusers pipeline (64 px), a tiny Llama whose sampled replies are kept well-formed by a token
-constraint, and a control store over generated images. The models are saved as local model
-folders under NACOSAE_HOME/smoke/models (built once) and load through the same loaders as real
-models. Its results mean nothing.
+- `line`: the published method (LINE / NaCoSAE, its `src/` at the published commit), setting by
+  setting; README's settings table lists each beside nacosae's default.
+- `smoke`: tiny random components built in-process, no downloads, to check an installation end
+  to end on a CPU in well under a minute: a tiny CNN, a tiny diffusers pipeline (64 px), a tiny
+  Llama whose sampled replies are kept well-formed by a token constraint, a tiny sentence
+  embedder, and a control store over generated images, all saved under NACOSAE_HOME/smoke and
+  loaded by the same loaders as real models. Its results mean nothing.
+
+Options given explicitly win over presets; with both presets, `line` decides the method and
+`smoke` the models. run.json records the preset names beside the resolved options, so a resumed
+run has the same settings; `prepare` rebuilds what `smoke` needs at run time.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from nacosae import progress
+from nacosae.errors import NacosaeError
 from nacosae.models.cache import ModelCache
 
 if TYPE_CHECKING:
-    from nacosae.search.runner import ExplainOptions
+    from nacosae.search.options import ExplainOptions
 
+PRESETS = ("smoke", "line")  # also the order they apply in: later ones win
 SMOKE_T2I = "tiny-sd"  # folder names under NACOSAE_HOME/smoke/models
 SMOKE_LLM = "tiny-llama"
+SMOKE_EMBEDDER = "tiny-embedder"
 SMOKE_CLASSES = (
     "apple", "boat", "car", "dog", "cat", "tree", "house", "bird", "fence", "flower", "lake",
     "clock",
 )  # fmt: skip
+
+LINE_SETTINGS: dict[str, Any] = {
+    "num_img": 5,
+    "num_inf_steps": 25,
+    "guidance_scale": "pipeline",  # the original passed it where diffusers ignores it
+    "n_iters": 10,
+    "metric": "auc",
+    "prompt": "line-main",
+    "summary_prompt": "line-summary",
+    "control_strategy": "dissimilar-class",
+    "max_new_tokens": 3000,
+    "image_prompts": "line",
+    "image_seeds": "index",
+    "initial_random": "any",
+    "seed": 42,
+}
+
+
+def smoke_settings(options: ExplainOptions) -> dict[str, Any]:
+    root = Path(options.controls_root).parent / "smoke"
+    return {
+        "model": "tiny_cnn",
+        "layer": "avgpool",
+        "weights": "none",
+        "t2i_model": str(root / "models" / SMOKE_T2I),
+        "language_model": str(root / "models" / SMOKE_LLM),
+        "embedder": str(root / "models" / SMOKE_EMBEDDER),
+        "llm_url": None,
+        "num_inf_steps": 2,
+        "guidance_scale": 0.0,
+        "device": "cpu",
+        "controls_root": root / "controls",
+    }
+
+
+def apply_presets(
+    options: ExplainOptions, names: Iterable[str], explicit: Iterable[str] = ()
+) -> ExplainOptions:
+    """`options` with the presets' settings, except those in `explicit` (given by the user)."""
+    names = list(dict.fromkeys(names))
+    unknown = [n for n in names if n not in PRESETS]
+    if unknown:
+        raise NacosaeError(f"unknown preset {unknown[0]!r}: use {' or '.join(PRESETS)}")
+    values: dict[str, Any] = {}
+    if "smoke" in names:
+        values.update(smoke_settings(options))
+    if "line" in names:
+        values.update(LINE_SETTINGS)
+    kept = {k: v for k, v in values.items() if k not in set(explicit)}
+    return replace(options, **kept, preset=[n for n in PRESETS if n in names])
+
+
+def prepare(options: ExplainOptions, cache: ModelCache) -> ExplainOptions:
+    """Build what the presets of `options` need before a run (also for a resumed one)."""
+    if "smoke" not in options.preset:
+        return options
+    progress.warn("--preset smoke uses tiny random models: its results mean nothing")
+    return prepare_smoke(options, cache)
 
 
 def write_smoke_images(root: Path, per_class: int = 3) -> Path:
@@ -49,49 +118,39 @@ def write_smoke_images(root: Path, per_class: int = 3) -> Path:
     return root
 
 
-def smoke_options(options: ExplainOptions) -> ExplainOptions:
-    """The options of a smoke run: tiny model folders, CPU, few steps (nothing is built yet)."""
-    models = Path(options.controls_root).parent / "smoke" / "models"
-    return replace(
-        options,
-        model="tiny_cnn",
-        layer="avgpool",
-        weights="none",
-        t2i_model=str(models / SMOKE_T2I),
-        language_model=str(models / SMOKE_LLM),
-        llm_url=None,
-        num_inf_steps=options.num_inf_steps or 2,
-        guidance_scale=0.0 if options.guidance_scale is None else options.guidance_scale,
-        device="cpu",
-        controls_root=Path(options.controls_root).parent / "smoke" / "controls",
-        max_new_tokens=16,
+def write_smoke_models(models: Path, embedder_too: bool) -> None:
+    """Save the tiny pipeline and Llama (and the sentence embedder, when the control strategy
+    needs one) as model folders, once."""
+    from nacosae.models.tiny import (
+        smoke_language_model,
+        tiny_text2image_pipeline,
+        write_tiny_sentence_embedder,
     )
 
-
-def write_smoke_models(t2i_folder: Path, llm_folder: Path) -> None:
-    """Save the tiny pipeline and the tiny Llama as model folders (once)."""
-    from nacosae.models.tiny import smoke_language_model, tiny_text2image_pipeline
-
-    if not (t2i_folder / "model_index.json").is_file():
-        pipe = tiny_text2image_pipeline(t2i_folder.parent / "work")
-        pipe.save_pretrained(t2i_folder.with_suffix(".tmp"))
-        t2i_folder.with_suffix(".tmp").replace(t2i_folder)
-    if not (llm_folder / "config.json").is_file():
+    t2i, llm, embedder = models / SMOKE_T2I, models / SMOKE_LLM, models / SMOKE_EMBEDDER
+    if not (t2i / "model_index.json").is_file():
+        pipe = tiny_text2image_pipeline(models / "work")
+        pipe.save_pretrained(t2i.with_suffix(".tmp"))
+        t2i.with_suffix(".tmp").replace(t2i)
+    if not (llm / "config.json").is_file():
         model, tokenizer = smoke_language_model()
-        staging = llm_folder.with_suffix(".tmp")
+        staging = llm.with_suffix(".tmp")
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        staging.replace(llm_folder)
+        staging.replace(llm)
+    if embedder_too and not (embedder / "modules.json").is_file():
+        staging = write_tiny_sentence_embedder(embedder.with_suffix(".tmp"), models / "work")
+        staging.replace(embedder)
 
 
 def prepare_smoke(options: ExplainOptions, cache: ModelCache) -> ExplainOptions:
-    """Build the tiny models and control store of `smoke_options(...)` (once); returns the
-    options with the LLM's format constraint attached."""
+    """Build the tiny models and control store (once); returns the options with the LLM's
+    format constraint attached."""
     from nacosae.controls import ControlsRequest, build_controls
     from nacosae.models.tiny import smoke_answer_constraint, smoke_tokenizer
 
     root = Path(options.controls_root).parent
-    write_smoke_models(Path(options.t2i_model), Path(options.language_model))
+    write_smoke_models(root / "models", options.control_strategy == "dissimilar-class")
     images = write_smoke_images(root / "images")
     build_controls(
         ControlsRequest(

@@ -62,21 +62,31 @@ def tree_contents(root):
     }
 
 
-def test_class_table_is_complete_and_folders_unique():
+def test_class_table_is_complete_and_concept_names_are_unambiguous():
     classes = imagenet_classes()
     assert len(classes) == 1000
     assert [c.index for c in classes] == list(range(1000))
-    assert len({c.folder for c in classes}) == 1000
-    assert len({c.wnid for c in classes}) == 1000
     assert [c.wnid for c in classes] == sorted(c.wnid for c in classes)
-    assert all(re.fullmatch(r"[a-z0-9_]+", c.folder) for c in classes)
-    assert all(c.label for c in classes)
-    assert classes[0].folder == "tench" and classes[0].label == "tench, Tinca tinca"
-    by_wnid = {c.wnid: c for c in classes}
-    cardigans = {by_wnid["n02113186"].folder, by_wnid["n02963159"].folder}
-    maillots = {by_wnid["n03710637"].folder, by_wnid["n03710721"].folder}
-    assert len(cardigans) == 2 and all(f.startswith("cardigan") for f in cardigans)
-    assert len(maillots) == 2 and all(f.startswith("maillot") for f in maillots)
+    assert [c.folder for c in classes] == [c.wnid for c in classes]  # the default layout
+    assert classes[0].label == "tench, Tinca tinca" and classes[0].concept == "tench"
+    concepts = [c.concept for c in classes]
+    assert len(set(concepts)) == 1000
+    assert all(c == c.lower() and c.strip() == c and "  " not in c for c in concepts)
+    synonyms: dict[str, set[int]] = {}
+    for c in classes:
+        for synonym in c.label.split(","):
+            synonyms.setdefault(synonym.strip().lower(), set()).add(c.index)
+    for c in classes:  # a concept never names another class
+        assert synonyms.get(c.concept, {c.index}) == {c.index}, (c.index, c.concept)
+    by_wnid = {c.wnid: c.concept for c in classes}
+    assert by_wnid["n02113186"] == "cardigan welsh corgi"
+    assert by_wnid["n02963159"] == "cardigan sweater"
+    assert {by_wnid["n02012849"], by_wnid["n03126707"]} == {"crane (bird)", "construction crane"}
+    assert by_wnid["n03710721"] == "tank suit" and by_wnid["n03710637"] != "maillot"
+    named = imagenet_classes("name")
+    assert len({c.folder for c in named}) == 1000
+    assert all(re.fullmatch(r"[a-z0-9_]+", c.folder) for c in named)
+    assert named[264].folder == "cardigan_welsh_corgi"
 
 
 def test_from_parquet_builds_the_tree_offline(invoke, parquet_dir, tmp_path):
@@ -87,15 +97,50 @@ def test_from_parquet_builds_the_tree_offline(invoke, parquet_dir, tmp_path):
     tree = tree_contents(out)
     assert len(tree) == 7
     for name, data, label in sample_rows(1, [0, 264, 474, 0]) + sample_rows(5, [638, 639, 999]):
-        assert tree[f"{classes[label].folder}/{name}"] == data  # bytes as stored, no re-encoding
+        assert tree[f"{classes[label].wnid}/{name}"] == data  # bytes as stored, no re-encoding
     index = imagenet.read_classes_json(out)
-    assert len(index["classes"]) == 1000 and index["images"] == 7
+    assert len(index["classes"]) == 1000 and index["images"] == 7 and index["layout"] == "wnid"
     assert index["classes"][264]["wnid"] == "n02113186"
+    assert index["classes"][264]["concept"] == "cardigan welsh corgi"
     assert index["complete"] is False and index["expected_images"] == 50_000
     assert "49,993 of 50,000 validation images are missing" in result.output
     listing = list_image_folder(out)  # usable as the controls image folder
     assert len(listing) == 7
-    assert {c.label for c in listing.classes} >= {"tench, Tinca tinca", "cardigan"}
+    assert {c.concept for c in listing.classes} == {
+        "tench", "cardigan welsh corgi", "cardigan sweater", "maillot leotard", "tank suit",
+        "toilet tissue",
+    }  # fmt: skip
+
+
+def test_a_partial_wnid_tree_is_an_imagefolder_numbered_like_the_classifier(
+    invoke, parquet_dir, tmp_path
+):
+    """torchvision reads the tree as it is: no empty class folders, wnid order = label order."""
+    from torchvision.datasets import ImageFolder
+
+    out = tmp_path / "val"
+    first = parquet_dir / "validation-00000-of-00002.parquet"
+    only = tmp_path / "one" / "data"
+    only.mkdir(parents=True)
+    first.rename(only / first.name)  # one parquet file of two: a partial tree
+    assert invoke("download", "imagenet", "--from-parquet", only, "--out", out).exit_code == 0
+    dataset = ImageFolder(str(out))
+    assert dataset.classes == ["n01440764", "n02113186", "n02963159"]
+    assert len(dataset) == 4
+    assert all(any(p.iterdir()) for p in out.iterdir() if p.is_dir())
+
+
+def test_name_layout_and_no_mixing_of_layouts(invoke, parquet_dir, tmp_path):
+    from torchvision.datasets import ImageFolder
+
+    out = tmp_path / "val"
+    args = ("download", "imagenet", "--from-parquet", parquet_dir, "--out", out)
+    assert invoke(*args, "--layout", "name").exit_code == 0
+    assert "cardigan_welsh_corgi" in ImageFolder(str(out)).classes
+    mixed = invoke(*args)  # the default layout is wnid
+    assert mixed.exit_code == 1
+    assert "laid out by name: pass --layout name" in mixed.output
+    assert invoke(*args, "--layout", "bogus").exit_code == 2
 
 
 def test_rerun_skips_what_is_written(invoke, parquet_dir, tmp_path):
@@ -116,7 +161,16 @@ def test_parquet_with_another_schema(invoke, tmp_path):
     result = invoke("download", "imagenet", "--from-parquet", folder, "--out", tmp_path / "val")
     assert result.exit_code == 1
     assert "validation-00000-of-00001.parquet is not an ImageNet-1k parquet file" in result.output
-    assert not list((tmp_path / "val").rglob("*.JPEG"))
+    assert not (tmp_path / "val").exists()
+
+
+def test_a_corrupt_parquet_file_leaves_nothing_behind(invoke, parquet_dir, tmp_path):
+    (parquet_dir / "validation-00001-of-00002.parquet").write_bytes(b"PAR1 cut short")
+    out = tmp_path / "val"
+    result = invoke("download", "imagenet", "--from-parquet", parquet_dir, "--out", out)
+    assert result.exit_code == 1
+    assert "validation-00001-of-00002.parquet is not a readable parquet file" in result.output
+    assert not out.exists()  # the good first file was not written either
 
 
 @pytest.mark.parametrize("label", [1000, -1])
@@ -126,7 +180,8 @@ def test_label_out_of_range(invoke, tmp_path, label):
     write_parquet(folder / "validation-00000-of-00001.parquet", sample_rows(1, [5, label]))
     result = invoke("download", "imagenet", "--from-parquet", folder, "--out", tmp_path / "val")
     assert result.exit_code == 1
-    assert f"row 1: label {label} is outside 0..999" in result.output
+    assert f"label {label} is outside 0..999" in result.output
+    assert not (tmp_path / "val").exists()
 
 
 def test_missing_parquet_folder(invoke, tmp_path):

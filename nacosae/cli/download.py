@@ -44,16 +44,25 @@ def imagenet(
     keep_parquet: Annotated[
         bool, typer.Option(help="Keep the downloaded parquet files in the HF cache.")
     ] = True,
+    layout: Annotated[
+        str,
+        typer.Option(
+            help="Class folder names: wnid (n01440764; torchvision's ImageFolder then numbers "
+            "classes as the classifiers do) or name (the concept names)."
+        ),
+    ] = "wnid",
 ) -> None:
     """Download ImageNet-1k (gated, needs HF_TOKEN) and lay it out as an ImageFolder tree."""
     from nacosae.config import settings
     from nacosae.data import imagenet as inet
 
+    if layout not in inet.LAYOUTS:
+        raise typer.BadParameter("use wnid or name", param_hint="--layout")
     target = out or settings().default_imagenet_dir
     if from_parquet is not None:
-        report = inet.extract(inet.parquet_files(from_parquet, split), target, split)
+        report = inet.extract(inet.parquet_files(from_parquet, split), target, split, layout)
     else:
-        report = inet.download_imagenet(split, target, _token(token), keep_parquet)
+        report = inet.download_imagenet(split, target, _token(token), keep_parquet, layout)
     progress.info(
         f"{report.total:,} images in {len(report.per_class)} class folders under {target} "
         f"({report.written:,} written now, {report.already_present:,} already there)"

@@ -10,12 +10,14 @@ import typer
 from nacosae import progress
 
 if TYPE_CHECKING:
+    from nacosae.search.options import ExplainOptions
     from nacosae.search.runner import ExplainResult
 from nacosae.models.downloads import DEFAULT_EMBEDDER, DEFAULT_LANGUAGE_MODEL, DEFAULT_T2I_MODEL
 from nacosae.models.language import HTTP_CONCURRENCY, MAX_NEW_TOKENS
 
 
 def explain(
+    context: typer.Context,
     neuron_id: Annotated[
         list[int] | None, typer.Option("--neuron-id", help="Unit to explain (repeatable).")
     ] = None,
@@ -49,7 +51,12 @@ def explain(
         int | None, typer.Option(help="Diffusion steps \\[default: the model's own].")
     ] = None,
     guidance_scale: Annotated[
-        float | None, typer.Option(help="Classifier-free guidance \\[default: the model's own].")
+        str | None,
+        typer.Option(
+            help="Classifier-free guidance: a number, or 'pipeline' for the pipeline's own "
+            "default \\[default: the model's own].",
+            show_default=False,
+        ),
     ] = None,
     n_iters: Annotated[int, typer.Option(help="LLM proposals before the summary step.")] = 10,
     metric: Annotated[str, typer.Option(help="auc, mad or mean: the score that steers.")] = "auc",
@@ -90,61 +97,80 @@ def explain(
     out: Annotated[Path | None, typer.Option(help="Runs directory \\[default: SAVE_DIR].")] = None,
     seed: Annotated[int, typer.Option(help="Seed for every random choice.")] = 42,
     device: Annotated[str, typer.Option(help="auto, cuda, cuda:N, mps or cpu.")] = "auto",
+    image_prompts: Annotated[
+        str, typer.Option(help="varied (an angle and light per image) or line (the original's).")
+    ] = "varied",
+    image_seeds: Annotated[
+        str,
+        typer.Option(help="hashed (per seed, concept, image) or index (the original's 0..n-1)."),
+    ] = "hashed",
     preset: Annotated[
-        str | None, typer.Option(help="smoke: tiny random models, no downloads, meaningless.")
+        list[str] | None,
+        typer.Option(
+            help="line: the published method, setting by setting; smoke: tiny random models, "
+            "no downloads, meaningless. Repeatable; options you give win.",
+            show_default=False,
+        ),
     ] = None,
 ) -> None:
     """Explain units of a layer with an LLM + text-to-image concept search."""
-    from nacosae.config import settings
     from nacosae.models.cache import shared_cache
-    from nacosae.search.neurons import read_neurons_file
-    from nacosae.search.runner import ExplainOptions, run_explain
+    from nacosae.presets import prepare
+    from nacosae.search.runner import resumed_options, run_explain
 
-    config = settings()
+    cache = shared_cache()
     if resume is not None:
-        show(run_explain(None, shared_cache(), resume=resume))
-        return
-    if preset not in (None, "smoke"):
-        raise typer.BadParameter("the only preset is smoke", param_hint="--preset")
-    selections = [str(n) for n in neuron_id or []]
-    selections += [neurons] if neurons else []
-    selections += [read_neurons_file(neurons_file)] if neurons_file else []
-    if not selections and preset == "smoke":
+        options = resumed_options(resume)
+    else:
+        options = _options_from_command_line(context, preset or [])
+    show(run_explain(prepare(options, cache), cache, resume=resume))
+
+
+def _options_from_command_line(context: typer.Context, presets: list[str]) -> ExplainOptions:
+    """The command's options, with presets applied where the user gave no value."""
+
+    from nacosae.config import settings
+    from nacosae.presets import apply_presets
+    from nacosae.search.neurons import read_neurons_file
+    from nacosae.search.options import ExplainOptions
+
+    params = context.params
+    selections = [str(n) for n in params["neuron_id"] or []]
+    selections += [params["neurons"]] if params["neurons"] else []
+    selections += [read_neurons_file(params["neurons_file"])] if params["neurons_file"] else []
+    if not selections and "smoke" in presets:
         selections = ["0"]
     if not selections:
         raise typer.BadParameter(
             "give --neuron-id, --neurons or --neurons-file", param_hint="--neuron-id"
         )
+    config = settings()
+    fields = set(ExplainOptions.__dataclass_fields__) - {"neurons", "preset"}
     options = ExplainOptions(
         neurons=selections,
-        save_dir=out or config.save_dir,
+        save_dir=params["out"] or config.save_dir,
         controls_root=config.controls_dir,
-        model=model,
-        layer=layer,
-        weights=weights,
-        language_model=language_model,
-        llm_url=llm_url,
-        t2i_model=t2i_model,
-        num_img=num_img,
-        num_inf_steps=num_inf_steps,
-        guidance_scale=guidance_scale,
-        n_iters=n_iters,
-        metric=metric,
-        prompt=prompt,
-        summary_prompt=summary_prompt,
-        control_strategy=control_strategy,
-        embedder=embedder,
-        offload=offload,
-        gpu_memory=gpu_memory,
-        t2i_batch=t2i_batch,
-        max_new_tokens=max_new_tokens,
-        llm_concurrency=llm_concurrency,
-        save_images=save_images,
-        seed=seed,
-        device=device,
-        preset=preset,
+        **{k: v for k, v in params.items() if k in fields},
     )
-    show(run_explain(options, shared_cache()))
+    options.guidance_scale = _guidance(params["guidance_scale"])
+    given = {"COMMANDLINE", "ENVIRONMENT"}  # click's ParameterSource names
+    explicit = {
+        name
+        for name in params
+        if getattr(context.get_parameter_source(name), "name", None) in given
+    }
+    return apply_presets(options, presets, explicit)
+
+
+def _guidance(value: str | None) -> float | str | None:
+    if value is None or value == "pipeline":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{value!r} is neither a number nor 'pipeline'", param_hint="--guidance-scale"
+        ) from None
 
 
 def show(result: ExplainResult) -> None:

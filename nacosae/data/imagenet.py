@@ -1,23 +1,30 @@
 """ImageNet-1k: the 1,000-class table, and parquet files -> an ImageFolder tree.
 
+The class table ships with the package (`imagenet_classes.tsv`): label index, WordNet id, the
+WordNet label, and a concept name per class, lower case and unambiguous (the label's first
+synonym, renamed where that word means something else: "cardigan welsh corgi", not "cardigan").
+
 The hub's gated dataset `ILSVRC/imagenet-1k` stores each split as parquet files
 (`data/<split>-NNNNN-of-NNNNN.parquet`) with an `image` struct (`bytes`, `path`) and an integer
-`label` in the standard ILSVRC-2012 order (sorted WordNet ids). Extraction writes the image bytes
-exactly as stored to `DIR/<class folder>/<original file name>`, skips files already written,
-and writes `DIR/classes.json` last, saying whether the expected count was reached.
+`label` in the standard ILSVRC-2012 order (sorted WordNet ids). Extraction checks every file
+first, then writes the image bytes exactly as stored to `DIR/<class folder>/<original file
+name>` (a class folder is made with its first image, so a partial tree has no empty folders),
+skips files already written, and writes `DIR/classes.json` last, saying whether the expected
+count was reached. Class folders are WordNet ids by default (`n01440764`), so that
+torchvision's `ImageFolder` numbers the classes as the classifiers do; `--layout name` uses the
+concept names instead.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from nacosae import progress
 from nacosae.errors import NacosaeError
@@ -32,41 +39,49 @@ class ParquetError(NacosaeError):
     """A parquet file that is not ImageNet-1k as the hub stores it."""
 
 
+CLASS_TABLE = Path(__file__).with_name("imagenet_classes.tsv")
+Layout = Literal["wnid", "name"]
+LAYOUTS: tuple[Layout, ...] = ("wnid", "name")
+
+
 @dataclass(frozen=True)
 class ImageNetClass:
     index: int
     wnid: str
     folder: str
-    label: str
+    label: str  # the WordNet label: synonyms separated by commas
+    concept: str  # what the search calls the class: lower case, unambiguous
 
 
-def _timm_info_dir() -> Path:
-    """timm ships the ILSVRC-2012 synset list and WordNet lemmas as data files."""
-    spec = importlib.util.find_spec("timm")
-    if spec is None or not spec.submodule_search_locations:
-        raise NacosaeError("the timm package is missing: reinstall nacosae (uv sync)")
-    return Path(spec.submodule_search_locations[0]) / "data" / "_info"
+def folder_name(concept: str) -> str:
+    """A concept as a folder name: lower case, only [a-z0-9_] ("crane (bird)" -> "crane_bird")."""
+    return re.sub(r"[^a-z0-9]+", "_", concept.lower()).strip("_") or "class"
 
 
-def folder_name(label: str) -> str:
-    """First synonym of a WordNet label, lower-case, with only [a-z0-9_]."""
-    first = label.split(",")[0].strip().lower()
-    return re.sub(r"[^a-z0-9]+", "_", first).strip("_") or "class"
+@cache
+def _class_rows() -> tuple[tuple[str, str, str], ...]:
+    """(wnid, concept, label) of the 1,000 classes, in label order."""
+    rows = []
+    for line in CLASS_TABLE.read_text(encoding="utf-8").splitlines():
+        if line and not line.startswith("#"):
+            _index, wnid, concept, label = line.split("\t")
+            rows.append((wnid, concept, label))
+    return tuple(rows)
 
 
-def imagenet_classes() -> list[ImageNetClass]:
-    """The 1,000 classes in label order; duplicate first synonyms get their wnid appended."""
-    info = _timm_info_dir()
-    wnids = (info / "imagenet_synsets.txt").read_text().split()
-    lemma_lines = (info / "imagenet_synset_to_lemma.txt").read_text().splitlines()
-    lemmas = dict(line.split("\t", 1) for line in lemma_lines if "\t" in line)
-    labels = [lemmas[w].strip() for w in wnids]
-    names = [folder_name(label) for label in labels]
-    repeated = {n for n, count in Counter(names).items() if count > 1}
+def imagenet_classes(layout: Layout = "wnid") -> list[ImageNetClass]:
+    """The 1,000 classes in label order, with their folder under `layout`."""
+    if layout not in LAYOUTS:
+        raise NacosaeError(f"unknown --layout {layout!r}: use wnid or name")
     return [
-        ImageNetClass(i, w, f"{n}_{w}" if n in repeated else n, label)
-        for i, (w, n, label) in enumerate(zip(wnids, names, labels, strict=True))
+        ImageNetClass(i, wnid, wnid if layout == "wnid" else folder_name(concept), label, concept)
+        for i, (wnid, concept, label) in enumerate(_class_rows())
     ]
+
+
+def concept_for_wnid(wnid: str | None) -> str | None:
+    """The packaged concept name of an ImageNet class, if `wnid` is one."""
+    return {w: concept for w, concept, _ in _class_rows()}.get(wnid or "")
 
 
 @dataclass
@@ -148,68 +163,43 @@ def extract(
     files: Iterable[Path],
     out: Path,
     split: str = "validation",
-    classes: list[ImageNetClass] | None = None,
+    layout: Layout = "wnid",
 ) -> ExtractionReport:
-    """Lay out the images of `files` as `out/<class folder>/<file name>` and write classes.json."""
-    import pyarrow.parquet as pq
-
-    classes = classes or imagenet_classes()
-    files = list(files)
+    """Lay out the images of `files` as `out/<class folder>/<file name>` and write classes.json.
+    Every file is checked before anything is written, so a bad file leaves no folder behind."""
+    classes = imagenet_classes(layout)
     out = Path(out).expanduser()
-    for c in classes:
-        (out / c.folder).mkdir(parents=True, exist_ok=True)
-    rows_total = 0
-    for path in files:
-        try:
-            metadata = pq.ParquetFile(path).metadata
-        except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for bad files
-            raise ParquetError(f"{path.name} is not a readable parquet file: {exc}") from exc
-        rows_total += metadata.num_rows
+    existing = read_classes_json(out) if out.is_dir() else None
+    if existing and existing.get("layout", "name") != layout:
+        raise NacosaeError(
+            f"{out} holds a tree laid out by {existing.get('layout', 'name')}: pass --layout "
+            f"{existing.get('layout', 'name')} to complete it, or another --out"
+        )
+    files = list(files)
+    rows_total = sum(_checked_rows(path, len(classes)) for path in files)
     written = present = 0
     with progress.progress_bar("img") as bar:
         task = bar.add_task(f"extracting {split}", total=rows_total)
         for path in files:
-            reader = pq.ParquetFile(path)
-            _check_schema(path, reader.schema_arrow)
-            row = 0
-            for batch in reader.iter_batches(batch_size=512, columns=["image", "label"]):
-                images = batch.column("image")
-                blobs = images.field("bytes").to_pylist()
-                names = images.field("path").to_pylist()
-                for blob, raw_name, label in zip(
-                    blobs, names, batch.column("label").to_pylist(), strict=True
-                ):
-                    if label is None or not 0 <= label < len(classes):
-                        raise ParquetError(
-                            f"{path.name} row {row}: label {label} is outside 0..{len(classes) - 1}"
-                            + (" (the test split has no labels)" if label == -1 else "")
-                        )
-                    if blob is None:
-                        raise ParquetError(f"{path.name} row {row}: the image has no bytes")
-                    name = _safe_file_name(raw_name, f"{path.stem}_{row:06d}.JPEG")
-                    target = out / classes[label].folder / name
-                    try:
-                        if target.is_file() and target.stat().st_size == len(blob):
-                            present += 1
-                        else:
-                            write_image_file(target, blob)
-                            written += 1
-                    except OSError as exc:
-                        raise NacosaeError(
-                            f"cannot write {target}: {exc.strerror or exc}; free space or fix "
-                            "permissions and rerun (images already written are kept)"
-                        ) from exc
-                    row += 1
-                bar.advance(task, batch.num_rows)
+            for target, blob in _images(path, out, classes):
+                if target.is_file() and target.stat().st_size == len(blob):
+                    present += 1
+                else:
+                    _write_into_class_folder(target, blob)
+                    written += 1
+                bar.advance(task, 1)
     per_class = {c.folder: _count_images(out / c.folder) for c in classes}
-    total = sum(per_class.values())
-    report = ExtractionReport(written, present, total, SPLIT_SIZES.get(split), per_class)
+    per_class = {folder: n for folder, n in per_class.items() if n}
+    report = ExtractionReport(
+        written, present, sum(per_class.values()), SPLIT_SIZES.get(split), per_class
+    )
     atomic_write_json(
         out / CLASSES_FILE,
         {
             "dataset": REPO_ID,
             "split": split,
-            "images": total,
+            "layout": layout,
+            "images": report.total,
             "expected_images": report.expected,
             "complete": report.complete,
             "classes": [asdict(c) for c in classes],
@@ -218,7 +208,66 @@ def extract(
     return report
 
 
+def _checked_rows(path: Path, n_classes: int) -> int:
+    """The row count of a parquet file whose schema and labels are ImageNet-1k's."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    try:
+        reader = pq.ParquetFile(path)
+        _check_schema(path, reader.schema_arrow)
+        labels = reader.read(columns=["label"]).column("label")
+    except NacosaeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for bad files
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ParquetError(f"{path.name} is not a readable parquet file: {text}") from exc
+    if labels.null_count:
+        raise ParquetError(f"{path.name}: {labels.null_count} rows have no label")
+    if len(labels):
+        low, high = pc.min(labels).as_py(), pc.max(labels).as_py()
+        if low < 0 or high >= n_classes:
+            bad = low if low < 0 else high
+            raise ParquetError(
+                f"{path.name}: label {bad} is outside 0..{n_classes - 1}"
+                + (" (the test split has no labels)" if bad == -1 else "")
+            )
+    return reader.metadata.num_rows
+
+
+def _images(path: Path, out: Path, classes: list[ImageNetClass]) -> Iterable[tuple[Path, bytes]]:
+    """(target file, image bytes) for every row of a checked parquet file."""
+    import pyarrow.parquet as pq
+
+    row = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=512, columns=["image", "label"]):
+        images = batch.column("image")
+        blobs = images.field("bytes").to_pylist()
+        names = images.field("path").to_pylist()
+        for blob, raw_name, label in zip(
+            blobs, names, batch.column("label").to_pylist(), strict=True
+        ):
+            if blob is None:
+                raise ParquetError(f"{path.name} row {row}: the image has no bytes")
+            name = _safe_file_name(raw_name, f"{path.stem}_{row:06d}.JPEG")
+            yield out / classes[label].folder / name, blob
+            row += 1
+
+
+def _write_into_class_folder(target: Path, blob: bytes) -> None:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_image_file(target, blob)
+    except OSError as exc:
+        raise NacosaeError(
+            f"cannot write {target}: {exc.strerror or exc}; free space or fix "
+            "permissions and rerun (images already written are kept)"
+        ) from exc
+
+
 def _count_images(folder: Path) -> int:
+    if not folder.is_dir():
+        return 0
     return sum(1 for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
@@ -228,7 +277,7 @@ def read_classes_json(out: Path) -> dict[str, Any] | None:
 
 
 def download_imagenet(
-    split: str, out: Path, token: str | None, keep_parquet: bool = True
+    split: str, out: Path, token: str | None, keep_parquet: bool = True, layout: Layout = "wnid"
 ) -> ExtractionReport:
     """Fetch the split's parquet files from the gated hub dataset and extract them to `out`."""
     from nacosae import hub
@@ -247,7 +296,7 @@ def download_imagenet(
     snapshot_dir = hub.snapshot(
         REPO_ID, "dataset", token=token, allow_patterns=[f"data/{split}-*.parquet"]
     )
-    report = extract(parquet_files(snapshot_dir, split), out, split)
+    report = extract(parquet_files(snapshot_dir, split), out, split, layout)
     if not keep_parquet:
         hub.delete_cached(REPO_ID, "dataset")
     return report

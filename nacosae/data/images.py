@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif"}
 )
+WNID = re.compile(r"n\d{8}")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RESIZE = 224
@@ -37,6 +39,18 @@ class ControlClass:
     folder: str
     label: str
     wnid: str | None
+    concept: str  # the words the search uses for the class
+
+
+def class_concept(label: str, wnid: str | None = None, concept: str | None = None) -> str:
+    """A control class as a concept: the name given in classes.json, else the packaged name of
+    an ImageNet class, else the label's first synonym (underscores as spaces), lower case."""
+    from nacosae.data.imagenet import concept_for_wnid
+
+    found = concept or concept_for_wnid(wnid)
+    if found:
+        return found
+    return " ".join(label.split(",")[0].replace("_", " ").split()).lower()
 
 
 @dataclass(frozen=True)
@@ -103,12 +117,15 @@ def list_image_folder(root: Path) -> ImageFolderListing:
             continue
         index = len(classes)
         info = meta.get(class_dir.name, {})
+        label = str(info.get("label", class_dir.name))
+        wnid = info.get("wnid") or (class_dir.name if WNID.fullmatch(class_dir.name) else None)
         classes.append(
             ControlClass(
                 index=index,
                 folder=class_dir.name,
-                label=str(info.get("label", class_dir.name)),
-                wnid=info.get("wnid"),
+                label=label,
+                wnid=wnid,
+                concept=class_concept(label, wnid, info.get("concept")),
             )
         )
         files.extend(f"{class_dir.name}/{n}" for n in names)

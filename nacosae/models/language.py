@@ -81,6 +81,35 @@ def pad_token_id(tokenizer: Any) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
+def row_sampler(seeds: list[int], temperature: float = TEMPERATURE, top_p: float = TOP_P) -> Any:
+    """A logits processor that samples each row's next token (temperature, then nucleus) with
+    that row's own generator, and leaves only that token open. With greedy decoding around it,
+    a chat's reply depends on its own seed, not on the other chats in its batch."""
+    import torch
+    from transformers import LogitsProcessor
+
+    class RowSampler(LogitsProcessor):
+        def __init__(self) -> None:
+            self.generators: list[torch.Generator] = []
+
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            if not self.generators:
+                self.generators = [
+                    torch.Generator(scores.device).manual_seed(seed) for seed in seeds
+                ]
+            ordered, order = (scores.float() / temperature).sort(dim=-1, descending=True)
+            probs = ordered.softmax(dim=-1)
+            outside = probs.cumsum(dim=-1) - probs >= top_p  # beyond the nucleus (never the top)
+            probs = probs.masked_fill(outside, 0.0)
+            rows = zip(probs, self.generators, strict=True)
+            chosen = torch.stack([torch.multinomial(p, 1, generator=g) for p, g in rows])
+            tokens = order.gather(-1, chosen)
+            only = torch.full_like(scores, float("-inf"))
+            return only.scatter(-1, tokens, 0.0)
+
+    return RowSampler()
+
+
 class LocalLLM:
     """`constraint`, if given, maps the prompt length to a `prefix_allowed_tokens_fn` for
     `generate` (the smoke preset uses it to keep a random model's replies well-formed)."""
@@ -104,25 +133,22 @@ class LocalLLM:
 
     def chat_many(self, requests: list[tuple[list[Message], int]]) -> list[str]:
         """Replies in request order; up to `batch_size` chats per left-padded `generate` call.
-        A batch's sampling is seeded from its requests' seeds, so the same batch gives the same
-        replies."""
-        from nacosae.seeds import stable_seed
-
+        Each chat samples with its own seed, so its reply does not depend on its batch."""
         replies: list[str] = []
         with self.model.use() as bundle:
             for start in range(0, len(requests), self.batch_size):
                 chunk = requests[start : start + self.batch_size]
-                seed = chunk[0][1] if len(chunk) == 1 else stable_seed(*(s for _, s in chunk))
-                replies.extend(self._generate(bundle, [m for m, _ in chunk], seed))
+                replies.extend(self._generate(bundle, chunk))
         return replies
 
-    def _generate(self, bundle: LLMBundle, chats: list[list[Message]], seed: int) -> list[str]:
+    def _generate(self, bundle: LLMBundle, chats: list[tuple[list[Message], int]]) -> list[str]:
         import torch
+        from transformers import GenerationConfig, LogitsProcessorList
 
         tokenizer, model = bundle.tokenizer, bundle.model
         texts = [
             tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False)
-            for m in chats
+            for m, _ in chats
         ]
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
@@ -133,16 +159,18 @@ class LocalLLM:
         extra: dict[str, Any] = {}
         if self.constraint is not None:
             extra["prefix_allowed_tokens_fn"] = self.constraint(inputs["input_ids"].shape[1])
-        torch.manual_seed(seed)
+        config = GenerationConfig(
+            do_sample=False,  # the row sampler draws; greedy takes the one token it leaves
+            max_new_tokens=self.max_new_tokens,
+            pad_token_id=pad_token_id(tokenizer),
+            eos_token_id=model.generation_config.eos_token_id or tokenizer.eos_token_id,
+        )
         with torch.inference_mode():
             output = model.generate(
                 **inputs,
                 **extra,
-                do_sample=True,
-                temperature=TEMPERATURE,
-                top_p=TOP_P,
-                max_new_tokens=self.max_new_tokens,
-                pad_token_id=pad_token_id(tokenizer),
+                generation_config=config,
+                logits_processor=LogitsProcessorList([row_sampler([s for _, s in chats])]),
             )
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
         return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)

@@ -1,8 +1,14 @@
-"""Text-to-image backend (diffusers): all images of a concept in one batched call.
+"""Text-to-image backend (diffusers): the images of many concepts in one batched call.
 
-Each image gets its own generator seeded from (seed, concept, index), and its own camera angle
-and lighting drawn from an RNG seeded the same way, so an image depends only on those three
-values and not on how many images share the batch. fp16 on CUDA, fp32 elsewhere.
+Image k of a concept depends only on the settings, the seed, the concept and k, never on the
+batch it was rendered in. Two schemes each for its prompt and its starting noise:
+- prompts "varied" (default): each image its own camera angle and lighting out of six each,
+  drawn from an RNG seeded by (seed, concept, k); "line" (the original project's): "A realstic
+  photo of a {concept}" (its words, typo included) plus one of its four camera angles and one of
+  its three lightings, drawn once per concept, so all images of a concept share one prompt;
+- noise "hashed" (default): a generator on the device seeded by (seed, concept, k); "index" (the
+  original's): a CPU generator seeded k, the same starting noise for every concept.
+fp16 on accelerators, float32 on the CPU.
 """
 
 from __future__ import annotations
@@ -36,18 +42,27 @@ LIGHTINGS = (
 )
 
 
+LINE_PREFIX = "A realstic photo of a"  # the original project's prompt, its typo included
+LINE_ANGLES = ("extreme close-up", "wide angle shot", "aerial view", "low angle")
+LINE_LIGHTINGS = ("cinematic lighting", "natural sunlight", "studio lighting")
+IMAGE_PROMPTS = ("varied", "line")
+IMAGE_SEEDS = ("hashed", "index")
+
 PROMPT_SCHEME = "A realistic photo of a {concept}, {camera angle}, {lighting} (v1)"
 
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """Everything that changes the pixels (with the seed and PROMPT_SCHEME: the cache key)."""
+    """Everything that changes the pixels (with the seed and PROMPT_SCHEME: the cache key).
+    `guidance_scale` None leaves guidance to the pipeline's own default."""
 
     model_id: str
     num_inference_steps: int
-    guidance_scale: float
+    guidance_scale: float | None
     height: int | None = None
     width: int | None = None
+    prompts: str = "varied"
+    seeds: str = "hashed"
 
 
 def default_generation(model_id: str) -> tuple[int, float]:
@@ -60,9 +75,22 @@ def default_generation(model_id: str) -> tuple[int, float]:
     return 30, 7.5
 
 
-def image_prompt(concept: str, seed: int, index: int) -> str:
+def image_prompt(concept: str, seed: int, index: int, scheme: str = "varied") -> str:
+    if scheme == "line":
+        rng = random.Random(stable_seed("prompt", seed, concept))  # one draw per concept
+        angle, lighting = rng.choice(LINE_ANGLES), rng.choice(LINE_LIGHTINGS)
+        return f"{LINE_PREFIX} {concept}, {angle}, {lighting}"
     rng = random.Random(stable_seed("prompt", seed, concept, index))
     return f"A realistic photo of a {concept}, {rng.choice(CAMERA_ANGLES)}, {rng.choice(LIGHTINGS)}"
+
+
+def image_generator(concept: str, seed: int, index: int, scheme: str, device: str) -> Any:
+    """The generator of image `index`'s starting noise (see the module docstring)."""
+    import torch
+
+    if scheme == "index":
+        return torch.Generator("cpu").manual_seed(index)
+    return torch.Generator(device).manual_seed(stable_seed("image", seed, concept, index))
 
 
 def load_pipeline(spec: ModelSpec) -> Any:
@@ -122,25 +150,26 @@ class TextToImage:
     def render_many(self, requests: list[tuple[str, int, int]], seed: int) -> list[Image]:
         """Images of several concepts in one batched call: (concept, first index, count) each,
         returned in request order."""
-        import torch
-
         generator_device = "cpu" if self.device == "mps" else self.device
+        settings = self.settings
         prompts, generators = [], []
         for concept, first, n in requests:
             for i in range(first, first + n):
-                prompts.append(image_prompt(concept, seed, i))
-                image_seed = stable_seed("image", seed, concept, i)
-                generators.append(torch.Generator(generator_device).manual_seed(image_seed))
+                prompts.append(image_prompt(concept, seed, i, settings.prompts))
+                generators.append(
+                    image_generator(concept, seed, i, settings.seeds, generator_device)
+                )
         if not prompts:
             return []
         extra: dict[str, Any] = {}
-        if self.settings.height and self.settings.width:
-            extra = {"height": self.settings.height, "width": self.settings.width}
+        if settings.height and settings.width:
+            extra = {"height": settings.height, "width": settings.width}
+        if settings.guidance_scale is not None:
+            extra["guidance_scale"] = settings.guidance_scale
         with self.model.use() as pipeline:
             result = pipeline(
                 prompt=prompts,
-                num_inference_steps=self.settings.num_inference_steps,
-                guidance_scale=self.settings.guidance_scale,
+                num_inference_steps=settings.num_inference_steps,
                 generator=generators,
                 output_type="pil",
                 **extra,

@@ -78,7 +78,8 @@ def write_tiny_clip_tokenizer(folder: Path) -> Path:
 
 
 def tiny_text2image_pipeline(workdir: Path, seed: int = 0) -> Any:
-    """A StableDiffusionPipeline with 8-32 channel components making 64 px images."""
+    """A StableDiffusionPipeline with 8-32 channel components making 64 px images from 8 x 8
+    latents (SD's layout at a tiny scale)."""
     import torch
     from diffusers import (
         AutoencoderKL,
@@ -106,7 +107,7 @@ def tiny_text2image_pipeline(workdir: Path, seed: int = 0) -> Any:
         )
     )
     unet = UNet2DConditionModel(
-        sample_size=TINY_IMAGE_SIZE // 2,
+        sample_size=TINY_IMAGE_SIZE // 8,  # 8 x 8 latents: attention over 64 tokens is cheap
         in_channels=4,
         out_channels=4,
         block_out_channels=(8, 16),
@@ -120,9 +121,9 @@ def tiny_text2image_pipeline(workdir: Path, seed: int = 0) -> Any:
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        block_out_channels=(8, 16),
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 8, 16, 16),  # four blocks: 8x downsampling, like SD's VAE
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
         latent_channels=4,
         norm_num_groups=4,
         sample_size=TINY_IMAGE_SIZE,
@@ -231,3 +232,36 @@ def smoke_answer_constraint(tokenizer: Any) -> Any:
         return allowed
 
     return for_prompt
+
+
+# ---------------------------------------------------------------- sentence embedder
+
+
+def write_tiny_sentence_embedder(folder: Path, workdir: Path, seed: int = 0) -> Path:
+    """A sentence-transformers model (a one-layer 16-wide BERT and mean pooling) over a
+    word-piece vocabulary of the smoke words, saved to `folder`; its embeddings are random."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    words = sorted({w for text in (*SMOKE_WORDS, *_REASONS) for w in text.split()})
+    bert_folder = workdir / "tiny-bert"
+    bert_folder.mkdir(parents=True, exist_ok=True)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    (bert_folder / "vocab.txt").write_text("\n".join([*specials, *words, *_LETTERS]) + "\n")
+    tokenizer = BertTokenizerFast.from_pretrained(str(bert_folder))
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
+    BertModel(config).save_pretrained(bert_folder)
+    tokenizer.save_pretrained(bert_folder)
+    transformer = models.Transformer(str(bert_folder), max_seq_length=32)
+    pooling = models.Pooling(config.hidden_size, pooling_mode="mean")
+    SentenceTransformer(modules=[transformer, pooling], device="cpu").save(str(folder))
+    return folder

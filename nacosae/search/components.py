@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from nacosae.models.language import LanguageModel
     from nacosae.models.text2image import GenerationSettings
-    from nacosae.search.runner import ExplainOptions
+    from nacosae.search.options import ExplainOptions
 
 T2I_BATCH_LIMIT = 32
 CPU_T2I_BATCH = 8
@@ -215,6 +215,6 @@ def default_t2i_batch(
         room -= sum(cache.nbytes(s) for s in resident if s != models.t2i.spec)
     pixels = (generation.height or native_side) * (generation.width or native_side)
     per_image = IMAGE_BYTES_512 * pixels / 512**2
-    if generation.guidance_scale > 1.0:
+    if generation.guidance_scale is None or generation.guidance_scale > 1.0:  # None: 7.5 or 5
         per_image *= 2
     return max(1, min(T2I_BATCH_LIMIT, int(room // per_image)))

@@ -32,13 +32,7 @@ import numpy as np
 from nacosae.errors import NacosaeError
 from nacosae.search.controls import ControlSelector, class_concept
 from nacosae.search.history import History, Scored, normalise
-from nacosae.search.prompts import (
-    Proposal,
-    Template,
-    format_concepts,
-    format_forbidden,
-    parse_answer,
-)
+from nacosae.search.prompts import PromptValues, Proposal, Template, parse_answer
 from nacosae.search.scoring import score_all
 from nacosae.seeds import stable_seed
 from nacosae.store.concepts import ConceptStore
@@ -75,6 +69,7 @@ class SearchSettings:
     n_top: int = 5
     n_random: int = 5
     max_retries: int = 3
+    initial_random: str = "others"  # random initial classes from the non-top ones, or "any"
     save_images: bool = True
     t2i_batch: int = 10  # images per text-to-image call
 
@@ -181,7 +176,8 @@ class NeuronState:
     seed: int
     rng: random.Random = field(init=False)
     history: History = field(default_factory=lambda: History([]))
-    tried: list[str] = field(default_factory=list)
+    tried: list[str] = field(default_factory=list)  # every scored concept, in order
+    proposed: list[str] = field(default_factory=list)  # the LLM's own valid proposals
     curve: list[float] = field(default_factory=list)
     best: dict[str, Any] | None = None
     llm_calls: int = 0
@@ -300,20 +296,21 @@ class Search:
                 self._failed(state, iteration, source, record)
                 continue
             event = self._score(state, proposal.concept, iteration, source, record)
+            state.proposed.append(proposal.concept)
             state.history.add(Scored(proposal.concept, event["score"]), state.rng)
         self._flush_live(None)
 
     # ------------------------------------------------------------ the LLM
 
     def _prompt(self, state: NeuronState, summary: bool) -> str:
-        if summary:
-            return self.parts.summary_template.render(
-                concepts=format_concepts(state.history.top(3))
-            )
-        return self.parts.main_template.render(
-            concepts=format_concepts(state.history.sorted()),
-            forbidden=format_forbidden(state.tried),
+        values = PromptValues(
+            scored=state.history.top(3) if summary else state.history.sorted(),
+            tried=state.tried,
+            proposed=state.proposed,
+            metric=self.settings.metric,
         )
+        template = self.parts.summary_template if summary else self.parts.main_template
+        return template.render(values)
 
     def _ask_all(
         self, iteration: int, summary: bool
@@ -322,9 +319,7 @@ class Search:
         chats = {
             s.neuron: [{"role": "user", "content": self._prompt(s, summary)}] for s in self.states
         }
-        tried = {
-            s.neuron: set() if summary else {normalise(c) for c in s.tried} for s in self.states
-        }
+        tried = {s.neuron: {normalise(c) for c in s.tried} for s in self.states}
         answers: dict[int, list[str]] = {s.neuron: [] for s in self.states}
         errors: dict[int, list[str]] = {s.neuron: [] for s in self.states}
         done: dict[int, tuple[Proposal | None, dict[str, Any]]] = {}
@@ -387,13 +382,13 @@ class Search:
         means = self.parts.class_means[:, state.neuron]
         order = [int(i) for i in np.argsort(-np.nan_to_num(means, nan=-np.inf), kind="stable")]
         top = order[: self.settings.n_top]
-        rest = [i for i in order if i not in top]
+        rest = order if self.settings.initial_random == "any" else order[self.settings.n_top :]
         randoms = state.rng.sample(rest, min(self.settings.n_random, len(rest)))
         chosen = [(i, "initial-top") for i in top] + [(i, "initial-random") for i in randoms]
         seen: set[str] = set()
         concepts = []
         for i, source in chosen:
-            concept = class_concept(self.parts.classes[i]["label"])
+            concept = class_concept(self.parts.classes[i])
             if normalise(concept) not in seen:
                 seen.add(normalise(concept))
                 concepts.append((concept, source))
@@ -462,6 +457,7 @@ class Search:
         self.counters.parse_retries += calls - 1
         if event.get("status") != "failed":
             self._replay_score(state, event)
+            state.proposed.append(event["concept"])
             state.history.add(Scored(event["concept"], event["score"]), state.rng)
 
     def _link_images(self, neuron: int, iteration: int, concept: str) -> list[str]:

@@ -1,9 +1,15 @@
 """Prompt templates (plain text with `{named}` fields), rendering, and strict answer parsing.
 
-Templates live in the repository's `prompts/` folder (installed as `nacosae/prompts`). A main
-template needs `{concepts}` and `{forbidden}`; a summary template needs `{concepts}`. An answer
-must read `<thinking>...</thinking><answer>...</answer>` with 1-3 words in the answer that were
-not tried before (compared case- and whitespace-insensitively).
+Built-in templates live in the repository's `prompts/` folder (installed as `nacosae/prompts`);
+a template can also be any file. Its fields say what it gets:
+- the scored concepts, best first: `{concepts}` (one `- concept: 0.912` line each) or
+  `{concept_list}` (the original project's form, one line: `concept: 0.912; concept: 0.5;`);
+- the concepts it must not propose (main templates): `{forbidden}` (every concept tried, the
+  initial classes included) or `{generation_history}` (the original's: the LLM's own proposals);
+- optionally `{metric}`: what the scores mean under the metric in use.
+So the original project's template files load as they are. An answer must read
+`<thinking>...</thinking><answer>...</answer>` with 1-3 words in the answer that were not tried
+before (compared case- and whitespace-insensitively).
 """
 
 from __future__ import annotations
@@ -12,14 +18,39 @@ import re
 import string
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from nacosae.errors import ConceptParseError, NacosaeError
 from nacosae.search.history import Scored, normalise
 
-MAIN_FIELDS = frozenset({"concepts", "forbidden"})
-SUMMARY_FIELDS = frozenset({"concepts"})
-BUILTIN = {"main": "main.txt", "summary": "summary.txt", "few-shot": "few_shot_cot.txt"}
+TemplateKind = Literal["main", "summary"]
+CONCEPT_FIELDS = frozenset({"concepts", "concept_list"})
+FORBIDDEN_FIELDS = frozenset({"forbidden", "generation_history"})
+OPTIONAL_FIELDS = frozenset({"metric"})
+BUILTIN = {
+    "main": "main.txt",
+    "summary": "summary.txt",
+    "few-shot": "few_shot_cot.txt",
+    "line-main": "line_main.txt",
+    "line-summary": "line_summary.txt",
+}
 MAX_WORDS = 3
+METRIC_MEANINGS = {
+    "auc": (
+        "Each score is a ROC-AUC: the chance that one of the concept's images activates the unit "
+        "more than an ordinary photo does. 0.5 is chance, 1.0 is perfect, and below 0.5 the "
+        "concept makes the unit quieter than ordinary photos."
+    ),
+    "mad": (
+        "Each score is a standardised difference: how many standard deviations of the unit's "
+        "activations on ordinary photos the concept's images lie above them. 0 is no effect, "
+        "higher is better, and there is no upper limit."
+    ),
+    "mean": (
+        "Each score is the unit's raw mean activation on the concept's images. Higher is "
+        "better; the scale is the unit's own, with no fixed maximum."
+    ),
+}
 
 
 def prompts_dir() -> Path:
@@ -29,16 +60,36 @@ def prompts_dir() -> Path:
 
 
 @dataclass(frozen=True)
+class PromptValues:
+    """Everything a template may ask for (see the module docstring)."""
+
+    scored: list[Scored]  # best first
+    tried: list[str]  # every concept scored so far, in order
+    proposed: list[str]  # the LLM's own earlier proposals, in order
+    metric: str
+
+    def fields(self) -> dict[str, str]:
+        return {
+            "concepts": "\n".join(f"- {s.concept}: {s.score:.3f}" for s in self.scored),
+            "concept_list": "; ".join(f"{s.concept}: {s.score}" for s in self.scored) + ";",
+            "forbidden": ", ".join(self.tried),
+            "generation_history": ", ".join(self.proposed),
+            "metric": METRIC_MEANINGS[self.metric],
+        }
+
+
+@dataclass(frozen=True)
 class Template:
     name: str
     text: str
 
-    def render(self, **fields: str) -> str:
-        return self.text.format(**fields)
+    def render(self, values: PromptValues) -> str:
+        return self.text.format(**values.fields()).strip()
 
 
-def load_template(choice: str | Path, required: frozenset[str]) -> Template:
-    """A built-in name (main, summary, few-shot) or a file; checks its fields."""
+def load_template(choice: str | Path, kind: TemplateKind) -> Template:
+    """A built-in name (main, summary, few-shot, line-main, line-summary) or a file; checks that
+    its fields suit a `kind` template."""
     path = prompts_dir() / BUILTIN[str(choice)] if str(choice) in BUILTIN else Path(choice)
     if not path.is_file():
         raise NacosaeError(f"prompt template {path} does not exist")
@@ -49,27 +100,22 @@ def load_template(choice: str | Path, required: frozenset[str]) -> Template:
         raise NacosaeError(
             f"prompt template {path} is malformed ({exc}); write literal braces as {{{{ }}}}"
         ) from exc
-    missing, unknown = required - fields, fields - required
-    if missing or unknown:
-        problems = []
-        if missing:
-            problems.append("lacks " + ", ".join(f"{{{f}}}" for f in sorted(missing)))
-        if unknown:
-            problems.append("has unknown " + ", ".join(f"{{{f}}}" for f in sorted(unknown)))
+    problems = []
+    if not fields & CONCEPT_FIELDS:
+        problems.append("lacks {concepts} (or {concept_list})")
+    if kind == "main" and not fields & FORBIDDEN_FIELDS:
+        problems.append("lacks {forbidden} (or {generation_history})")
+    unknown = fields - CONCEPT_FIELDS - FORBIDDEN_FIELDS - OPTIONAL_FIELDS
+    if unknown:
+        problems.append("has unknown " + ", ".join(f"{{{f}}}" for f in sorted(unknown)))
+    if problems:
         raise NacosaeError(
-            f"prompt template {path} {' and '.join(problems)}: it must use exactly "
-            + ", ".join(f"{{{f}}}" for f in sorted(required))
+            f"{kind} prompt template {path} {' and '.join(problems)}: the fields are "
+            "{concepts} or {concept_list}, "
+            + ("{forbidden} or {generation_history}, " if kind == "main" else "")
+            + "and optionally {metric}"
         )
     return Template(path.name, text)
-
-
-def format_concepts(scored: list[Scored]) -> str:
-    """One line per concept, best first: '- red apple: 0.912'."""
-    return "\n".join(f"- {s.concept}: {s.score:.3f}" for s in scored)
-
-
-def format_forbidden(tried: list[str]) -> str:
-    return ", ".join(tried)
 
 
 ANSWER = re.compile(r"<answer>(.*?)</answer>", re.IGNORECASE | re.DOTALL)

@@ -1,99 +1,20 @@
-"""`explain`: resolve the options, load every component once, run the search per neuron and
-keep the run directory truthful (running, done, failed or interrupted) whatever happens."""
+"""`explain`: load every component once, run the search for all neurons, and keep the run
+directory truthful (running, done, failed or interrupted) whatever happens. The options come
+resolved (presets applied) from the CLI or the API; the runner does not know presets."""
 
 from __future__ import annotations
 
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from nacosae import __version__, progress
 from nacosae.errors import NacosaeError
 from nacosae.models.cache import GIB, ModelCache
-from nacosae.models.downloads import DEFAULT_EMBEDDER, DEFAULT_LANGUAGE_MODEL, DEFAULT_T2I_MODEL
-from nacosae.models.language import HTTP_CONCURRENCY, MAX_NEW_TOKENS
-from nacosae.models.residency import OFFLOAD_MODES
-from nacosae.search.controls import STRATEGIES
-from nacosae.search.scoring import METRICS
-from nacosae.store.runs import RunWriter, make_run_id
-
-
-@dataclass
-class ExplainOptions:
-    """Everything `nacosae explain` can be told (defaults follow the original project)."""
-
-    neurons: list[str]  # selections: "12", "0:100", "1,5,9", "random:50" (resolved at run time)
-    save_dir: Path
-    controls_root: Path
-    model: str = "resnet18"
-    layer: str = "avgpool"
-    weights: str = "default"
-    language_model: str = DEFAULT_LANGUAGE_MODEL
-    llm_url: str | None = None
-    t2i_model: str = DEFAULT_T2I_MODEL
-    num_img: int = 5
-    num_inf_steps: int | None = None
-    guidance_scale: float | None = None
-    n_iters: int = 10
-    metric: str = "auc"
-    prompt: str = "main"
-    summary_prompt: str = "summary"
-    control_strategy: str = "full"
-    embedder: str = DEFAULT_EMBEDDER
-    offload: str = "cpu"
-    gpu_memory: float | None = None  # GiB of whole models per accelerator (None: free memory)
-    t2i_batch: int | None = None  # images per text-to-image call (None: what the memory fits)
-    save_images: bool = True
-    seed: int = 42
-    device: str = "auto"
-    preset: str | None = None
-    max_new_tokens: int = MAX_NEW_TOKENS
-    llm_concurrency: int = HTTP_CONCURRENCY
-    llm_constraint: Any = field(default=None, repr=False)  # set by the smoke preset
-
-    def validate(self) -> None:
-        if not self.neurons:
-            raise NacosaeError("no neuron given: pass --neuron-id, --neurons or --neurons-file")
-        if self.metric not in METRICS:
-            raise NacosaeError(f"unknown --metric {self.metric!r}: use {', '.join(METRICS)}")
-        if self.control_strategy not in STRATEGIES:
-            raise NacosaeError(
-                f"unknown --control-strategy {self.control_strategy!r}: use {', '.join(STRATEGIES)}"
-            )
-        if self.offload not in OFFLOAD_MODES:
-            raise NacosaeError(
-                f"unknown --offload {self.offload!r}: use {', '.join(OFFLOAD_MODES)}"
-            )
-        if self.gpu_memory is not None and self.gpu_memory <= 0:
-            raise NacosaeError("--gpu-memory must be a positive number of GiB")
-        if self.t2i_batch is not None and self.t2i_batch < 1:
-            raise NacosaeError("--t2i-batch must be at least 1")
-        if self.max_new_tokens < 16:
-            raise NacosaeError("--max-new-tokens must be at least 16 (room for an answer)")
-        if self.llm_concurrency < 1:
-            raise NacosaeError("--llm-concurrency must be at least 1")
-        if self.num_img < 2:
-            raise NacosaeError("--num-img must be at least 2 (scores compare image sets)")
-        if self.n_iters < 0:
-            raise NacosaeError("--n-iters cannot be negative")
-
-    def record(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("llm_constraint")
-        data["save_dir"], data["controls_root"] = str(self.save_dir), str(self.controls_root)
-        return data
-
-    @classmethod
-    def from_record(cls, data: dict[str, Any]) -> ExplainOptions:
-        known = {f for f in cls.__dataclass_fields__ if f != "llm_constraint"}
-        values = {k: v for k, v in data.items() if k in known}
-        values["save_dir"], values["controls_root"] = (
-            Path(values["save_dir"]),
-            Path(values["controls_root"]),
-        )
-        return cls(**values)
+from nacosae.search.options import ExplainOptions
+from nacosae.store.runs import RUN_FILE, RunWriter, make_run_id, read_events
 
 
 def _versions() -> dict[str, str]:
@@ -115,20 +36,15 @@ class ExplainResult:
 
 
 def run_explain(
-    options: ExplainOptions | None, cache: ModelCache, resume: Path | None = None
+    options: ExplainOptions, cache: ModelCache, resume: Path | None = None
 ) -> ExplainResult:
-    """Run (or, with `resume`, continue) the search; the run directory records the outcome."""
+    """Run the search, or with `resume` continue the run in that directory (`options` then come
+    from `resumed_options(resume)`); the run directory records the outcome."""
     recorded: list[dict[str, Any]] = []
     if resume is not None:
-        writer, options, recorded = _reopen(resume)
-    elif options is None:
-        raise ValueError("run_explain needs options or a run directory to resume")
+        writer, recorded = _reopen(resume)
     else:
         options.validate()
-        if options.preset == "smoke":
-            from nacosae.presets import smoke_options
-
-            options = smoke_options(options)
         run_id = make_run_id(options.model, options.layer, options.neurons)
         writer = RunWriter.create(
             options.save_dir,
@@ -171,21 +87,28 @@ def run_explain(
     return ExplainResult(writer.directory, summary)
 
 
-def _reopen(directory: Path) -> tuple[RunWriter, ExplainOptions, list[dict[str, Any]]]:
-    from nacosae.store.runs import RUN_FILE, read_events
+def resumed_options(directory: Path) -> ExplainOptions:
+    """The options an interrupted run was started with (its presets already applied)."""
+    import json
 
     directory = Path(directory).expanduser()
     if not (directory / RUN_FILE).is_file():
         raise NacosaeError(f"--resume {directory}: no run.json there, so it is not a run directory")
-    writer = RunWriter.open(directory)
-    if writer.record.get("status") == "done":
+    record = json.loads((directory / RUN_FILE).read_text())
+    if record.get("status") == "done":
         raise NacosaeError(f"run {directory.name} is already done: nothing to resume")
-    options = ExplainOptions.from_record(writer.record["config"])
+    options = ExplainOptions.from_record(record["config"])
     options.save_dir = directory.parent
+    return options
+
+
+def _reopen(directory: Path) -> tuple[RunWriter, list[dict[str, Any]]]:
+    directory = Path(directory).expanduser()
+    writer = RunWriter.open(directory)
     resumes = writer.record.get("resumes", 0) + 1
     writer.update(status="running", error=None, resumes=resumes)
     progress.info(f"resuming run {directory.name}")
-    return writer, options, read_events(directory)
+    return writer, read_events(directory)
 
 
 def _run(
@@ -197,18 +120,12 @@ def _run(
     from nacosae.controls import resolve_device
     from nacosae.search import neurons as selection
     from nacosae.search.loop import PhaseTimer, Search
-    from nacosae.search.prompts import MAIN_FIELDS, SUMMARY_FIELDS, load_template
+    from nacosae.search.prompts import load_template
 
     templates = (
-        load_template(options.prompt, MAIN_FIELDS),
-        load_template(options.summary_prompt, SUMMARY_FIELDS),
+        load_template(options.prompt, "main"),
+        load_template(options.summary_prompt, "summary"),
     )
-    if options.preset == "smoke":
-        from nacosae.presets import prepare_smoke
-
-        options = prepare_smoke(options, cache)
-        writer.update(note="preset smoke: tiny random models, its results mean nothing")
-        progress.warn("--preset smoke uses tiny random models: its results mean nothing")
     device = resolve_device(options.device)
     store = _open_store(options)
     where = f"layer {options.layer} of {options.model}"
@@ -308,6 +225,7 @@ def _build_parts(
         num_img=options.num_img,
         metric=options.metric,
         seed=options.seed,
+        initial_random=options.initial_random,
         save_images=options.save_images,
         t2i_batch=t2i_batch,
     )
@@ -329,10 +247,16 @@ def _generation_settings(options: ExplainOptions) -> Any:
     from nacosae.models.text2image import GenerationSettings, default_generation
 
     steps, guidance = default_generation(options.t2i_model)
+    if options.guidance_scale == "pipeline":
+        guidance = None  # the pipeline's own default, as the original left it
+    elif options.guidance_scale is not None:
+        guidance = float(options.guidance_scale)
     return GenerationSettings(
         model_id=options.t2i_model,
         num_inference_steps=options.num_inf_steps or steps,
-        guidance_scale=options.guidance_scale if options.guidance_scale is not None else guidance,
+        guidance_scale=guidance,
+        prompts=options.image_prompts,
+        seeds=options.image_seeds,
     )
 
 

@@ -1,9 +1,12 @@
 """How well a concept's synthetic images drive a unit, compared with the control images.
 
 All metrics are computed for every concept; `--metric` only picks the one that steers:
-- auc: ROC-AUC with control images labelled 0 and synthetic images 1;
-- mad: (mean_synthetic - mean_control) / std_control (population std; 0 when std is 0);
-- mean: the mean activation on the synthetic images;
+- auc: ROC-AUC with control images labelled 0 and synthetic images 1 (ties count one half);
+- mad: (mean_synthetic - mean_control) / std_control, with the sample standard deviation of the
+  control activations (n - 1 in the denominator); when it is 0 or undefined (fewer than two
+  control images) the difference is divided by 1, as the original does, so a sparse unit that
+  is silent on its controls keeps its signal;
+- mean: the mean activation on the synthetic images (no standard deviation involved);
 - u1, p: the Mann-Whitney U of the control sample and its two-sided p-value, as in the CoSy
   evaluation files (so that auc = 1 - u1 / (n_control * n_synthetic)).
 """
@@ -21,10 +24,8 @@ def auc_from_u1(u1: float, n_control: int, n_synthetic: int) -> float:
 
 
 def mad(control: np.ndarray, synthetic: np.ndarray) -> float:
-    std = float(np.std(control))
-    if std == 0.0:
-        return 0.0
-    return float((np.mean(synthetic) - np.mean(control)) / std)
+    std = float(np.std(control, ddof=1)) if len(control) > 1 else 0.0
+    return float((np.mean(synthetic) - np.mean(control)) / (std if std > 0.0 else 1.0))
 
 
 def mann_whitney(control: np.ndarray, synthetic: np.ndarray) -> tuple[float, float]:

@@ -1,0 +1,119 @@
+"""Everything `nacosae explain` can be told, checked, and recorded in run.json.
+
+The defaults are nacosae's own (README: "Settings: the original, `--preset line` and the
+defaults" lists where and why they differ from the published method); presets are applied by
+the CLI or API where options are made (`nacosae.presets`), and the resolved options are what
+run.json records and `--resume` reads back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nacosae.errors import NacosaeError
+from nacosae.models.downloads import DEFAULT_EMBEDDER, DEFAULT_LANGUAGE_MODEL, DEFAULT_T2I_MODEL
+from nacosae.models.language import HTTP_CONCURRENCY, MAX_NEW_TOKENS
+from nacosae.models.residency import OFFLOAD_MODES
+from nacosae.search.controls import STRATEGIES
+from nacosae.search.scoring import METRICS
+
+IMAGE_PROMPTS = ("varied", "line")
+IMAGE_SEEDS = ("hashed", "index")
+INITIAL_RANDOM = ("others", "any")
+
+
+@dataclass
+class ExplainOptions:
+    """Everything `nacosae explain` can be told (see the module docstring for the defaults)."""
+
+    neurons: list[str]  # selections: "12", "0:100", "1,5,9", "random:50" (resolved at run time)
+    save_dir: Path
+    controls_root: Path
+    model: str = "resnet18"
+    layer: str = "avgpool"
+    weights: str = "default"
+    language_model: str = DEFAULT_LANGUAGE_MODEL
+    llm_url: str | None = None
+    t2i_model: str = DEFAULT_T2I_MODEL
+    num_img: int = 5
+    num_inf_steps: int | None = None
+    guidance_scale: float | str | None = None  # None: per model; "pipeline": its own default
+    n_iters: int = 10
+    metric: str = "auc"
+    prompt: str = "main"
+    summary_prompt: str = "summary"
+    control_strategy: str = "full"
+    embedder: str = DEFAULT_EMBEDDER
+    offload: str = "cpu"
+    gpu_memory: float | None = None  # GiB of whole models per accelerator (None: free memory)
+    t2i_batch: int | None = None  # images per text-to-image call (None: what the memory fits)
+    save_images: bool = True
+    seed: int = 42
+    device: str = "auto"
+    max_new_tokens: int = MAX_NEW_TOKENS
+    llm_concurrency: int = HTTP_CONCURRENCY
+    image_prompts: str = "varied"  # or "line": the original's prompt, one draw per concept
+    image_seeds: str = "hashed"  # or "index": the original's starting noise, seeded 0..n-1
+    initial_random: str = "others"  # random initial classes from the non-top ones, or "any"
+    preset: list[str] = field(default_factory=list)  # names only: the settings are above
+    llm_constraint: Any = field(default=None, repr=False)  # set by the smoke preset
+
+    def validate(self) -> None:
+        if not self.neurons:
+            raise NacosaeError("no neuron given: pass --neuron-id, --neurons or --neurons-file")
+        if self.metric not in METRICS:
+            raise NacosaeError(f"unknown --metric {self.metric!r}: use {', '.join(METRICS)}")
+        if self.control_strategy not in STRATEGIES:
+            raise NacosaeError(
+                f"unknown --control-strategy {self.control_strategy!r}: use {', '.join(STRATEGIES)}"
+            )
+        if self.offload not in OFFLOAD_MODES:
+            raise NacosaeError(
+                f"unknown --offload {self.offload!r}: use {', '.join(OFFLOAD_MODES)}"
+            )
+        if self.gpu_memory is not None and self.gpu_memory <= 0:
+            raise NacosaeError("--gpu-memory must be a positive number of GiB")
+        if self.t2i_batch is not None and self.t2i_batch < 1:
+            raise NacosaeError("--t2i-batch must be at least 1")
+        if self.max_new_tokens < 16:
+            raise NacosaeError("--max-new-tokens must be at least 16 (room for an answer)")
+        if self.llm_concurrency < 1:
+            raise NacosaeError("--llm-concurrency must be at least 1")
+        if self.num_img < 2:
+            raise NacosaeError("--num-img must be at least 2 (scores compare image sets)")
+        if self.n_iters < 0:
+            raise NacosaeError("--n-iters cannot be negative")
+        _one_of("--image-prompts", self.image_prompts, IMAGE_PROMPTS)
+        _one_of("--image-seeds", self.image_seeds, IMAGE_SEEDS)
+        _one_of("initial_random", self.initial_random, INITIAL_RANDOM)
+        if isinstance(self.guidance_scale, str) and self.guidance_scale != "pipeline":
+            raise NacosaeError(
+                f"--guidance-scale {self.guidance_scale!r}: give a number or 'pipeline' (the "
+                "pipeline's own default)"
+            )
+
+    def record(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("llm_constraint")
+        data["save_dir"], data["controls_root"] = str(self.save_dir), str(self.controls_root)
+        return data
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> ExplainOptions:
+        known = {f for f in cls.__dataclass_fields__ if f != "llm_constraint"}
+        values = {k: v for k, v in data.items() if k in known}
+        if isinstance(values.get("preset"), str):  # run.json of nacosae 0.1: one name or null
+            values["preset"] = [values["preset"]]
+        values["preset"] = list(values.get("preset") or [])
+        values["save_dir"], values["controls_root"] = (
+            Path(values["save_dir"]),
+            Path(values["controls_root"]),
+        )
+        return cls(**values)
+
+
+def _one_of(flag: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise NacosaeError(f"unknown {flag} {value!r}: use {' or '.join(choices)}")
