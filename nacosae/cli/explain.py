@@ -130,10 +130,13 @@ def _options_from_command_line(context: typer.Context, presets: list[str]) -> Ex
     """The command's options, with presets applied where the user gave no value."""
 
     from nacosae.config import settings
-    from nacosae.presets import apply_presets
+    from nacosae.presets import PRESETS, apply_presets
     from nacosae.search.neurons import read_neurons_file
     from nacosae.search.options import ExplainOptions
 
+    for name in presets:
+        if name not in PRESETS:
+            raise typer.BadParameter(f"{name!r}: use {' or '.join(PRESETS)}", param_hint="--preset")
     params = context.params
     selections = [str(n) for n in params["neuron_id"] or []]
     selections += [params["neurons"]] if params["neurons"] else []
