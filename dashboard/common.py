@@ -55,6 +55,10 @@ def sidebar() -> tuple[browse.RunView | None, int | None]:
     run = browse.open_run(entry.path)
     if run.error:
         st.warning(f"Run {run_id} ({run.status}): {run.error}")
+    for warning in run.warnings:
+        st.warning(f"Run {run_id}: {warning}")
+    if run.is_smoke:
+        st.info("A smoke-preset run: tiny random models, its results mean nothing.")
     if not run.neurons:
         st.info(f"Run {run_id} has no scored concepts yet (status: {run.status}).")
         return run, None

@@ -67,3 +67,34 @@ def load_settings(dotenv_path: Path | None = None) -> Settings:
 def settings() -> Settings:
     """The process-wide settings, parsed on first use."""
     return load_settings()
+
+
+def writable_folder(path: Path, what: str, create: bool = True) -> Path:
+    """Make sure `path` is (or, with `create=False`, can become) a folder this process can
+    write, before any work starts; otherwise one error naming `what` (e.g. "--out") and why."""
+    import tempfile
+
+    from nacosae.errors import NacosaeError
+
+    path = Path(path).expanduser().absolute()
+    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise NacosaeError(
+            f"{what} {path} cannot be a folder: {blocker} is a file; choose another location"
+        )
+    try:
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=path):
+                pass
+        else:
+            existing = next(p for p in (path, *path.parents) if p.exists())
+            if not os.access(existing, os.W_OK | os.X_OK):
+                raise PermissionError(13, "Permission denied", str(existing))
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise NacosaeError(
+            f"{what} {path} is not writable ({reason.lower()}): choose another location or fix "
+            "its permissions"
+        ) from exc
+    return path

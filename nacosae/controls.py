@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from nacosae import progress
+from nacosae.config import writable_folder
 from nacosae.data.images import (
     PREPROCESSING_DESCRIPTION,
     ControlImages,
     ImageFolderListing,
     list_image_folder,
 )
-from nacosae.errors import NacosaeError
+from nacosae.errors import ImagesNotFound, NacosaeError
 from nacosae.models.cache import ModelCache, ModelSpec
 from nacosae.models.residency import OffloadMode
 from nacosae.store.activations import ControlStore, StoreBuilder, shard_spans, store_dir
@@ -116,6 +117,7 @@ def build_controls(request: ControlsRequest, cache: ModelCache) -> ControlsResul
         raise NacosaeError("--batch-size must be at least 1")
     if request.shard_size < 1:
         raise NacosaeError("--shard-size must be at least 1")
+    writable_folder(request.controls_root, "the control store folder (NACOSAE_HOME/controls)")
     listing = list_image_folder(request.images)
     device = resolve_device(request.device)
     run_dtype = compute_dtype(request.dtype, device)
@@ -129,7 +131,15 @@ def build_controls(request: ControlsRequest, cache: ModelCache) -> ControlsResul
             return ControlsResult(directory, builder.index, True, 0)
         if done:
             progress.info(f"resuming: {done} of {len(builder.spans)} shards already written")
-        processed = _extract(request, listing, builder, model, device, torch_dtype, done)
+        processed = 0
+        if done < len(builder.spans):  # else it was killed while writing the last files
+            processed = _extract(request, listing, builder, model, device, torch_dtype, done)
+    if builder.next_row() == 0:
+        builder.abandon()
+        raise ImagesNotFound(
+            f"none of the {len(listing):,} image files under {listing.root} could be read (e.g. "
+            f"{listing.files[0]}): check that they are images, then rerun"
+        )
     index = builder.finish([c.folder for c in listing.classes])
     if index["skipped"]:
         names = ", ".join(index["skipped"][:5]) + (" ..." if len(index["skipped"]) > 5 else "")

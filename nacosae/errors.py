@@ -39,3 +39,11 @@ class WeightsUnavailable(NacosaeError):
 
 class ConceptParseError(NacosaeError):
     """An LLM answer that does not follow the required format."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped a command; `hint` says how to continue where it stopped."""
+
+    def __init__(self, hint: str) -> None:
+        super().__init__(hint)
+        self.hint = hint

@@ -36,6 +36,13 @@ def cache_dir() -> str | None:
     return None
 
 
+def default_cache_dir() -> str:
+    """huggingface_hub's own cache location (HF_HOME/hub or ~/.cache/huggingface/hub)."""
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_CACHE
+
+
 def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("", "0", "false", "no")
 

@@ -91,8 +91,13 @@ def prepare(options: ExplainOptions, cache: ModelCache) -> ExplainOptions:
     """Build what the presets of `options` need before a run (also for a resumed one)."""
     if "smoke" not in options.preset:
         return options
+    from nacosae.search.runner import check_output_folders
+
+    check_output_folders(options)
+    progress.calm_libraries()
+    prepared = prepare_smoke(options, cache)
     progress.warn("--preset smoke uses tiny random models: its results mean nothing")
-    return prepare_smoke(options, cache)
+    return prepared
 
 
 def write_smoke_images(root: Path, per_class: int = 3) -> Path:

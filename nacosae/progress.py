@@ -1,14 +1,17 @@
 """The one place that talks to the terminal: messages, warnings and progress bars (rich).
 
-`--quiet` turns progress bars and info messages off; warnings and errors still show.
+`--quiet` turns progress bars and info messages off; warnings and errors still show. When the
+output is not a terminal (a pipe, a log file, a batch job), bars become plain lines: one per
+tenth of the work, never a redrawn or wrapped line.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -63,6 +66,13 @@ def quiet_libraries() -> None:
     diffusers.utils.logging.set_verbosity_error()
 
 
+def calm_libraries() -> None:
+    """Silence the model libraries' own progress bars under --quiet and whenever the output is
+    not a terminal (their carriage returns garble logs)."""
+    if ui.quiet or not console.is_terminal:
+        quiet_libraries()
+
+
 def info(message: str) -> None:
     if not ui.quiet:
         console.print(message, soft_wrap=True)
@@ -90,9 +100,49 @@ class RateColumn(ProgressColumn):
         return Text("-" if speed is None else f"{speed:,.1f} {self.unit}/s", style="cyan")
 
 
+@dataclass
+class _PlainTask:
+    description: str
+    total: float | None
+    completed: float = 0.0
+    shown_tenth: int = -1
+
+
+@dataclass
+class PlainProgress:
+    """The calls of rich's Progress that nacosae uses, printing plain lines (non-terminals)."""
+
+    unit: str
+    tasks: list[_PlainTask] = field(default_factory=list)
+
+    def add_task(self, description: str, total: float | None = None, completed: float = 0) -> int:
+        self.tasks.append(_PlainTask(description, total, completed))
+        return len(self.tasks) - 1
+
+    def advance(self, task: int, advance: float = 1) -> None:
+        self.update(task, completed=self.tasks[task].completed + advance)
+
+    def update(self, task: int, **changes: Any) -> None:
+        state = self.tasks[task]
+        for key in ("description", "total", "completed"):
+            if changes.get(key) is not None:
+                setattr(state, key, changes[key])
+        if not state.total:
+            return
+        tenth = int(10 * state.completed / state.total)
+        if tenth > state.shown_tenth:
+            state.shown_tenth = tenth
+            done = f"{state.completed:,.0f}/{state.total:,.0f} {self.unit}"
+            console.print(f"{state.description}: {done}", soft_wrap=True, highlight=False)
+
+
 @contextmanager
-def progress_bar(unit: str = "it") -> Iterator[Progress]:
-    """A progress display with count, rate and ETA; invisible under --quiet."""
+def progress_bar(unit: str = "it") -> Iterator[Any]:
+    """A progress display with count, rate and ETA; plain lines when the output is not a
+    terminal; nothing under --quiet."""
+    if not console.is_terminal and not ui.quiet:
+        yield PlainProgress(unit)
+        return
     bar = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -108,3 +158,34 @@ def progress_bar(unit: str = "it") -> Iterator[Progress]:
     )
     with bar:
         yield bar
+
+
+@contextmanager
+def phase_progress(phases: int, label: str) -> Iterator[Callable[[int, str], None]]:
+    """Progress through a run's phases, fitting 80 columns: `report(done, detail)`. A bar on a
+    terminal; one plain line per phase otherwise."""
+    if ui.quiet:
+        yield lambda done, detail: None
+        return
+    if not console.is_terminal:
+
+        def line(done: int, detail: str) -> None:
+            console.print(f"{label}: phase {done}/{phases}, {detail}", soft_wrap=True)
+
+        yield line
+        return
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(bar_width=16),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+    with bar:
+        task = bar.add_task(label, total=phases)
+
+        def update(done: int, detail: str) -> None:
+            bar.update(task, completed=done, description=f"{label} | {detail}"[:44])
+
+        yield update

@@ -113,7 +113,8 @@ def t2i_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def runs_dir(tmp_path_factory):
-    """A done 2-neuron smoke run, a failed run, an interrupted run and a corrupt directory."""
+    """A done 2-neuron smoke run, a failed run (its LLM broke), an interrupted run and a corrupt
+    directory."""
     from typer.testing import CliRunner
 
     from nacosae.cli import app
@@ -130,11 +131,17 @@ def runs_dir(tmp_path_factory):
     base = ["explain", "--preset", "smoke", "--n-iters", "2", "--out", str(runs)]
     done = runner.invoke(app, [*base, "--neurons", "0,5"])
     assert done.exit_code == 0, done.output
-    assert runner.invoke(app, [*base, "--neuron-id", "99"]).exit_code == 1
+
+    def fail(self, requests):
+        from nacosae.errors import NacosaeError
+
+        raise NacosaeError("the language model broke down")
 
     def interrupt(self, requests):
         raise KeyboardInterrupt
 
+    mp.setattr(language.LocalLLM, "chat_many", fail)
+    assert runner.invoke(app, [*base, "--neuron-id", "9"]).exit_code == 1
     mp.setattr(language.LocalLLM, "chat_many", interrupt)
     assert runner.invoke(app, [*base, "--neuron-id", "3"]).exit_code == 130
     mp.undo()

@@ -93,6 +93,39 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for_port(port: int, up: bool, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if (s.connect_ex(("127.0.0.1", port)) == 0) == up:
+                return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.slow
+def test_the_server_stops_with_its_command(runs_dir):
+    """SIGTERM to `nacosae dashboard` (what a job scheduler sends) stops its Streamlit child
+    too: nothing keeps the port."""
+    import signal
+
+    port = free_port()
+    command = subprocess.Popen(
+        [sys.executable, "-m", "nacosae", "dashboard", str(runs_dir), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert wait_for_port(port, up=True, seconds=90), "the dashboard did not start"
+        command.send_signal(signal.SIGTERM)
+        assert command.wait(timeout=30) in (0, 130)
+        assert wait_for_port(port, up=False, seconds=20), "the Streamlit child kept the port"
+    finally:
+        if command.poll() is None:
+            command.kill()
+            command.wait()
+
+
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium")
 def test_real_browser_shows_the_best_concept(runs_dir, tmp_path):
     import json
@@ -146,6 +179,7 @@ def test_real_browser_shows_the_best_concept(runs_dir, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+    assert wait_for_port(port, up=False, seconds=20), "the Streamlit child kept the port"
     assert wanted in dom
     from PIL import Image
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from tests.chatserver import ChatServer
@@ -123,13 +124,32 @@ def failed_run(tmp_path) -> dict:
     return json.loads((only_run(tmp_path / "runs") / "run.json").read_text())
 
 
-def test_neuron_out_of_range(invoke, controls, t2i_dir, tmp_path):
+def no_run_made(tmp_path) -> bool:
+    runs = tmp_path / "runs"
+    return not runs.exists() or not any(runs.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("selection", "message"),
+    [
+        (("--neuron-id", "32"), "neuron 32 is outside layer avgpool of tiny_cnn: valid ids are 0"),
+        (("--neuron-id", "-1"), "neuron ids start at 0: -1 is not a unit"),
+        (("--neurons", "5:2"), "neuron range '5:2' is empty: write start:stop with stop above"),
+        (("--neurons", "0:4:0"), "has step 0"),
+        (("--neurons", "five"), "bad neuron selection 'five'"),
+    ],
+)
+def test_bad_neuron_selections_fail_before_any_run_or_model(
+    invoke, controls, t2i_dir, tmp_path, selection, message
+):
+    from nacosae.models.cache import shared_cache
+
+    loads = shared_cache().stats.loads
     with ChatServer(answers("<answer>x</answer>")) as server:
-        result = invoke(*explain_args(t2i_dir, server, "--neuron-id", "32"))
+        result = invoke(*explain_args(t2i_dir, server, *selection))
     assert result.exit_code == 1
-    assert "neuron 32 is outside layer avgpool of tiny_cnn: valid ids are 0 to 31" in result.output
-    record = failed_run(tmp_path)
-    assert record["status"] == "failed" and "valid ids" in record["error"]
+    assert message in " ".join(result.output.split())
+    assert no_run_made(tmp_path) and shared_cache().stats.loads == loads
 
 
 def test_missing_control_store_names_the_command(invoke, t2i_dir, tmp_path):
@@ -137,7 +157,7 @@ def test_missing_control_store_names_the_command(invoke, t2i_dir, tmp_path):
         result = invoke(*explain_args(t2i_dir, server, "--neuron-id", "1", "--layer", "layer2"))
     assert result.exit_code == 1
     assert "`nacosae controls --model tiny_cnn --layer layer2`" in result.output
-    assert failed_run(tmp_path)["status"] == "failed"
+    assert no_run_made(tmp_path)
 
 
 def test_unknown_t2i_model_offline(invoke, controls, tmp_path):
@@ -146,7 +166,7 @@ def test_unknown_t2i_model_offline(invoke, controls, tmp_path):
         result = invoke(*args)
     assert result.exit_code == 1
     assert "`nacosae download models --t2i-model org/not-cached`" in result.output
-    assert failed_run(tmp_path)["status"] == "failed"
+    assert no_run_made(tmp_path)
 
 
 def test_template_without_required_field(invoke, controls, t2i_dir, tmp_path):
@@ -156,7 +176,14 @@ def test_template_without_required_field(invoke, controls, t2i_dir, tmp_path):
         result = invoke(*explain_args(t2i_dir, server, "--neuron-id", "1", "--prompt", template))
     assert result.exit_code == 1
     assert "lacks {forbidden}" in result.output
-    assert failed_run(tmp_path)["status"] == "failed"
+    assert no_run_made(tmp_path)
+
+
+@pytest.mark.parametrize("flag", ["--metric", "--control-strategy", "--offload", "--image-seeds"])
+def test_bad_option_values_are_usage_errors_listing_the_choices(invoke, flag):
+    result = invoke("explain", "--preset", "smoke", flag, "bogus")
+    assert result.exit_code == 2
+    assert "is not one of" in result.output
 
 
 def test_ctrl_c_marks_the_run_interrupted_and_keeps_events(
@@ -181,6 +208,7 @@ def test_ctrl_c_marks_the_run_interrupted_and_keeps_events(
     assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
     events = events_of(run)
     assert [e["source"] for e in events] == ["initial-top"] * 3 + ["llm"]
+    assert f"continue with: nacosae explain --resume {run}" in " ".join(result.output.split())
 
 
 def test_out_of_memory_suggests_offload(invoke, controls, t2i_dir, tmp_path, monkeypatch):
@@ -232,7 +260,7 @@ def test_smoke_preset_end_to_end_and_reproducible(invoke, tmp_path):
     assert len(events) == 10 + 3 + 1
     assert events[-1]["source"] == "summary"
     record = json.loads((run_a / "run.json").read_text())
-    assert record["status"] == "done" and "meaningless" not in record.get("error", "")
+    assert record["status"] == "done" and record["error"] is None
     assert record["totals"]["images_rendered"] == 5 * len({e["concept"].lower() for e in events})
     other = invoke(
         "explain", "--preset", "smoke", "--n-iters", "3", "--seed", "7", "--out", tmp_path / "c"

@@ -3,6 +3,7 @@ model's exact version, the text-to-image batch, and the LLM backends' limits and
 
 import json
 import socket
+import threading
 from collections import Counter
 from types import SimpleNamespace
 
@@ -116,10 +117,9 @@ def test_resume_refuses_a_model_folder_that_changed(invoke, controls, tmp_path, 
     def interrupt(self, requests):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(language.HTTPLLM, "chat_many", interrupt)
-    with ChatServer(REPLIES) as server:
+    with pytest.MonkeyPatch.context() as patched, ChatServer(REPLIES) as server:
+        patched.setattr(language.HTTPLLM, "chat_many", interrupt)
         assert invoke(*explain_args(folder, server, "--neuron-id", "0")).exit_code == 130
-    monkeypatch.undo()
     tiny_text2image_pipeline(tmp_path / "work", seed=1).save_pretrained(folder)
     result = invoke("explain", "--resume", only_run(tmp_path / "runs"))
     assert result.exit_code == 1
@@ -187,6 +187,28 @@ def test_an_unreachable_server_fails_before_any_model_loads(invoke, controls, t2
     assert result.exit_code == 1
     assert "cannot reach the LLM server at http://127.0.0.1:" in result.output
     assert shared_cache().stats.loads == loads
+
+
+def test_a_server_that_drops_the_connection_is_not_called_unreachable():
+    from nacosae.errors import NacosaeError
+    from nacosae.models.language import HTTPLLM
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(4)
+
+        def accept_then_drop():
+            for _ in range(2):
+                connection, _address = server.accept()
+                connection.recv(65536)
+                connection.close()
+
+        threading.Thread(target=accept_then_drop, daemon=True).start()
+        llm = HTTPLLM(f"http://127.0.0.1:{server.getsockname()[1]}/v1", "served", retries=1)
+        with pytest.raises(NacosaeError) as caught:
+            llm.chat([{"role": "user", "content": "hi"}], seed=1)
+    assert "dropped the connection mid-request" in str(caught.value)
+    assert "cannot reach" not in str(caught.value)
 
 
 @pytest.mark.parametrize("flag, value", [("--t2i-batch", "0"), ("--llm-concurrency", "0")])

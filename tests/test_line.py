@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.chatserver import ChatServer
@@ -125,9 +126,9 @@ def test_resume_reapplies_the_presets_of_the_run(invoke, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(self, requests)
 
-    monkeypatch.setattr(language.LocalLLM, "chat_many", interrupted)
-    assert invoke(*args, "--out", tmp_path / "cut").exit_code == 130
-    monkeypatch.undo()
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(language.LocalLLM, "chat_many", interrupted)
+        assert invoke(*args, "--out", tmp_path / "cut").exit_code == 130
     run = only_run(tmp_path / "cut")
     resumed = invoke("explain", "--resume", run)
     assert resumed.exit_code == 0, resumed.output

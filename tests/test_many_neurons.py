@@ -143,6 +143,8 @@ def test_sigkilled_multi_neuron_run_resumes_to_the_same_result(invoke, tmp_path,
     assert kill_cli_when(args, env, phases_on_disk, timeout=240), "the run ended first"
     run = only_run(killed)
     assert json.loads((run / "run.json").read_text())["status"] == "running"
+    listed = invoke("report", killed, "--format", "csv")
+    assert ",stale," in listed.output  # its process is gone: not "running" forever
 
     resumed = invoke("explain", "--resume", run)
     assert resumed.exit_code == 0, resumed.output

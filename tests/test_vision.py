@@ -61,11 +61,23 @@ def test_weights_from_a_local_state_dict(tmp_path, suffix):
         assert torch.equal(tensor, state[name])
 
 
-def test_weights_that_do_not_fit(tmp_path):
+def test_weights_that_do_not_fit_say_which_keys(tmp_path):
+    from nacosae.models.tiny import tiny_cnn
+
+    state = tiny_cnn().state_dict()
+    state["fc.weight"] = torch.zeros(3, 3)  # mis-shaped
+    state["head.bias"] = torch.zeros(3)  # unexpected
+    del state["conv1.weight"], state["bn1.weight"]  # missing
     path = tmp_path / "wrong.safetensors"
-    save_file({"fc.weight": torch.zeros(3, 3)}, str(path))
-    with pytest.raises(WeightsUnavailable, match="do not fit tiny_cnn"):
+    save_file(state, str(path))
+    with pytest.raises(WeightsUnavailable) as caught:
         load_vision_model("tiny_cnn", str(path))
+    message = str(caught.value)
+    assert "the weights in wrong.safetensors do not fit tiny_cnn" in message
+    assert "2 missing (e.g. conv1.weight, bn1.weight)" in message
+    assert "1 unexpected (e.g. head.bias)" in message
+    assert "1 mis-shaped (e.g. fc.weight (file [3, 3], model [10, 32]))" in message
+    assert "\n" not in message
 
 
 def test_weights_pickle_with_code_is_refused(tmp_path):

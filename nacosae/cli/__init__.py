@@ -1,22 +1,28 @@
 """The `nacosae` command line: a thin Typer shell over the library.
 
-Errors are mapped to exit codes here and only here: a `NacosaeError` is one red line plus a
-hint and exit 1; Ctrl-C exits 130 after saying that a rerun resumes; usage errors are Click's
-own (exit 2). Command modules import heavy libraries inside their functions so that
-`nacosae --help` stays fast.
+Errors are mapped to exit codes here and only here: a `NacosaeError`, or a file system error
+(permission, a file where a folder should be, a full disk), is one red line plus a hint and exit
+1; Ctrl-C and SIGTERM exit 130 after saying how to continue (the exact `--resume` command for a
+run); usage errors, bad option values included, are Click's own (exit 2, listing the choices).
+Command modules import heavy libraries inside their functions so that `nacosae --help` stays
+fast.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
 
 from nacosae import __version__, progress
-from nacosae.errors import NacosaeError
+from nacosae.errors import Interrupted, NacosaeError
 
 DEBUG_HINT = "set NACOSAE_DEBUG=1 for the traceback"
 
@@ -40,17 +46,61 @@ def guarded(command: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
-            return command(*args, **kwargs)
+            with sigterm_as_interrupt():
+                return command(*args, **kwargs)
         except NacosaeError as err:
             if _debug():
                 raise
             progress.error(str(err), DEBUG_HINT)
             raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            progress.error("interrupted: finished work is saved; rerun the same command to resume")
+        except OSError as err:
+            if _debug() or err.errno not in FILE_SYSTEM_ERRORS:
+                raise
+            progress.error(file_system_message(err), DEBUG_HINT)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt as stop:
+            hint = stop.hint if isinstance(stop, Interrupted) else "finished work is kept"
+            progress.error(f"interrupted: {hint}")
             raise typer.Exit(130) from None
 
     return run
+
+
+FILE_SYSTEM_ERRORS = {
+    errno.EACCES: "permission denied",
+    errno.EPERM: "not permitted",
+    errno.EROFS: "read-only file system",
+    errno.ENOTDIR: "a file stands where a folder is needed",
+    errno.EISDIR: "a folder stands where a file is needed",
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+}
+
+
+def file_system_message(err: OSError) -> str:
+    where = err.filename or "a file"
+    return (
+        f"cannot write or read {where}: {FILE_SYSTEM_ERRORS[err.errno]}; choose another "
+        "location (--out, SAVE_DIR, NACOSAE_HOME) or free space, then rerun"
+    )
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler stopping the job, `kill`) stops a command like Ctrl-C does, so that
+    runs are marked interrupted and their files stay whole."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _version(value: bool) -> None:
@@ -63,10 +113,16 @@ def _version(value: bool) -> None:
 def main_options(
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version.", metavar=""
+        ),
     ] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Debug logging.", metavar="")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bars.", metavar="")
+    ] = False,
 ) -> None:
     """Explain the units of vision models in words."""
     progress.configure(quiet=quiet, verbose=verbose)

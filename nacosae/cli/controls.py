@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
 from nacosae import progress
+from nacosae.errors import Interrupted
 
 
 def human_bytes(n: int) -> str:
@@ -65,19 +66,20 @@ def controls(
         int | None, typer.Option(help="Decoding worker processes \\[default: CPU cores - 1].")
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cuda, cuda:N, mps or cpu.")] = "auto",
-    dtype: Annotated[str, typer.Option(help="float16 or float32 (stored values).")] = "float32",
+    dtype: Annotated[
+        Literal["float16", "float32"], typer.Option(help="Stored values (float16 halves the size).")
+    ] = "float32",
     shard_size: Annotated[int, typer.Option(help="Images per shard file.")] = 4096,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing store.", metavar="")] = False,
     list_stores: Annotated[
-        bool, typer.Option("--list", help="List the stored model/layer pairs and exit.")
+        bool,
+        typer.Option("--list", help="List the stored model/layer pairs and exit.", metavar=""),
     ] = False,
 ) -> None:
     """Store every unit's activation on every control image (safetensors shards)."""
     if list_stores:
         list_command()
         return
-    if dtype not in ("float16", "float32"):
-        raise typer.BadParameter("use float16 or float32", param_hint="--dtype")
     from nacosae.config import settings
     from nacosae.controls import ControlsRequest, build_controls
     from nacosae.models.cache import shared_cache
@@ -96,7 +98,12 @@ def controls(
         overwrite=overwrite,
         shard_size=shard_size,
     )
-    result = build_controls(request, shared_cache())
+    try:
+        result = build_controls(request, shared_cache())
+    except KeyboardInterrupt:
+        raise Interrupted(
+            "the shards written so far are kept; rerun the same command to continue"
+        ) from None
     index = result.index
     if result.already_complete:
         progress.info(

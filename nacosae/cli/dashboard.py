@@ -29,7 +29,6 @@ def dashboard(
 ) -> None:
     """Browse runs in the browser (Streamlit): overview, images, reasoning, compare."""
     import os
-    import subprocess
     import sys
 
     from nacosae.config import settings
@@ -55,4 +54,36 @@ def dashboard(
         "--browser.gatherUsageStats",
         "false",
     ]
-    raise typer.Exit(subprocess.call(command, env=env))
+    raise typer.Exit(serve_until_stopped(command, env))
+
+
+def serve_until_stopped(command: list[str], env: dict[str, str]) -> int:
+    """Run the Streamlit server as a child that never outlives this command: Ctrl-C or SIGTERM
+    here stops it, and on Linux the kernel stops it if this process is killed outright."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen(
+        command, env=env, preexec_fn=_die_with_parent if sys.platform == "linux" else None
+    )
+    try:
+        return child.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to send SIGTERM when the parent dies."""
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)

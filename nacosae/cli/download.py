@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -28,7 +28,10 @@ def _token(explicit: str | None) -> str | None:
 
 
 def imagenet(
-    split: Annotated[str, typer.Option(help="validation (50,000 images) or train.")] = "validation",
+    split: Annotated[
+        Literal["validation", "train"],
+        typer.Option(help="50,000 validation images, or the 1.28 million of train."),
+    ] = "validation",
     out: Annotated[
         Path | None,
         typer.Option(help="ImageFolder tree to write \\[default: NACOSAE_HOME/data/imagenet/val]."),
@@ -42,27 +45,34 @@ def imagenet(
         typer.Option(help="Build the tree from parquet files already on disk (offline)."),
     ] = None,
     keep_parquet: Annotated[
-        bool, typer.Option(help="Keep the downloaded parquet files in the HF cache.")
+        bool, typer.Option(help="Keep the downloaded parquet files in the HF cache.", metavar="")
     ] = True,
     layout: Annotated[
-        str,
+        Literal["wnid", "name"],
         typer.Option(
-            help="Class folder names: wnid (n01440764; torchvision's ImageFolder then numbers "
-            "classes as the classifiers do) or name (the concept names)."
+            help="Class folder names: WordNet ids (n01440764; torchvision's ImageFolder then "
+            "numbers classes as the classifiers do) or the concept names."
         ),
     ] = "wnid",
 ) -> None:
     """Download ImageNet-1k (gated, needs HF_TOKEN) and lay it out as an ImageFolder tree."""
-    from nacosae.config import settings
+    from nacosae.config import settings, writable_folder
     from nacosae.data import imagenet as inet
+    from nacosae.errors import Interrupted
 
-    if layout not in inet.LAYOUTS:
-        raise typer.BadParameter("use wnid or name", param_hint="--layout")
     target = out or settings().default_imagenet_dir
-    if from_parquet is not None:
-        report = inet.extract(inet.parquet_files(from_parquet, split), target, split, layout)
-    else:
-        report = inet.download_imagenet(split, target, _token(token), keep_parquet, layout)
+    try:
+        if from_parquet is not None:
+            files = inet.parquet_files(from_parquet, split)
+            writable_folder(target, "--out", create=False)
+            report = inet.extract(files, target, split, layout)
+        else:
+            writable_folder(target, "--out", create=False)
+            report = inet.download_imagenet(split, target, _token(token), keep_parquet, layout)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            "images already written are kept; rerun the same command to continue"
+        ) from None
     progress.info(
         f"{report.total:,} images in {len(report.per_class)} class folders under {target} "
         f"({report.written:,} written now, {report.already_present:,} already there)"
@@ -91,9 +101,12 @@ def models(
     """Prefetch the LLM, text-to-image model, embedder and explained model weights."""
     from rich.table import Table
 
+    from nacosae import hub
     from nacosae.cli.controls import human_bytes
+    from nacosae.config import writable_folder
     from nacosae.models import downloads as dl
 
+    writable_folder(Path(hub.cache_dir() or hub.default_cache_dir()), "the HF cache", False)
     hf_token = _token(token)
     cached = [
         dl.fetch_vision_model(model),  # first: an unknown name fails before any download

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
@@ -59,22 +59,27 @@ def explain(
         ),
     ] = None,
     n_iters: Annotated[int, typer.Option(help="LLM proposals before the summary step.")] = 10,
-    metric: Annotated[str, typer.Option(help="auc, mad or mean: the score that steers.")] = "auc",
+    metric: Annotated[
+        Literal["auc", "mad", "mean"], typer.Option(help="The score that steers the search.")
+    ] = "auc",
     prompt: Annotated[
         str, typer.Option(help="main, few-shot, or a template file with {concepts} {forbidden}.")
     ] = "main",
     summary_prompt: Annotated[
         str, typer.Option(help="summary, or a template file with {concepts}.")
     ] = "summary",
-    control_strategy: Annotated[str, typer.Option(help="full or dissimilar-class.")] = "full",
+    control_strategy: Annotated[
+        Literal["full", "dissimilar-class"],
+        typer.Option(help="All control images, or one class unlike the concept (the original)."),
+    ] = "full",
     embedder: Annotated[
         str, typer.Option(help="Sentence embedder for dissimilar-class.")
     ] = DEFAULT_EMBEDDER,
     offload: Annotated[
-        str,
+        Literal["none", "cpu", "model", "sequential"],
         typer.Option(
-            help="none, cpu (swap whole models by LRU within --gpu-memory), model (library "
-            "model-level CPU offload) or sequential (layer by layer, least memory)."
+            help="Where models live on a GPU: cpu swaps whole models by LRU within --gpu-memory; "
+            "model and sequential use the libraries' model-level or layer-by-layer CPU offload."
         ),
     ] = "cpu",
     gpu_memory: Annotated[
@@ -93,16 +98,17 @@ def explain(
     llm_concurrency: Annotated[
         int, typer.Option(help="Most requests in flight to an --llm-url server.")
     ] = HTTP_CONCURRENCY,
-    save_images: Annotated[bool, typer.Option(help="Keep the rendered images.")] = True,
+    save_images: Annotated[bool, typer.Option(help="Keep the rendered images.", metavar="")] = True,
     out: Annotated[Path | None, typer.Option(help="Runs directory \\[default: SAVE_DIR].")] = None,
     seed: Annotated[int, typer.Option(help="Seed for every random choice.")] = 42,
     device: Annotated[str, typer.Option(help="auto, cuda, cuda:N, mps or cpu.")] = "auto",
     image_prompts: Annotated[
-        str, typer.Option(help="varied (an angle and light per image) or line (the original's).")
+        Literal["varied", "line"],
+        typer.Option(help="An angle and light per image, or the original's prompt per concept."),
     ] = "varied",
     image_seeds: Annotated[
-        str,
-        typer.Option(help="hashed (per seed, concept, image) or index (the original's 0..n-1)."),
+        Literal["hashed", "index"],
+        typer.Option(help="Noise seeded per seed, concept and image, or the original's 0..n-1."),
     ] = "hashed",
     preset: Annotated[
         list[str] | None,
@@ -110,6 +116,7 @@ def explain(
             help="line: the published method, setting by setting; smoke: tiny random models, "
             "no downloads, meaningless. Repeatable; options you give win.",
             show_default=False,
+            metavar="<line|smoke>",
         ),
     ] = None,
 ) -> None:
@@ -123,6 +130,7 @@ def explain(
         options = resumed_options(resume)
     else:
         options = _options_from_command_line(context, preset or [])
+    options.validate()  # before the presets build anything
     show(run_explain(prepare(options, cache), cache, resume=resume))
 
 
@@ -136,7 +144,10 @@ def _options_from_command_line(context: typer.Context, presets: list[str]) -> Ex
 
     for name in presets:
         if name not in PRESETS:
-            raise typer.BadParameter(f"{name!r}: use {' or '.join(PRESETS)}", param_hint="--preset")
+            raise typer.BadParameter(
+                f"{name!r} is not one of {', '.join(PRESETS)}", param_hint="--preset"
+            )
+
     params = context.params
     selections = [str(n) for n in params["neuron_id"] or []]
     selections += [params["neurons"]] if params["neurons"] else []
@@ -180,7 +191,8 @@ def show(result: ExplainResult) -> None:
     """The final table: neuron -> best concept and score."""
     from rich.table import Table
 
-    table = Table(title=f"run {result.run_dir.name}")
+    caption = "\n".join(f"warning: {w}" for w in result.warnings) or None
+    table = Table(title=f"run {result.run_dir.name}", caption=caption, caption_style="yellow")
     for column in ("neuron", "best concept", result.summary["metric"], "source"):
         table.add_column(column)
     for neuron, found in result.summary["neurons"].items():

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
 from nacosae import progress
-
-FORMATS = ("table", "csv", "json", "md", "html")
 
 
 def report(
@@ -20,19 +18,26 @@ def report(
     run: Annotated[
         list[str] | None, typer.Option("--run", help="Only this run id (repeatable).")
     ] = None,
-    format: Annotated[str, typer.Option("--format", help="table, csv, json, md or html.")] = (
-        "table"
-    ),
+    format: Annotated[
+        Literal["table", "csv", "json", "md", "html"],
+        typer.Option("--format", help="What to write (csv and json have the fixed columns)."),
+    ] = "table",
     out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
+    smoke: Annotated[
+        bool,
+        typer.Option(
+            "--include-smoke/--exclude-smoke",
+            help="List runs of the smoke preset (marked as such).",
+            metavar="",
+        ),
+    ] = True,
 ) -> None:
     """Export what runs found (one row per run and neuron; CSV starts with neuron,concept)."""
-    from nacosae.config import settings
+    from nacosae.config import settings, writable_folder
     from nacosae.errors import NacosaeError
     from nacosae.report import export
     from nacosae.report.runs import list_runs
 
-    if format not in FORMATS:
-        raise typer.BadParameter(f"use one of {', '.join(FORMATS)}", param_hint="--format")
     directory = runs_dir or settings().save_dir
     if not Path(directory).is_dir():
         raise NacosaeError(
@@ -41,11 +46,14 @@ def report(
     for run_id in run or []:
         if not (Path(directory) / run_id).is_dir():
             raise NacosaeError(f"no run {run_id!r} in {directory}")
-    runs = list_runs(Path(directory), run)
-    if format == "table":
+    if out is not None:
+        writable_folder(Path(out).expanduser().parent, "--out's folder")
+    runs = [r for r in list_runs(Path(directory), run) if smoke or not r.is_smoke]
+    if format == "table" and out is None:
         _print_table(runs)
         return
     text = {
+        "table": _plain_table,
         "csv": export.to_csv,
         "json": export.to_json,
         "md": export.to_markdown,
@@ -73,6 +81,7 @@ TABLE_COLUMNS = (
     "mean",
     "iterations",
     "status",
+    "note",
 )
 
 
@@ -80,21 +89,37 @@ def _cell(value: object) -> str:
     return f"{value:.4f}" if isinstance(value, float) else "-" if value is None else str(value)
 
 
+def _table_cells(runs: list) -> list[list[str]]:
+    from nacosae.report.runs import rows
+
+    cells = []
+    for row in rows(runs):
+        notes = ["smoke: meaningless" for _ in [0] if "smoke" in (row["preset"] or "")]
+        notes += [row[k] for k in ("error", "warnings") if row[k]]
+        row = {**row, "note": "; ".join(notes) or None}
+        cells.append([_cell(row.get(c)) for c in TABLE_COLUMNS])
+    return cells
+
+
+def _plain_table(runs: list) -> str:
+    """The table as aligned plain text (files, pipes, and tables too big for rich)."""
+    cells = _table_cells(runs)
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(TABLE_COLUMNS)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(TABLE_COLUMNS, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(line.rstrip() for line in lines) + "\n"
+
+
 def _print_table(runs: list) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from nacosae.report.runs import rows
-
-    cells = [[_cell(row.get(c)) for c in TABLE_COLUMNS] for row in rows(runs)]
+    cells = _table_cells(runs)
     out = Console()  # the table is the command's output: stdout, full width when piped
     if not out.is_terminal:
         out = Console(width=240)
     if len(cells) > RICH_ROW_LIMIT:
-        widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(TABLE_COLUMNS)]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(TABLE_COLUMNS, widths, strict=True))]
-        lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
-        typer.echo("\n".join(lines))
+        typer.echo(_plain_table(runs), nl=False)
         return
     table = Table(title=f"{len(runs)} runs")
     for column in TABLE_COLUMNS:

@@ -45,8 +45,7 @@ def load_local_llm(spec: ModelSpec) -> LLMBundle:
 
     from nacosae.models.revisions import from_pretrained_kwargs
 
-    if progress.ui.quiet:
-        progress.quiet_libraries()
+    progress.calm_libraries()
     kwargs = from_pretrained_kwargs(spec.id, spec.revision)
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec.id, **kwargs)
@@ -259,6 +258,12 @@ class HTTPLLM:
                 f"({self.retries} retries): check the server"
             ) from exc
         except openai.APIConnectionError as exc:
+            if not _never_connected(exc):
+                raise NacosaeError(
+                    f"the LLM server at {self.url} dropped the connection mid-request "
+                    f"({_cause(exc)}; {self.retries} retries): check its log, it may have "
+                    "crashed or run out of memory"
+                ) from exc
             raise NacosaeError(
                 f"cannot reach the LLM server at {self.url}: start it or fix --llm-url"
             ) from exc
@@ -274,6 +279,22 @@ class HTTPLLM:
                 f"the LLM server at {self.url} did not answer in the chat-completions format"
             ) from exc
         return content or ""
+
+
+def _never_connected(exc: BaseException) -> bool:
+    """Whether a connection error happened before any connection (refused, unknown host)."""
+    cause = exc.__cause__
+    while cause is not None:
+        if "ConnectError" in type(cause).__name__ or isinstance(cause, ConnectionRefusedError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def _cause(exc: BaseException) -> str:
+    cause = exc.__cause__
+    text = _first_line(str(cause) or type(cause).__name__) if cause else type(exc).__name__
+    return text.rstrip(".")
 
 
 def _first_line(text: str) -> str:

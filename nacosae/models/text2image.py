@@ -106,8 +106,7 @@ def load_pipeline(spec: ModelSpec) -> Any:
 
     from nacosae.models.revisions import from_pretrained_kwargs
 
-    if progress.ui.quiet:
-        progress.quiet_libraries()
+    progress.calm_libraries()
     kwargs = {"dtype": getattr(torch, spec.dtype), **from_pretrained_kwargs(spec.id, spec.revision)}
     last: Exception | None = None
     for variant in ("fp16", None):

@@ -246,12 +246,33 @@ def load_vision_model(name: str, weights: str = "default") -> tuple[nn.Module, s
                 f"{name} nor an existing file"
             )
         state, weights_id = read_state_dict(path), f"file:{path.name}:sha256={sha256_file(path)}"
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise WeightsUnavailable(f"weights do not fit {name}: {first}") from exc
+    mismatch = state_dict_mismatch(model, state)
+    if mismatch:
+        raise WeightsUnavailable(
+            f"the weights in {path.name} do not fit {name}: {mismatch}; are they for another "
+            "architecture (--model)?"
+        )
+    model.load_state_dict(state, strict=True)
     return model.eval(), weights_id
+
+
+def state_dict_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    """What keeps `state` from loading into `model`: counts and a few examples each of the
+    missing, unexpected and mis-shaped keys; None when it fits."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k} (file {list(state[k].shape)}, model {list(v.shape)})"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    parts = []
+    for what, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes)):
+        if keys:
+            shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+            parts.append(f"{len(keys)} {what} (e.g. {shown})")
+    return "; ".join(parts) or None
 
 
 # ---------------------------------------------------------------- layers and pooling

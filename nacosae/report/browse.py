@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from nacosae.report.runs import RunView, load_run
-from nacosae.store.runs import RUN_FILE
+from nacosae.store.runs import RUN_FILE, effective_status
 
 RUNS_ENV = "NACOSAE_DASHBOARD_RUNS"
 
@@ -50,7 +50,7 @@ def index_runs(runs_dir: Path) -> list[RunEntry]:
                     str(path),
                     str(config.get("model", "?")),
                     str(config.get("layer", "?")),
-                    str(record.get("status", "?")),
+                    effective_status(path, record),
                     tuple(record.get("neurons") or ()),
                     record.get("error"),
                 )

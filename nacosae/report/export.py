@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from nacosae.report import plots
-from nacosae.report.runs import RunView, rows
+from nacosae.report.runs import ROW_COLUMNS, RunView, rows
 
 THUMBNAIL = 128
 
@@ -19,8 +19,7 @@ THUMBNAIL = 128
 def to_csv(runs: list[RunView]) -> str:
     table = rows(runs)
     buffer = io.StringIO()
-    columns = list(dict.fromkeys(k for row in table for k in row)) or ["neuron", "concept"]
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=list(ROW_COLUMNS), lineterminator="\n")
     writer.writeheader()
     writer.writerows(table)
     return buffer.getvalue()
@@ -154,9 +153,12 @@ def build_document(runs: list[RunView]) -> _Document:
         metric = table[0].get("metric", "auc")
         doc.image(_data_uri(plots.score_histogram(scores, metric)), "score histogram")
     for run in runs:
-        doc.heading(f"Run {run.run_id} ({run.status})", 2)
+        smoke = " (smoke preset: tiny random models, meaningless)" if run.is_smoke else ""
+        doc.heading(f"Run {run.run_id} ({run.status}){smoke}", 2)
         if run.error:
             doc.text(f"error: {run.error}")
+        for warning in run.warnings:
+            doc.text(f"warning: {warning}")
         config = run.config
         params = [
             "model",

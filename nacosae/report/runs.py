@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nacosae.store.runs import EVENTS_FILE, RUN_FILE, SUMMARY_FILE, read_events
+from nacosae.store.runs import EVENTS_FILE, RUN_FILE, SUMMARY_FILE, effective_status, read_events
 
 
 @dataclass
@@ -32,6 +32,19 @@ class RunView:
     @property
     def config(self) -> dict[str, Any]:
         return self.record.get("config", {})
+
+    @property
+    def presets(self) -> list[str]:
+        found = self.config.get("preset") or []
+        return [found] if isinstance(found, str) else list(found)
+
+    @property
+    def is_smoke(self) -> bool:
+        return "smoke" in self.presets
+
+    @property
+    def warnings(self) -> list[str]:
+        return list(self.record.get("warnings") or [])
 
     def events(self) -> list[dict[str, Any]]:
         return read_events(self.path)
@@ -65,9 +78,11 @@ def load_run(path: Path) -> RunView:
         record.get("run_id", path.name),
         path,
         record,
-        record.get("status", "?"),
+        effective_status(path, record),
         record.get("error"),
     )
+    if view.status == "stale" and not view.error:
+        view.error = "its process was killed (stale): resume it with nacosae explain --resume"
     try:
         summary = json.loads((path / SUMMARY_FILE).read_text())
         for key, found in summary.get("neurons", {}).items():
@@ -102,10 +117,26 @@ def list_runs(runs_dir: Path, only: list[str] | None = None) -> list[RunView]:
 
 
 METRIC_COLUMNS = ("auc", "mad", "mean", "u1", "p")
+ROW_COLUMNS = (
+    "neuron",
+    "concept",
+    "run_id",
+    "model",
+    "layer",
+    "status",
+    "preset",
+    "metric",
+    "score",
+    *METRIC_COLUMNS,
+    "iterations",
+    "warnings",
+    "error",
+)  # the fixed columns of `report --format csv/json`, in this order (README lists them)
 
 
 def rows(runs: list[RunView]) -> list[dict[str, Any]]:
-    """One row per (run, neuron); `neuron` and `concept` first, as `nacosae evaluate` reads."""
+    """One row per (run, neuron) with exactly ROW_COLUMNS; `neuron` and `concept` first, the
+    columns `nacosae evaluate` reads. A run with no neuron yet is one row without them."""
     table = []
     for run in runs:
         base = {
@@ -113,22 +144,21 @@ def rows(runs: list[RunView]) -> list[dict[str, Any]]:
             "model": run.config.get("model"),
             "layer": run.config.get("layer"),
             "status": run.status,
+            "preset": "+".join(run.presets) or None,
+            "metric": run.config.get("metric", "auc") if run.config else None,
+            "warnings": "; ".join(run.warnings) or None,
+            "error": run.error,
         }
-        if not run.neurons:
-            table.append({"neuron": None, "concept": None, **base, "score": None})
-            continue
-        for neuron, view in sorted(run.neurons.items()):
-            best = view.best or {}
+        for neuron, view in sorted(run.neurons.items()) or [(None, None)]:
+            best = (view.best if view else None) or {}
             metrics = best.get("metrics", {})
-            table.append(
-                {
-                    "neuron": neuron,
-                    "concept": best.get("concept"),
-                    **base,
-                    "metric": run.config.get("metric", "auc"),
-                    "score": best.get("score"),
-                    **{m: metrics.get(m) for m in METRIC_COLUMNS},
-                    "iterations": view.iterations,
-                }
-            )
+            row = {
+                **base,
+                "neuron": neuron,
+                "concept": best.get("concept"),
+                "score": best.get("score"),
+                **{m: metrics.get(m) for m in METRIC_COLUMNS},
+                "iterations": view.iterations if view else None,
+            }
+            table.append({column: row.get(column) for column in ROW_COLUMNS})
     return table

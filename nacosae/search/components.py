@@ -95,49 +95,66 @@ def _pinned_revision(model_id: str, pins: dict[str, Any], kind: str, what: str, 
     return current
 
 
+@dataclass(frozen=True)
+class ModelVersions:
+    """The exact versions a run loads (found before anything is loaded)."""
+
+    t2i: str
+    llm: str | None  # None for an LLM behind --llm-url
+
+
+def resolve_models(options: ExplainOptions, pins: dict[str, Any] | None = None) -> ModelVersions:
+    """Find every model's exact version and reach the LLM server, without loading anything:
+    a wrong id, an uncached model offline or a dead server is an error before any work."""
+    from nacosae.models.language import HTTPLLM
+
+    pins = pins or {}
+    t2i = _pinned_revision(options.t2i_model, pins, "t2i", "text-to-image model", "--t2i-model")
+    if options.llm_url:
+        HTTPLLM(options.llm_url, options.language_model).check()
+        return ModelVersions(t2i, None)
+    llm = _pinned_revision(
+        options.language_model, pins, "llm", "language model", "--language-model"
+    )
+    return ModelVersions(t2i, llm)
+
+
 def build_models(
     options: ExplainOptions,
     cache: ModelCache,
     device: str,
     vision_dtype: str,
-    pins: dict[str, Any] | None = None,
+    versions: ModelVersions,
 ) -> RunModels:
-    """Resolve, load (once) and describe every model of the run."""
+    """Load (once) and describe every model of the run."""
     from nacosae.controls import load_vision, vision_spec
     from nacosae.models.language import HTTPLLM, LocalLLM, load_local_llm
     from nacosae.models.text2image import load_pipeline
     from nacosae.search.controls import load_embedder
 
-    pins = pins or {}
     dtypes = model_dtypes(device)
     mode = options.offload
     vision = ModelHandle(
         cache, vision_spec(options.model, options.weights, device, vision_dtype, mode), load_vision
     )
-    t2i_revision = _pinned_revision(
-        options.t2i_model, pins, "t2i", "text-to-image model", "--t2i-model"
-    )
     t2i = ModelHandle(
         cache,
-        ModelSpec("t2i", options.t2i_model, t2i_revision, dtypes["t2i"], device, mode),
+        ModelSpec("t2i", options.t2i_model, versions.t2i, dtypes["t2i"], device, mode),
         load_pipeline,
     )
     llm_spec = None
     llm: LanguageModel
     if options.llm_url:
-        server = HTTPLLM(
+        llm = HTTPLLM(
             options.llm_url,
             options.language_model,
             max_tokens=options.max_new_tokens,
             concurrency=options.llm_concurrency,
         )
-        server.check()
-        llm = server
     else:
-        revision = _pinned_revision(
-            options.language_model, pins, "llm", "language model", "--language-model"
+        llm_spec = ModelSpec(
+            "llm", options.language_model, versions.llm, dtypes["llm"], device, mode
         )
-        llm_spec = ModelSpec("llm", options.language_model, revision, dtypes["llm"], device, mode)
         llm = LocalLLM(
             ModelHandle(cache, llm_spec, load_local_llm),
             max_new_tokens=options.max_new_tokens,

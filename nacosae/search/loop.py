@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from nacosae.errors import NacosaeError
+from nacosae.errors import ConceptParseError, NacosaeError
 from nacosae.search.controls import ControlSelector, class_concept
 from nacosae.search.history import History, Scored, normalise
 from nacosae.search.prompts import PromptValues, Proposal, Template, parse_answer
@@ -243,10 +243,11 @@ class Search:
         timer: PhaseTimer,
         recorded: list[dict[str, Any]] | None = None,
         on_phase: Callable[[int], None] = lambda iteration: None,
+        counters: Counters | None = None,
     ) -> None:
         self.parts, self.settings, self.writer, self.timer = parts, settings, writer, timer
         self.states = [NeuronState(n, settings.seed) for n in neurons]
-        self.counters = Counters()
+        self.counters = counters or Counters()  # this attempt's work (replayed phases excluded)
         self.concepts = ConceptCache(parts, settings, timer, self.counters)
         self.replay = Replay(list(recorded or []), writer)
         self.on_phase = on_phase
@@ -338,7 +339,7 @@ class Search:
                 answers[neuron].append(reply)
                 try:
                     proposal = parse_answer(reply, tried[neuron])
-                except Exception as exc:  # ConceptParseError: re-ask with the problem stated
+                except ConceptParseError as exc:  # re-ask with the problem stated
                     errors[neuron].append(str(exc))
                     chats[neuron] = [
                         *chats[neuron],
@@ -453,8 +454,6 @@ class Search:
         calls = calls if calls is not None else event["parse_retries"] + 1
         state.llm_calls += calls
         state.parse_retries += calls - 1
-        self.counters.llm_calls += calls
-        self.counters.parse_retries += calls - 1
         if event.get("status") != "failed":
             self._replay_score(state, event)
             state.proposed.append(event["concept"])

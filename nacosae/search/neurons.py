@@ -27,9 +27,18 @@ def parse_spec(spec: str, n_units: int, seed: int) -> list[int]:
             chosen.extend(random.Random(seed).sample(range(n_units), int(count)))
         elif match := RANGE.match(part):
             start, stop, step = (int(g) if g else None for g in match.groups())
+            if step == 0:
+                raise NacosaeError(f"neuron range {part!r} has step 0: use a step of 1 or more")
+            if stop <= start:
+                raise NacosaeError(
+                    f"neuron range {part!r} is empty: write start:stop with stop above start "
+                    f"(e.g. {stop}:{start + 1})"
+                )
             chosen.extend(range(start, stop, step or 1))
         elif part.isdigit():
             chosen.append(int(part))
+        elif part.lstrip("-").isdigit():
+            raise NeuronOutOfRange(f"neuron ids start at 0: {part} is not a unit")
         else:
             raise NacosaeError(
                 f"bad neuron selection {part!r}: use ids (12), ranges (0:100), lists (1,5,9) or "

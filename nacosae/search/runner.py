@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nacosae import __version__, progress
-from nacosae.errors import NacosaeError
+from nacosae.errors import Interrupted, NacosaeError
 from nacosae.models.cache import GIB, ModelCache
+from nacosae.search.loop import PHASES, Counters, PhaseTimer
 from nacosae.search.options import ExplainOptions
+from nacosae.search.prompts import Template
 from nacosae.store.runs import RUN_FILE, RunWriter, make_run_id, read_events
 
 
@@ -33,58 +36,163 @@ def _versions() -> dict[str, str]:
 class ExplainResult:
     run_dir: Path
     summary: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CheckedInputs:
+    """Everything about a run's inputs that can be wrong, found out before anything is created
+    or loaded: options, output folders, prompt templates, device, control store, neurons."""
+
+    templates: tuple[Template, Template]
+    device: str
+    store: Any
+    neurons: list[int]
+    versions: Any  # components.ModelVersions
+
+
+def check_output_folders(options: ExplainOptions) -> None:
+    """The runs folder and NACOSAE_HOME (control stores, concept cache) can be written."""
+    from nacosae.config import writable_folder
+
+    writable_folder(options.save_dir, "the runs folder (--out or SAVE_DIR)")
+    writable_folder(Path(options.controls_root).parent, "NACOSAE_HOME")
+
+
+def check_inputs(options: ExplainOptions, pins: dict[str, Any] | None = None) -> CheckedInputs:
+    from nacosae.controls import resolve_device
+    from nacosae.search import components
+    from nacosae.search import neurons as selection
+    from nacosae.search.prompts import load_template
+
+    options.validate()
+    templates = (
+        load_template(options.prompt, "main"),
+        load_template(options.summary_prompt, "summary"),
+    )
+    check_output_folders(options)
+    device = resolve_device(options.device)
+    store = _open_store(options)
+    where = f"layer {options.layer} of {options.model}"
+    neurons = selection.resolve(options.neurons, store.n_units, options.seed, where)
+    versions = components.resolve_models(options, pins)
+    return CheckedInputs(templates, device, store, neurons, versions)
+
+
+@dataclass
+class Attempt:
+    """One process's work on a run: started, counted and timed, recorded however it ends."""
+
+    cache: ModelCache
+    started: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    clock: float = field(default_factory=time.perf_counter)
+    counters: Counters = field(default_factory=Counters)
+    timer: PhaseTimer = field(default_factory=PhaseTimer)
+    loads_before: int = 0
+
+    def __post_init__(self) -> None:
+        self.loads_before = self.cache.stats.loads
+
+    def record(self, status: str) -> dict[str, Any]:
+        c = self.counters
+        return {
+            "started": self.started,
+            "status": status,
+            "seconds": round(time.perf_counter() - self.clock, 3),
+            "images_rendered": c.images_rendered,
+            "cache_hits": c.cache_hits,
+            "llm_calls": c.llm_calls,
+            "parse_retries": c.parse_retries,
+            "model_loads": self.cache.stats.loads - self.loads_before,
+            "phase_seconds": self.timer.as_dict(),
+        }
+
+
+def total_of(attempts: list[dict[str, Any]]) -> dict[str, Any]:
+    """run.json `totals`: every attempt's work added up (replayed phases are not work)."""
+    keys = ("images_rendered", "cache_hits", "llm_calls", "parse_retries", "model_loads")
+    totals: dict[str, Any] = {k: sum(a.get(k, 0) for a in attempts) for k in keys}
+    totals["seconds"] = {
+        phase: round(sum(a.get("phase_seconds", {}).get(phase, 0.0) for a in attempts), 4)
+        for phase in PHASES
+    }
+    totals["wall_seconds"] = round(sum(a.get("seconds", 0.0) for a in attempts), 3)
+    return totals
 
 
 def run_explain(
     options: ExplainOptions, cache: ModelCache, resume: Path | None = None
 ) -> ExplainResult:
     """Run the search, or with `resume` continue the run in that directory (`options` then come
-    from `resumed_options(resume)`); the run directory records the outcome."""
-    recorded: list[dict[str, Any]] = []
+    from `resumed_options(resume)`). Inputs are checked before any folder is made or model
+    loaded; the run directory then records the outcome, whatever it is."""
+    inputs = check_inputs(options, _recorded_models(resume) if resume is not None else None)
     if resume is not None:
         writer, recorded = _reopen(resume)
     else:
-        options.validate()
-        run_id = make_run_id(options.model, options.layer, options.neurons)
-        writer = RunWriter.create(
-            options.save_dir,
-            run_id,
-            {
-                "config": options.record(),
-                "versions": _versions(),
-                "seed": options.seed,
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            },
-        )
+        writer, recorded = _create(options), []
     cache.set_budget(options.gpu_memory * GIB if options.gpu_memory else None)
-    started = time.perf_counter()
-    try:
-        summary = _run(options, cache, writer, recorded)
-    except KeyboardInterrupt:
-        writer.update(status="interrupted", seconds=round(time.perf_counter() - started, 3))
-        raise
-    except NacosaeError as err:
+    attempt = Attempt(cache)
+    earlier = [
+        {**a, "status": "killed"} if a.get("status") == "running" else a
+        for a in writer.record.get("attempts", [])
+    ]  # an attempt still "running" in run.json was killed before it could say so
+
+    def record(status: str, **fields: Any) -> None:
+        attempts = [*earlier, attempt.record(status)]
+        totals = total_of(attempts)
         writer.update(
-            status="failed", error=str(err), seconds=round(time.perf_counter() - started, 3)
+            status=status,
+            attempts=attempts,
+            totals=totals,
+            seconds=totals["wall_seconds"],
+            model_cache=cache.stats.as_dict(),
+            **fields,
         )
+
+    status, error = "failed", None
+    try:
+        record("running")
+        summary, warnings = _run(
+            options, inputs, cache, writer, recorded, attempt, lambda: record("running")
+        )
+        status = "done"
+        return ExplainResult(writer.directory, summary, warnings)
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise Interrupted(
+            f"finished phases are kept; continue with: nacosae explain --resume {writer.directory}"
+        ) from None
+    except NacosaeError as err:
+        error = str(err)
         raise
     except Exception as err:
-        if type(err).__name__ == "OutOfMemoryError":
-            message = (
-                "out of GPU memory: use --offload model (or sequential), a --gpu-memory budget "
-                "below the free memory, a smaller --t2i-batch, or smaller models"
-            )
-            writer.update(status="failed", error=message)
-            raise NacosaeError(message) from err
-        writer.update(status="failed", error=f"{type(err).__name__}: {err}")
-        raise
-    writer.update(
-        status="done",
-        seconds=round(time.perf_counter() - started, 3),
-        finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        model_cache=cache.stats.as_dict(),
+        if type(err).__name__ != "OutOfMemoryError":
+            error = f"{type(err).__name__}: {err}"
+            raise
+        error = (
+            "out of GPU memory: use --offload model (or sequential), a --gpu-memory budget "
+            "below the free memory, a smaller --t2i-batch, or smaller models"
+        )
+        raise NacosaeError(error) from err
+    finally:
+        ended = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")} if status == "done" else {}
+        record(status, error=error, **ended)
+        writer.close()
+
+
+def _create(options: ExplainOptions) -> RunWriter:
+    run_id = make_run_id(options.model, options.layer, options.neurons)
+    return RunWriter.create(
+        options.save_dir,
+        run_id,
+        {
+            "config": options.record(),
+            "versions": _versions(),
+            "seed": options.seed,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
     )
-    return ExplainResult(writer.directory, summary)
 
 
 def resumed_options(directory: Path) -> ExplainOptions:
@@ -94,12 +202,24 @@ def resumed_options(directory: Path) -> ExplainOptions:
     directory = Path(directory).expanduser()
     if not (directory / RUN_FILE).is_file():
         raise NacosaeError(f"--resume {directory}: no run.json there, so it is not a run directory")
-    record = json.loads((directory / RUN_FILE).read_text())
+    try:
+        record = json.loads((directory / RUN_FILE).read_text())
+        options = ExplainOptions.from_record(record["config"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise NacosaeError(f"--resume {directory}: run.json is unreadable ({exc})") from exc
     if record.get("status") == "done":
         raise NacosaeError(f"run {directory.name} is already done: nothing to resume")
-    options = ExplainOptions.from_record(record["config"])
     options.save_dir = directory.parent
     return options
+
+
+def _recorded_models(directory: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        return json.loads((Path(directory).expanduser() / RUN_FILE).read_text()).get("models", {})
+    except (OSError, ValueError):
+        return {}
 
 
 def _reopen(directory: Path) -> tuple[RunWriter, list[dict[str, Any]]]:
@@ -113,43 +233,34 @@ def _reopen(directory: Path) -> tuple[RunWriter, list[dict[str, Any]]]:
 
 def _run(
     options: ExplainOptions,
+    inputs: CheckedInputs,
     cache: ModelCache,
     writer: RunWriter,
     recorded: list[dict[str, Any]],
-) -> dict[str, Any]:
-    from nacosae.controls import resolve_device
-    from nacosae.search import neurons as selection
-    from nacosae.search.loop import PhaseTimer, Search
-    from nacosae.search.prompts import load_template
+    attempt: Attempt,
+    checkpoint: Callable[[], None],
+) -> tuple[dict[str, Any], list[str]]:
+    from nacosae.search.loop import Search
 
-    templates = (
-        load_template(options.prompt, "main"),
-        load_template(options.summary_prompt, "summary"),
-    )
-    device = resolve_device(options.device)
-    store = _open_store(options)
-    where = f"layer {options.layer} of {options.model}"
-    neurons = selection.resolve(options.neurons, store.n_units, options.seed, where)
-    parts, settings, facts = _build_parts(options, cache, store, device, templates, writer.record)
-    writer.update(neurons=neurons, device=device, **facts)
-    timer = PhaseTimer()
-    with progress.progress_bar("phase") as bar:
-        task = bar.add_task("explain", total=options.n_iters + 2)
+    neurons = inputs.neurons
+    parts, settings, facts = _build_parts(options, cache, inputs)
+    writer.update(neurons=neurons, device=inputs.device, **facts)
+    phases = options.n_iters + 2
+    label = f"{len(neurons)} neuron" + ("s" if len(neurons) > 1 else "")
+    with progress.phase_progress(phases, label) as report:
 
         def show(iteration: int) -> None:
-            c = search.counters
-            looked_up = c.cache_hits + c.concepts_rendered
-            bar.update(
-                task,
-                completed=iteration + 1,
-                description=(
-                    f"{len(neurons)} neurons | phase {iteration}/{options.n_iters + 1} | "
-                    f"{c.images_rendered} images rendered | concept cache hits "
-                    f"{c.cache_hits}/{looked_up}"
-                ),
+            checkpoint()  # run.json counts this attempt's work so far, in case it is killed
+            c = attempt.counters
+            report(
+                iteration + 1,
+                f"{c.images_rendered} img, cache {c.cache_hits}/"
+                f"{c.cache_hits + c.concepts_rendered}",
             )
 
-        search = Search(neurons, parts, settings, writer, timer, recorded, show)
+        search = Search(
+            neurons, parts, settings, writer, attempt.timer, recorded, show, attempt.counters
+        )
         results = search.run()
     summary = {
         "run_id": writer.directory.name,
@@ -157,18 +268,35 @@ def _run(
         "neurons": {str(n): results[n] for n in neurons},
     }
     writer.write_summary(summary)
-    previous = writer.record.get("totals") or {}
-    c = search.counters
-    totals = {
-        "images_rendered": c.images_rendered + previous.get("images_rendered", 0),
-        "cache_hits": c.cache_hits + previous.get("cache_hits", 0),
-        "llm_calls": c.llm_calls,
-        "parse_retries": c.parse_retries,
-        "model_loads": cache.stats.loads,
-        "seconds": timer.as_dict(),
-    }
-    writer.update(totals=totals)
-    return summary
+    warnings = run_warnings(read_events(writer.directory), summary)
+    writer.update(warnings=warnings)
+    return summary, warnings
+
+
+def run_warnings(events: list[dict[str, Any]], summary: dict[str, Any]) -> list[str]:
+    """What makes a finished run's explanations doubtful, in words for the user."""
+    warnings = []
+    proposals = [e for e in events if e.get("source") in ("llm", "summary")]
+    failed = [e for e in proposals if e.get("status") == "failed"]
+    if proposals and len(failed) * 2 >= len(proposals):
+        retries = sum(e.get("parse_retries", 0) for e in proposals)
+        warnings.append(
+            f"{len(failed)} of {len(proposals)} LLM proposals could not be used ({retries} "
+            "re-asks): the LLM does not follow the answer format; try a larger "
+            "--language-model or --prompt few-shot"
+        )
+    neurons = summary.get("neurons", {})
+    initial = [
+        n
+        for n, v in neurons.items()
+        if ((v.get("best") or {}).get("source") or "").startswith("initial")
+    ]
+    if neurons and len(initial) == len(neurons):
+        warnings.append(
+            "every neuron's best concept is one of the initial control classes: no LLM "
+            "proposal scored higher"
+        )
+    return warnings
 
 
 def _open_store(options: ExplainOptions) -> Any:
@@ -178,12 +306,7 @@ def _open_store(options: ExplainOptions) -> Any:
 
 
 def _build_parts(
-    options: ExplainOptions,
-    cache: ModelCache,
-    store: Any,
-    device: str,
-    templates: tuple,
-    record: dict[str, Any],
+    options: ExplainOptions, cache: ModelCache, inputs: CheckedInputs
 ) -> tuple[Any, Any, dict[str, Any]]:
     """The search's parts (model steps, controls, concept cache), its settings, and the facts
     about them that run.json keeps."""
@@ -191,10 +314,9 @@ def _build_parts(
     from nacosae.search import components
     from nacosae.search.loop import SearchParts, SearchSettings
 
+    store, device, templates = inputs.store, inputs.device, inputs.templates
     vision_dtype = compute_dtype(store.index["dtype"], device)
-    models = components.build_models(
-        options, cache, device, vision_dtype, pins=record.get("models")
-    )
+    models = components.build_models(options, cache, device, vision_dtype, inputs.versions)
     weights_id = components.weights_id(models.vision)
     if weights_id != store.index["weights"]:
         raise NacosaeError(

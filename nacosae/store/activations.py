@@ -163,6 +163,14 @@ class StoreBuilder:
                 "rerun with --overwrite to replace it"
             )
 
+    def abandon(self) -> None:
+        """Remove what this build wrote (it produced nothing usable)."""
+        self._clear()
+        remove_stale_temporaries(self.directory)
+        for folder in (self.directory, self.directory.parent):  # <model>/<layer>, then <model>
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+
     def _clear(self) -> None:
         for path in self.directory.glob("activations-*.safetensors"):
             path.unlink()

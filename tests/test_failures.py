@@ -1,0 +1,240 @@
+"""Every failure a user can cause is one clear line and loses nothing: interrupts, resumes,
+locks, killed processes, unwritable locations, unreadable inputs, runs that failed in substance."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from nacosae.config import settings
+from tests.chatserver import ChatServer
+from tests.test_explain import answers, events_of, explain_args, only_run
+
+SMOKE = ("explain", "--preset", "smoke", "--n-iters", "2")
+
+
+def record_of(run) -> dict:
+    return json.loads((run / "run.json").read_text())
+
+
+def lines_of(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.strip()]
+
+
+def interrupt_on_call(monkeypatch, number: int, action=None):
+    """Make the smoke LLM's `number`-th batch stop the run (KeyboardInterrupt or `action`)."""
+    from nacosae.models import language
+
+    real = language.LocalLLM.chat_many
+    calls = []
+
+    def chat_many(self, requests):
+        calls.append(1)
+        if len(calls) == number:
+            if action is None:
+                raise KeyboardInterrupt
+            action()
+        return real(self, requests)
+
+    monkeypatch.setattr(language.LocalLLM, "chat_many", chat_many)
+
+
+def test_totals_add_up_over_attempts(invoke, tmp_path, monkeypatch):
+    with pytest.MonkeyPatch.context() as patched:
+        interrupt_on_call(patched, 2)
+        assert invoke(*SMOKE, "--out", tmp_path / "cut").exit_code == 130
+    run = only_run(tmp_path / "cut")
+    assert invoke("explain", "--resume", run).exit_code == 0
+    monkeypatch.setenv("NACOSAE_HOME", str(tmp_path / "fresh"))  # no concept cache hits
+    settings.cache_clear()
+    assert invoke(*SMOKE, "--out", tmp_path / "whole").exit_code == 0
+    resumed, whole = record_of(run), record_of(only_run(tmp_path / "whole"))
+    assert [a["status"] for a in resumed["attempts"]] == ["interrupted", "done"]
+    for key in ("images_rendered", "llm_calls", "parse_retries"):
+        assert resumed["totals"][key] == whole["totals"][key], key
+        assert resumed["totals"][key] == sum(a[key] for a in resumed["attempts"])
+    assert resumed["attempts"][1]["images_rendered"] < whole["totals"]["images_rendered"]
+
+
+def test_a_run_in_use_is_refused_and_a_dead_holder_is_taken_over(invoke, tmp_path):
+    from nacosae.store.runs import LOCK_FILE, RunLock
+
+    with pytest.MonkeyPatch.context() as patched:
+        interrupt_on_call(patched, 1)
+        assert invoke(*SMOKE).exit_code == 130
+    run = only_run(tmp_path / "runs")
+    holder = RunLock(run)
+    holder.acquire()  # another process working on the run, as far as flock can tell
+    try:
+        busy = invoke("explain", "--resume", run)
+    finally:
+        holder.release()
+    assert busy.exit_code == 1
+    assert f"is in use by process {os.getpid()} on " in busy.output
+    assert events_of(run)  # untouched
+    (run / LOCK_FILE).write_text("4242 on a machine that crashed")  # left behind, not held
+    assert invoke("explain", "--resume", run).exit_code == 0
+    assert record_of(run)["status"] == "done"
+
+
+def test_sigterm_stops_a_run_like_ctrl_c(invoke, tmp_path, monkeypatch):
+    interrupt_on_call(monkeypatch, 2, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    result = invoke(*SMOKE)
+    assert result.exit_code == 130
+    run = only_run(tmp_path / "runs")
+    assert record_of(run)["status"] == "interrupted"
+    assert "nacosae explain --resume" in " ".join(result.output.split())
+    assert [e["iteration"] for e in events_of(run)].count(1) == 1  # complete phases only
+
+
+def test_a_run_whose_process_died_reads_stale(invoke, runs_dir, tmp_path):
+    from nacosae.report.runs import load_run
+
+    done = next(runs_dir.glob("*n0-5"))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
+                          capture_output=True, text=True)  # fmt: skip
+    copy = tmp_path / "runs" / done.name
+    copy.mkdir(parents=True)
+    for name in ("events.jsonl", "summary.json"):
+        (copy / name).write_bytes((done / name).read_bytes())
+    record = {**record_of(done), "status": "running"}
+    record["process"] = {"pid": int(dead.stdout), "host": socket.gethostname()}
+    (copy / "run.json").write_text(json.dumps(record))
+    assert load_run(copy).status == "stale"
+    table = invoke("report", tmp_path / "runs", "--format", "csv")
+    assert ",stale," in table.output and "resume it with nacosae explain --resume" in table.output
+
+
+def test_controls_killed_while_finishing_resume(invoke, image_tree, monkeypatch):
+    from nacosae.store.activations import StoreBuilder
+
+    real = StoreBuilder.finish
+
+    def killed(self, names):
+        monkeypatch.setattr(StoreBuilder, "finish", real)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(StoreBuilder, "finish", killed)
+    args = ("controls", "--model", "tiny_cnn", "--images", image_tree, "--workers", "0")
+    stopped = invoke(*args)
+    assert stopped.exit_code == 130 and "rerun the same command to continue" in stopped.output
+    again = invoke(*args)
+    assert again.exit_code == 0, again.output
+    assert "done" in again.output
+
+
+def test_controls_refuse_folders_with_no_readable_image(invoke, tmp_path):
+    images = tmp_path / "broken"
+    for name in ("a", "b"):
+        (images / name).mkdir(parents=True)
+        (images / name / "0.jpg").write_bytes(b"not a jpeg")
+    result = invoke("controls", "--model", "tiny_cnn", "--images", images, "--workers", "0")
+    assert result.exit_code == 1
+    assert f"none of the 2 image files under {images} could be read" in " ".join(
+        result.output.split()
+    )
+    assert not (tmp_path / "nacosae_home" / "controls" / "tiny_cnn").exists()
+
+
+@pytest.mark.parametrize("variable", ["SAVE_DIR", "NACOSAE_HOME"])
+def test_a_file_where_a_folder_belongs_is_one_line(invoke, tmp_path, monkeypatch, variable):
+    blocker = tmp_path / "in-the-way"
+    blocker.write_text("a file")
+    monkeypatch.setenv(variable, str(blocker / "below"))
+    result = invoke(*SMOKE)
+    assert result.exit_code == 1
+    assert lines_of(result.output)[0].startswith("error: ") and len(lines_of(result.output)) == 2
+    assert f"{blocker} is a file" in " ".join(result.output.split())
+    assert "Traceback" not in result.output
+    assert blocker.read_text() == "a file"
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_out_folder_is_one_line(invoke, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    result = invoke(*SMOKE, "--out", locked / "runs")
+    assert result.exit_code == 1
+    assert "is not writable" in result.output
+
+
+def test_programming_errors_in_parsing_are_not_taken_for_bad_answers(invoke, monkeypatch):
+    from nacosae.search import loop
+
+    def broken(reply, tried):
+        raise ValueError("a bug, not the LLM's fault")
+
+    monkeypatch.setattr(loop, "parse_answer", broken)
+    with pytest.raises(ValueError, match="a bug"):
+        invoke(*SMOKE)
+
+
+def test_a_run_whose_proposals_mostly_fail_says_so(invoke, controls, t2i_dir, tmp_path):
+    with ChatServer(answers("I refuse to use the format.")) as server:
+        result = invoke(*explain_args(t2i_dir, server, "--neuron-id", "0"))
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "warning: 3 of 3 LLM proposals could not be used (9 re-asks)" in text
+    run = only_run(tmp_path / "runs")
+    assert "3 of 3 LLM proposals could not be used" in record_of(run)["warnings"][0]
+    seeds = [r["seed"] for r in server.requests]
+    assert len(set(seeds)) == len(seeds)  # every re-ask samples anew
+    report = invoke("report", tmp_path / "runs", "--format", "csv")
+    assert "LLM proposals could not be used" in report.output
+
+
+def test_explain_progress_is_plain_lines_when_not_a_terminal(invoke):
+    result = invoke(*SMOKE)
+    assert result.exit_code == 0
+    phases = [line for line in result.output.splitlines() if ": phase " in line]
+    assert [p.split(",")[0] for p in phases] == [f"1 neuron: phase {k}/4" for k in (1, 2, 3, 4)]
+    assert all(len(p) <= 80 for p in phases)
+    assert "\r" not in result.output
+
+
+def test_every_help_shows_its_defaults_and_no_bool_metavar(runner, monkeypatch):
+    import typer.main
+    import typer.rich_utils
+
+    from nacosae.cli import app
+
+    monkeypatch.setattr(typer.rich_utils, "MAX_WIDTH", 400)
+    root = typer.main.get_command(app)
+    pending = [((), root)]
+    checked = 0
+    while pending:
+        path, command = pending.pop()
+        pending += [((*path, n), c) for n, c in getattr(command, "commands", {}).items()]
+        output = " ".join(runner.invoke(app, [*path, "--help"]).output.split())
+        for param in command.params:
+            help_text = " ".join((getattr(param, "help", None) or "").split())
+            if "\\[default:" in help_text:
+                hint = help_text.split("\\[default:")[1].split("]")[0]
+                assert f"[default:{hint}]" in output, (path, param.name)
+                checked += 1
+        assert "<bool>" not in output.replace("--help <bool>", ""), path
+    assert checked >= 8
+
+
+def test_report_table_to_a_file_fixed_columns_errors_and_smoke(invoke, runs_dir, tmp_path):
+    from nacosae.report.runs import ROW_COLUMNS
+
+    out = tmp_path / "table.txt"
+    assert invoke("report", runs_dir, "--out", out).exit_code == 0
+    table = out.read_text()
+    assert table.split()[:3] == ["run_id", "model", "layer"]
+    assert "the language model broke down" in table
+    assert "smoke: meaningless" in table
+    csv_text = invoke("report", runs_dir, "--format", "csv").output
+    assert csv_text.splitlines()[0] == ",".join(ROW_COLUMNS)
+    assert "the language model broke down" in csv_text and ",smoke," in csv_text
+    rows = json.loads(invoke("report", runs_dir, "--format", "json").output)
+    assert all(list(r) == list(ROW_COLUMNS) for r in rows)
+    assert any(r["error"] == "the language model broke down" for r in rows)
+    kept = invoke("report", runs_dir, "--format", "csv", "--exclude-smoke").output
+    assert ",smoke," not in kept and kept.splitlines()[0] == ",".join(ROW_COLUMNS)
