@@ -15,7 +15,7 @@ run has the same settings; `prepare` rebuilds what `smoke` needs at run time.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -132,20 +132,33 @@ def write_smoke_models(models: Path, embedder_too: bool) -> None:
         write_tiny_sentence_embedder,
     )
 
-    t2i, llm, embedder = models / SMOKE_T2I, models / SMOKE_LLM, models / SMOKE_EMBEDDER
-    if not (t2i / "model_index.json").is_file():
-        pipe = tiny_text2image_pipeline(models / "work")
-        pipe.save_pretrained(t2i.with_suffix(".tmp"))
-        t2i.with_suffix(".tmp").replace(t2i)
-    if not (llm / "config.json").is_file():
+    def save_llm(staging: Path) -> None:
         model, tokenizer = smoke_language_model()
-        staging = llm.with_suffix(".tmp")
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        staging.replace(llm)
-    if embedder_too and not (embedder / "modules.json").is_file():
-        staging = write_tiny_sentence_embedder(embedder.with_suffix(".tmp"), models / "work")
-        staging.replace(embedder)
+
+    _write_folder_once(
+        models / SMOKE_T2I,
+        "model_index.json",
+        lambda staging: tiny_text2image_pipeline(models / "work").save_pretrained(staging),
+    )
+    _write_folder_once(models / SMOKE_LLM, "config.json", save_llm)
+    if embedder_too:
+        _write_folder_once(
+            models / SMOKE_EMBEDDER,
+            "modules.json",
+            lambda staging: write_tiny_sentence_embedder(staging, models / "work"),
+        )
+
+
+def _write_folder_once(folder: Path, marker: str, write: Callable[[Path], Any]) -> None:
+    """Write a model folder under a staging name and rename it, unless it is already complete
+    (its `marker` file exists): a killed build leaves no half folder in use."""
+    if (folder / marker).is_file():
+        return
+    staging = folder.with_suffix(".tmp")
+    write(staging)
+    staging.replace(folder)
 
 
 def prepare_smoke(options: ExplainOptions, cache: ModelCache) -> ExplainOptions:

@@ -103,7 +103,10 @@ def _table_cells(runs: list) -> list[list[str]]:
 
 def _plain_table(runs: list) -> str:
     """The table as aligned plain text (files, pipes, and tables too big for rich)."""
-    cells = _table_cells(runs)
+    return _aligned(_table_cells(runs))
+
+
+def _aligned(cells: list[list[str]]) -> str:
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(TABLE_COLUMNS)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(TABLE_COLUMNS, widths, strict=True))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
@@ -119,7 +122,7 @@ def _print_table(runs: list) -> None:
     if not out.is_terminal:
         out = Console(width=240)
     if len(cells) > RICH_ROW_LIMIT:
-        typer.echo(_plain_table(runs), nl=False)
+        typer.echo(_aligned(cells), nl=False)
         return
     table = Table(title=f"{len(runs)} runs")
     for column in TABLE_COLUMNS:

@@ -79,9 +79,14 @@ def imagenet_classes(layout: Layout = "wnid") -> list[ImageNetClass]:
     ]
 
 
+@cache
+def _concepts_by_wnid() -> dict[str, str]:
+    return {wnid: concept for wnid, concept, _ in _class_rows()}
+
+
 def concept_for_wnid(wnid: str | None) -> str | None:
     """The packaged concept name of an ImageNet class, if `wnid` is one."""
-    return {w: concept for w, concept, _ in _class_rows()}.get(wnid or "")
+    return _concepts_by_wnid().get(wnid or "")
 
 
 @dataclass

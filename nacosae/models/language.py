@@ -1,8 +1,9 @@
 """LLM backends that turn a chat (list of messages) into the model's reply text.
 
 - LocalLLM: a transformers causal LM with its chat template; sampling with temperature 0.5 and
-  top-p 0.9, bounded new tokens, the torch RNG seeded per call so runs repeat exactly. It takes
-  its model from the ModelCache inside each batch (`with model.use()`), never holding it.
+  top-p 0.9, bounded new tokens; each chat samples with its own seeded generator, so runs repeat
+  exactly and a chat's reply does not depend on its batch. It takes its model from the
+  ModelCache inside each batch (`with model.use()`), never holding it.
 - HTTPLLM: any OpenAI-compatible chat-completions server (vLLM, Ollama, llama.cpp) at `--llm-url`,
   through the `openai` client (bounded retries with backoff on 408/409/429/5xx, connection
   errors and timeouts); the key comes from NACOSAE_LLM_API_KEY or OPENAI_API_KEY.

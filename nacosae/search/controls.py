@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 STRATEGIES = ("full", "dissimilar-class")
 
 
-def class_concept(control_class: dict[str, Any]) -> str:
+def stored_class_concept(control_class: dict[str, Any]) -> str:
     """The words used for a control class of a store (stores written before concept names were
     recorded get them from the label and WordNet id)."""
     from nacosae.data.images import class_concept as from_parts
@@ -46,7 +46,7 @@ class ControlSelector:
         if self.strategy == "full":
             return values, {"strategy": "full", "images": int(len(values))}
         if self._class_vectors is None:
-            self._class_vectors = self.embed([class_concept(c) for c in self.classes])
+            self._class_vectors = self.embed([stored_class_concept(c) for c in self.classes])
         similarity = self._class_vectors @ self.embed([concept])[0]
         weights = np.clip(1.0 - similarity, 0.0, None)
         nonempty = np.array([c["rows"][1] > c["rows"][0] for c in self.classes])

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from nacosae.errors import ConceptParseError, NacosaeError
-from nacosae.search.controls import ControlSelector, class_concept
+from nacosae.search.controls import ControlSelector, stored_class_concept
 from nacosae.search.history import History, Scored, normalise
 from nacosae.search.prompts import PromptValues, Proposal, Template, parse_answer
 from nacosae.search.scoring import score_all
@@ -389,7 +389,7 @@ class Search:
         seen: set[str] = set()
         concepts = []
         for i, source in chosen:
-            concept = class_concept(self.parts.classes[i])
+            concept = stored_class_concept(self.parts.classes[i])
             if normalise(concept) not in seen:
                 seen.add(normalise(concept))
                 concepts.append((concept, source))

@@ -16,11 +16,10 @@ from nacosae.errors import NacosaeError
 from nacosae.models.downloads import DEFAULT_EMBEDDER, DEFAULT_LANGUAGE_MODEL, DEFAULT_T2I_MODEL
 from nacosae.models.language import HTTP_CONCURRENCY, MAX_NEW_TOKENS
 from nacosae.models.residency import OFFLOAD_MODES
+from nacosae.models.text2image import IMAGE_PROMPTS, IMAGE_SEEDS
 from nacosae.search.controls import STRATEGIES
 from nacosae.search.scoring import METRICS
 
-IMAGE_PROMPTS = ("varied", "line")
-IMAGE_SEEDS = ("hashed", "index")
 INITIAL_RANDOM = ("others", "any")
 
 
