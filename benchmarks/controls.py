@@ -36,10 +36,11 @@ def make_jpegs(root: Path, n: int, classes: int = 8) -> None:
 def forward_only_rate(model: torch.nn.Module, images: Path, batch_size: int) -> float:
     """Images/s of the model alone, on images already decoded and preprocessed."""
     from nacosae.data.images import ControlImages, list_image_folder
+    from nacosae.models.preprocessing import DEFAULT
     from nacosae.models.vision import layer_activations
 
     listing = list_image_folder(images)
-    dataset = ControlImages(listing, list(range(len(listing))))
+    dataset = ControlImages(listing, list(range(len(listing))), DEFAULT)
     tensors = torch.stack([dataset[i][0] for i in range(len(dataset))])
     layer_activations(model, "avgpool", tensors[:batch_size])  # warm-up
     start = time.perf_counter()

@@ -239,10 +239,11 @@ def decode_rate(images: Path, batch_size: int, workers: int) -> float:
     from torch.utils.data import DataLoader
 
     from nacosae.data.images import ControlImages, list_image_folder
+    from nacosae.models.preprocessing import DEFAULT
 
     listing = list_image_folder(images)
     loader = DataLoader(
-        ControlImages(listing, list(range(len(listing)))),
+        ControlImages(listing, list(range(len(listing))), DEFAULT),
         batch_size=batch_size,
         num_workers=workers,
         prefetch_factor=4 if workers else None,

@@ -29,10 +29,9 @@ def build_store(directory: Path, acts: torch.Tensor, classes: int, shard_size: i
     per_class = n_images // classes
     labels = [i // per_class for i in range(n_images)]
     identity = {"model": "bench", "layer": "avgpool", "weights": "w", "dataset": "d"}
-    identity["dtype"] = "float16"
+    identity.update(dtype="float16", preprocessing="none", units={"tokens": "cls", "sae": None})
     details = {
         "pooling": "mean",
-        "preprocessing": "none",
         "classes": [
             {"index": c, "wnid": None, "folder": f"c{c}", "label": f"c{c}"} for c in range(classes)
         ],

@@ -13,15 +13,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from nacosae import progress
 from nacosae.config import writable_folder
-from nacosae.data.images import (
-    PREPROCESSING_DESCRIPTION,
-    ControlImages,
-    ImageFolderListing,
-    list_image_folder,
-)
+from nacosae.data.images import ControlImages, ImageFolderListing, list_image_folder
 from nacosae.errors import ImagesNotFound, NacosaeError
 from nacosae.models.cache import ModelCache, ModelSpec
+from nacosae.models.preprocessing import Preprocessing, Triple
 from nacosae.models.residency import OffloadMode
+from nacosae.models.units import Readout, TokenPooling, make_readout
 from nacosae.store.activations import ControlStore, StoreBuilder, shard_spans, store_dir
 
 if TYPE_CHECKING:
@@ -47,6 +44,14 @@ class ControlsRequest:
     dtype: DType = "float32"
     overwrite: bool = False
     shard_size: int = DEFAULT_SHARD_SIZE
+    token_pooling: TokenPooling = "cls"
+    sae: Path | None = None
+    image_size: int | None = None
+    mean: Triple | None = None
+    std: Triple | None = None
+
+    def readout(self) -> Readout:
+        return make_readout(self.token_pooling, self.sae)
 
 
 def resolve_device(device: str) -> str:
@@ -117,14 +122,18 @@ def build_controls(request: ControlsRequest, cache: ModelCache) -> ControlsResul
         raise NacosaeError("--batch-size must be at least 1")
     if request.shard_size < 1:
         raise NacosaeError("--shard-size must be at least 1")
+    if request.image_size is not None and request.image_size < 8:
+        raise NacosaeError("--image-size must be at least 8 pixels")
     writable_folder(request.controls_root, "the control store folder (NACOSAE_HOME/controls)")
     listing = list_image_folder(request.images)
+    readout = request.readout()
     device = resolve_device(request.device)
     run_dtype = compute_dtype(request.dtype, device)
     spec = vision_spec(request.model, request.weights, device, run_dtype)
     torch_dtype = getattr(torch, run_dtype)
     with cache.use(spec, load_vision) as model:
-        builder = _store_builder(request, listing, model, device, torch_dtype)
+        recipe = model_preprocessing(model, request.image_size, request.mean, request.std)
+        builder = _store_builder(request, listing, model, device, torch_dtype, recipe, readout)
         directory = builder.directory
         done = builder.begin(overwrite=request.overwrite)
         if builder.complete:
@@ -133,7 +142,9 @@ def build_controls(request: ControlsRequest, cache: ModelCache) -> ControlsResul
             progress.info(f"resuming: {done} of {len(builder.spans)} shards already written")
         processed = 0
         if done < len(builder.spans):  # else it was killed while writing the last files
-            processed = _extract(request, listing, builder, model, device, torch_dtype, done)
+            processed = _extract(
+                request, listing, builder, model, device, torch_dtype, done, recipe, readout
+            )
     if builder.next_row() == 0:
         builder.abandon()
         raise ImagesNotFound(
@@ -156,9 +167,11 @@ def _store_builder(
     model: nn.Module,
     device: str,
     torch_dtype: torch.dtype,
+    recipe: Preprocessing,
+    readout: Readout,
 ) -> StoreBuilder:
     """The store to write: its identity (what a later request must match) and its layout."""
-    from nacosae.models.vision import POOLING_DESCRIPTION, count_units, resolve_layer
+    from nacosae.models.vision import count_units, resolve_layer
 
     resolve_layer(model, request.layer, request.model)
     identity = {
@@ -167,12 +180,17 @@ def _store_builder(
         "weights": model.nacosae_weights_id,
         "dataset": listing.dataset_id(),
         "dtype": request.dtype,
+        "preprocessing": recipe.describe(),
+        "units": readout.identity(),
     }
     details = {
         "dataset_root": str(listing.root),
         "dataset_images": len(listing),
-        "pooling": POOLING_DESCRIPTION,
-        "preprocessing": PREPROCESSING_DESCRIPTION,
+        "pooling": readout.describe(),
+        "preprocessing_recipe": recipe.to_json(),
+        "sae": None
+        if readout.sae is None
+        else {"file": str(readout.sae.path), "d_in": readout.sae.d_in, "d_sae": readout.sae.d_sae},
         "classes": [
             {
                 "index": c.index,
@@ -184,9 +202,9 @@ def _store_builder(
             for c in listing.classes
         ],
     }
-    n_units = count_units(model, request.layer, device, torch_dtype)
+    n_units = count_units(model, request.layer, device, torch_dtype, readout)
     spans = shard_spans(len(listing), request.shard_size)
-    directory = store_dir(request.controls_root, request.model, request.layer)
+    directory = store_dir(request.controls_root, request.model, request.layer, readout.variant)
     return StoreBuilder(directory, identity, n_units, spans, details)
 
 
@@ -198,6 +216,8 @@ def _extract(
     device: str,
     torch_dtype: torch.dtype,
     first_shard: int,
+    recipe: Preprocessing,
+    readout: Readout,
 ) -> int:
     """Run the remaining shards' images through the model, writing each shard when full."""
     import torch
@@ -210,7 +230,7 @@ def _extract(
     positions = list(range(start, len(listing)))
     workers = default_workers() if request.workers is None else request.workers
     loader = DataLoader(
-        ControlImages(listing, positions),
+        ControlImages(listing, positions, recipe),
         batch_size=request.batch_size,
         num_workers=workers,
         pin_memory=device.startswith("cuda"),
@@ -227,7 +247,7 @@ def _extract(
         for images, batch_positions, ok in loader:
             images = images.to(device, dtype=torch_dtype, non_blocking=True)
             try:
-                acts = layer_activations(model, request.layer, images)
+                acts = layer_activations(model, request.layer, images, readout)
             except torch.OutOfMemoryError as exc:
                 raise NacosaeError(
                     f"out of memory at batch size {request.batch_size}: use a smaller "
@@ -263,14 +283,35 @@ def _flush(
     builder.write_shard(shard, block, labels, skipped)
 
 
-def open_controls(controls_root: Path, model: str, layer: str, verify: bool = True) -> ControlStore:
-    """The complete store for model/layer, or an error naming the command that builds it."""
+def model_preprocessing(
+    model: nn.Module,
+    image_size: int | None = None,
+    mean: Triple | None = None,
+    std: Triple | None = None,
+) -> Preprocessing:
+    """The model's own input recipe with the user's overrides."""
+    from nacosae.models import preprocessing
+
+    own = getattr(model, "nacosae_preprocessing", preprocessing.DEFAULT)
+    return own.overridden(image_size, mean, std)
+
+
+def open_controls(
+    controls_root: Path, model: str, layer: str, readout: Readout | None = None, verify: bool = True
+) -> ControlStore:
+    """The complete store for model/layer (and readout), or an error naming the command that
+    builds it."""
     from nacosae.errors import ControlsMissing
 
-    directory = store_dir(controls_root, model, layer)
+    readout = readout or Readout()
+    directory = store_dir(controls_root, model, layer, readout.variant)
     if not (directory / "index.json").is_file():
+        extra = (" --token-pooling mean" if readout.tokens == "mean" else "") + (
+            f" --sae {readout.sae.path}" if readout.sae else ""
+        )
         raise ControlsMissing(
-            f"no control activations for {model} {layer}: run "
-            f"`nacosae controls --model {model} --layer {layer}` first"
+            f"no control activations for {model} {layer}"
+            + (f" ({readout.variant})" if readout.variant else "")
+            + f": run `nacosae controls --model {model} --layer {layer}{extra}` first"
         )
     return ControlStore(directory, verify=verify)

@@ -6,7 +6,9 @@
   to end on a CPU in well under a minute: a tiny CNN, a tiny diffusers pipeline (64 px), a tiny
   Llama whose sampled replies are kept well-formed by a token constraint, a tiny sentence
   embedder, and a control store over generated images, all saved under NACOSAE_HOME/smoke and
-  loaded by the same loaders as real models. Its results mean nothing.
+  loaded by the same loaders as real models. Its results mean nothing. A real LLM may replace the
+  tiny one (`--llm-url`, where the server's own model answers unless `--language-model` names
+  one, or `--language-model` a local folder or GGUF file) to check it against the tiny parts.
 
 Options given explicitly win over presets; with both presets, `line` decides the method and
 `smoke` the models. run.json records the preset names beside the resolved options, so a resumed
@@ -49,6 +51,7 @@ LINE_SETTINGS: dict[str, Any] = {
     "image_prompts": "line",
     "image_seeds": "index",
     "initial_random": "any",
+    "llm_output": "tags",
     "seed": 42,
 }
 
@@ -83,7 +86,10 @@ def apply_presets(
         values.update(smoke_settings(options))
     if "line" in names:
         values.update(LINE_SETTINGS)
-    kept = {k: v for k, v in values.items() if k not in set(explicit)}
+    explicit = set(explicit)
+    if "smoke" in names and "llm_url" in explicit and "language_model" not in explicit:
+        values["language_model"] = ""  # a real LLM behind --llm-url: the server's own model
+    kept = {k: v for k, v in values.items() if k not in explicit}
     return replace(options, **kept, preset=[n for n in PRESETS if n in names])
 
 
@@ -183,4 +189,11 @@ def prepare_smoke(options: ExplainOptions, cache: ModelCache) -> ExplainOptions:
         ),
         cache,
     )
+    if options.llm_url or Path(options.language_model) != root / "models" / SMOKE_LLM:
+        return options  # a real LLM (--llm-url or --language-model): no format constraint
+    if options.llm_output == "json":
+        raise NacosaeError(
+            "the smoke preset's tiny LLM answers in tags only: use --llm-output tags or auto, or "
+            "give a real LLM (--llm-url, or --language-model FOLDER or FILE.gguf)"
+        )
     return replace(options, llm_constraint=smoke_answer_constraint(smoke_tokenizer()))

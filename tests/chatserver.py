@@ -3,7 +3,8 @@
 `reply(messages) -> str` decides each answer; every request body is kept in `requests`.
 `fail(n) -> status | None` makes request n (counted from 1) fail with that HTTP status, with a
 `retry-after-ms: 1` header so that the client's backoff stays short. `delay` holds each
-answer that many seconds; `max_in_flight` records the most requests served at once.
+answer that many seconds; `max_in_flight` records the most requests served at once. `models`
+are listed at GET /v1/models (none: 404, as some servers answer).
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ class ChatServer:
         reply: Callable[[list[dict]], str],
         fail: Callable[[int], int | None] = lambda n: None,
         delay: float = 0.0,
+        models: tuple[str, ...] = (),
     ) -> None:
         self.reply = reply
+        self.models = models
         self.fail = fail
         self.delay = delay
         self.requests: list[dict] = []
@@ -38,6 +41,12 @@ class ChatServer:
 
             def log_message(self, *args) -> None:
                 pass
+
+            def do_GET(self) -> None:
+                if self.path != "/v1/models" or not server.models:
+                    return self._send(404, {"error": "not found"})
+                listed = [{"id": m, "object": "model", "owned_by": "test"} for m in server.models]
+                return self._send(200, {"object": "list", "data": listed})
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))

@@ -93,7 +93,7 @@ def test_index_describes_the_store(invoke, isolated_env, image_tree):
     result = invoke("controls", "--model", "tiny_cnn", "--images", image_tree, "--shard-size", "5")
     assert result.exit_code == 0, result.output
     index = json.loads((isolated_env / "controls/tiny_cnn/avgpool/index.json").read_text())
-    assert index["format_version"] == 1
+    assert index["format_version"] == 2
     assert index["model"] == "tiny_cnn" and index["layer"] == "avgpool"
     assert index["weights"] == "random-init:seed=0"
     assert index["dataset"].startswith("val:12:sha256=")

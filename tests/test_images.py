@@ -3,6 +3,7 @@ from PIL import Image
 
 from nacosae.data.images import ControlImages, list_image_folder, open_rgb
 from nacosae.errors import ImagesNotFound
+from nacosae.models.preprocessing import DEFAULT
 
 
 def test_listing_is_class_major_and_sorted(image_tree):
@@ -56,7 +57,7 @@ def test_unreadable_image_is_flagged_not_fatal(tmp_path, image_tree):
     shutil.copytree(image_tree, tree)
     (tree / "class_01" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
     listing = list_image_folder(tree)
-    dataset = ControlImages(listing, list(range(len(listing))))
+    dataset = ControlImages(listing, list(range(len(listing))), DEFAULT)
     flags = {listing.files[dataset[i][1]]: dataset[i][2] for i in range(len(dataset))}
     assert flags.pop("class_01/broken.jpg") is False
     assert all(flags.values())

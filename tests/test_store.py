@@ -9,7 +9,15 @@ from safetensors import safe_open
 from nacosae.errors import ControlsMissing, CorruptStore, NeuronOutOfRange, StoreConflict
 from nacosae.store.activations import ControlStore, StoreBuilder, shard_spans
 
-IDENTITY = {"model": "m", "layer": "l", "weights": "w", "dataset": "d", "dtype": "float32"}
+IDENTITY = {
+    "model": "m",
+    "layer": "l",
+    "weights": "w",
+    "dataset": "d",
+    "dtype": "float32",
+    "preprocessing": "q",
+    "units": {"tokens": "cls", "sae": None},
+}
 CLASSES = [{"index": i, "wnid": None, "folder": f"c{i}", "label": f"c{i}"} for i in range(3)]
 
 

@@ -7,12 +7,12 @@ from torch import nn
 
 from nacosae.errors import UnknownLayer, UnknownModel, WeightsUnavailable
 from nacosae.models import vision
+from nacosae.models.units import pool
 from nacosae.models.vision import (
     capture,
     layer_activations,
     load_vision_model,
     model_info,
-    pool,
     resolve_layer,
 )
 

@@ -8,6 +8,14 @@ from typing import Annotated, Literal
 import typer
 
 from nacosae import progress
+from nacosae.cli.unit_options import (
+    ImageSizeOption,
+    MeanOption,
+    SaeOption,
+    StdOption,
+    TokenPoolingOption,
+    triple,
+)
 from nacosae.errors import Interrupted
 
 
@@ -47,8 +55,27 @@ def list_command() -> None:
     progress.console.print(table)
 
 
+def list_layers_command(model: str, weights: str, token_pooling: str) -> None:
+    """Print every layer of `model` with its output shape and unit count."""
+    from rich.table import Table
+
+    from nacosae.models.vision import list_layers, load_vision_model
+
+    module, _ = load_vision_model(model, weights)
+    table = Table(title=f"layers of {model} (output shape for one image)")
+    for column in ("layer", "type", "output shape", "units"):
+        table.add_column(column, justify="right" if column == "units" else "left")
+    for layer in list_layers(module, token_pooling):  # type: ignore[arg-type]
+        shape = "x".join(str(d) for d in layer.shape) if layer.shape else "(not run)"
+        table.add_row(layer.path, layer.kind, shape, str(layer.units or "-"))
+    progress.console.print(table)
+
+
 def controls(
-    model: Annotated[str, typer.Option(help="Explained model name.")] = "resnet18",
+    model: Annotated[
+        str,
+        typer.Option(help="Explained model: a torchvision name, timm:NAME or hf:REPO_ID."),
+    ] = "resnet18",
     layer: Annotated[
         str, typer.Option(help="Layer module path, e.g. avgpool or layer4.1.conv2.")
     ] = ("avgpool"),
@@ -59,7 +86,11 @@ def controls(
         ),
     ] = None,
     weights: Annotated[
-        str, typer.Option(help="default, none (random init), a torchvision weights name, or PATH.")
+        str,
+        typer.Option(
+            help="default (the published weights), none (random init), a torchvision weights "
+            "name, or a state-dict PATH."
+        ),
     ] = "default",
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
     workers: Annotated[
@@ -70,15 +101,27 @@ def controls(
         Literal["float16", "float32"], typer.Option(help="Stored values (float16 halves the size).")
     ] = "float32",
     shard_size: Annotated[int, typer.Option(help="Images per shard file.")] = 4096,
+    token_pooling: TokenPoolingOption = "cls",
+    sae: SaeOption = None,
+    image_size: ImageSizeOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing store.", metavar="")] = False,
     list_stores: Annotated[
         bool,
         typer.Option("--list", help="List the stored model/layer pairs and exit.", metavar=""),
     ] = False,
+    list_layers: Annotated[
+        bool,
+        typer.Option(help="List the model's layers with their output shapes and exit.", metavar=""),
+    ] = False,
 ) -> None:
     """Store every unit's activation on every control image (safetensors shards)."""
     if list_stores:
         list_command()
+        return
+    if list_layers:
+        list_layers_command(model, weights, token_pooling)
         return
     from nacosae.config import settings
     from nacosae.controls import ControlsRequest, build_controls
@@ -97,6 +140,11 @@ def controls(
         dtype=dtype,  # type: ignore[arg-type]
         overwrite=overwrite,
         shard_size=shard_size,
+        token_pooling=token_pooling,  # type: ignore[arg-type]
+        sae=sae,
+        image_size=image_size,
+        mean=triple(mean, "--mean"),
+        std=triple(std, "--std"),
     )
     try:
         result = build_controls(request, shared_cache())

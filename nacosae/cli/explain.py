@@ -8,6 +8,14 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import typer
 
 from nacosae import progress
+from nacosae.cli.unit_options import (
+    ImageSizeOption,
+    MeanOption,
+    SaeOption,
+    StdOption,
+    TokenPoolingOption,
+    triple,
+)
 
 if TYPE_CHECKING:
     from nacosae.search.options import ExplainOptions
@@ -32,11 +40,18 @@ def explain(
         Path | None,
         typer.Option(help="Continue an interrupted run directory (its own settings are used)."),
     ] = None,
-    model: Annotated[str, typer.Option(help="Explained model name.")] = "resnet18",
+    model: Annotated[
+        str, typer.Option(help="Explained model: a torchvision name, timm:NAME or hf:REPO_ID.")
+    ] = "resnet18",
     layer: Annotated[str, typer.Option(help="Layer module path.")] = "avgpool",
     weights: Annotated[str, typer.Option(help="Weights the control store was built with.")] = (
         "default"
     ),
+    token_pooling: TokenPoolingOption = "cls",
+    sae: SaeOption = None,
+    image_size: ImageSizeOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
     language_model: Annotated[str, typer.Option(help="LLM repo id (or served model name).")] = (
         DEFAULT_LANGUAGE_MODEL
     ),
@@ -98,6 +113,13 @@ def explain(
     llm_concurrency: Annotated[
         int, typer.Option(help="Most requests in flight to an --llm-url server.")
     ] = HTTP_CONCURRENCY,
+    llm_output: Annotated[
+        Literal["auto", "json", "tags"],
+        typer.Option(
+            help="How the LLM answers: json (a schema the server or a constrained decoder "
+            "enforces), tags (<answer>...</answer>), or auto: json where the backend supports it."
+        ),
+    ] = "auto",
     save_images: Annotated[bool, typer.Option(help="Keep the rendered images.", metavar="")] = True,
     out: Annotated[Path | None, typer.Option(help="Runs directory \\[default: SAVE_DIR].")] = None,
     seed: Annotated[int, typer.Option(help="Seed for every random choice.")] = 42,
@@ -167,6 +189,8 @@ def _options_from_command_line(context: typer.Context, presets: list[str]) -> Ex
         **{k: v for k, v in params.items() if k in fields},
     )
     options.guidance_scale = _guidance(params["guidance_scale"])
+    options.mean, options.std = triple(params["mean"], "--mean"), triple(params["std"], "--std")
+    options.sae = str(params["sae"].expanduser().resolve()) if params["sae"] else None
     given = {"COMMANDLINE", "ENVIRONMENT"}  # click's ParameterSource names
     explicit = {
         name

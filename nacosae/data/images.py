@@ -1,4 +1,4 @@
-"""ImageFolder listing, preprocessing and a loader that survives unreadable files.
+"""ImageFolder listing and a loader that survives unreadable files.
 
 Rows are ordered by class folder name, then file name (both sorted as strings), so the same
 tree always gives the same row order. An image that cannot be decoded is not fatal: it is
@@ -19,18 +19,12 @@ from nacosae.errors import ImagesNotFound
 if TYPE_CHECKING:
     import torch
 
+    from nacosae.models.preprocessing import Preprocessing
+
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif"}
 )
 WNID = re.compile(r"n\d{8}")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-RESIZE = 224
-CROP = 224
-PREPROCESSING_DESCRIPTION = (
-    f"RGB; Resize({RESIZE}, bilinear, antialias); CenterCrop({CROP}); "
-    f"Normalize(mean={IMAGENET_MEAN}, std={IMAGENET_STD})"
-)
 
 
 @dataclass(frozen=True)
@@ -135,22 +129,6 @@ def list_image_folder(root: Path) -> ImageFolderListing:
     return ImageFolderListing(root=root, classes=classes, files=files, labels=labels)
 
 
-def preprocess_transform() -> Any:
-    """The explained models' input transform (torchvision v2 transforms)."""
-    import torch
-    from torchvision.transforms import v2
-
-    return v2.Compose(
-        [
-            v2.Resize(RESIZE, antialias=True),  # on the PIL image, as torchvision's classic
-            v2.CenterCrop(CROP),
-            v2.ToImage(),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        ]
-    )
-
-
 def open_rgb(path: Path) -> Any:
     """Decode an image to RGB; greyscale, RGBA, CMYK and palette images are converted."""
     from PIL import Image
@@ -165,11 +143,14 @@ def open_rgb(path: Path) -> Any:
 class ControlImages:
     """Map-style dataset over a listing: (image tensor, position, ok)."""
 
-    def __init__(self, listing: ImageFolderListing, positions: list[int]) -> None:
+    def __init__(
+        self, listing: ImageFolderListing, positions: list[int], recipe: Preprocessing
+    ) -> None:
         self.root = listing.root
         self.files = listing.files
         self.positions = positions
-        self.transform = preprocess_transform()
+        self.side = recipe.size
+        self.transform = recipe.transform()
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -182,4 +163,4 @@ class ControlImages:
             image = self.transform(open_rgb(self.root / self.files[position]))
             return image, position, True
         except Exception:  # noqa: BLE001 - any decode failure marks the file unreadable
-            return torch.zeros(3, CROP, CROP), position, False
+            return torch.zeros(3, self.side, self.side), position, False

@@ -7,6 +7,8 @@
 - HTTPLLM: any OpenAI-compatible chat-completions server (vLLM, Ollama, llama.cpp) at `--llm-url`,
   through the `openai` client (bounded retries with backoff on 408/409/429/5xx, connection
   errors and timeouts); the key comes from NACOSAE_LLM_API_KEY or OPENAI_API_KEY.
+
+With `json_answers` both hold every reply to the answer schema of `models/structured.py`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from nacosae import hub, progress
@@ -38,20 +41,27 @@ class LanguageModel(Protocol):
     def chat_many(self, requests: list[tuple[list[Message], int]]) -> list[str]: ...
 
 
+def is_gguf_file(model_id: str) -> bool:
+    return model_id.lower().endswith(".gguf") and Path(model_id).expanduser().is_file()
+
+
 def load_local_llm(spec: ModelSpec) -> LLMBundle:
-    """ModelCache loader for kind 'llm': model and tokenizer from a folder, the HF cache or the
-    hub, at the spec's pinned revision."""
+    """ModelCache loader for kind 'llm': model and tokenizer from a folder, a GGUF file, the HF
+    cache or the hub, at the spec's pinned revision."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from nacosae.models.revisions import from_pretrained_kwargs
 
     progress.calm_libraries()
-    kwargs = from_pretrained_kwargs(spec.id, spec.revision)
+    source, kwargs = spec.id, from_pretrained_kwargs(spec.id, spec.revision)
+    if is_gguf_file(spec.id):  # transformers reads (and dequantises) llama.cpp's format
+        path = Path(spec.id).expanduser().resolve()
+        source, kwargs = str(path.parent), {"gguf_file": path.name, "local_files_only": True}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(spec.id, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(
-            spec.id, dtype=getattr(torch, spec.dtype), **kwargs
+            source, dtype=getattr(torch, spec.dtype), **kwargs
         )
     except Exception as exc:  # noqa: BLE001 - every loading failure becomes one clear line
         text = str(exc).splitlines()[0]
@@ -73,6 +83,15 @@ class LLMBundle:
     def __init__(self, model: Any, tokenizer: Any) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.components = {"model": model}
+        self._json_constraint: Any = None
+
+    def json_constraint(self) -> Any:
+        """The JSON-answer constraint for this tokenizer (built once: it decodes the vocabulary)."""
+        if self._json_constraint is None:
+            from nacosae.models.structured import json_answer_constraint, tokenizer_data
+
+            self._json_constraint = json_answer_constraint(tokenizer_data(self.tokenizer))
+        return self._json_constraint
 
 
 def pad_token_id(tokenizer: Any) -> int:
@@ -112,7 +131,8 @@ def row_sampler(seeds: list[int], temperature: float = TEMPERATURE, top_p: float
 
 class LocalLLM:
     """`constraint`, if given, maps the prompt length to a `prefix_allowed_tokens_fn` for
-    `generate` (the smoke preset uses it to keep a random model's replies well-formed)."""
+    `generate` (the smoke preset uses it to keep a random model's replies well-formed);
+    `json_answers` constrains every reply to the JSON answer schema instead."""
 
     def __init__(
         self,
@@ -120,6 +140,7 @@ class LocalLLM:
         max_new_tokens: int = MAX_NEW_TOKENS,
         constraint: Any = None,
         batch_size: int = LOCAL_BATCH,
+        json_answers: bool = False,
     ) -> None:
         self.model = model
         self.name = model.spec.id
@@ -127,6 +148,7 @@ class LocalLLM:
         self.max_new_tokens = max_new_tokens
         self.constraint = constraint
         self.batch_size = batch_size
+        self.json_answers = json_answers
 
     def chat(self, messages: list[Message], seed: int) -> str:
         return self.chat_many([(messages, seed)])[0]
@@ -157,8 +179,9 @@ class LocalLLM:
             self.device
         )
         extra: dict[str, Any] = {}
-        if self.constraint is not None:
-            extra["prefix_allowed_tokens_fn"] = self.constraint(inputs["input_ids"].shape[1])
+        constraint = bundle.json_constraint() if self.json_answers else self.constraint
+        if constraint is not None:
+            extra["prefix_allowed_tokens_fn"] = constraint(inputs["input_ids"].shape[1])
         config = GenerationConfig(
             do_sample=False,  # the row sampler draws; greedy takes the one token it leaves
             max_new_tokens=self.max_new_tokens,
@@ -191,6 +214,7 @@ class HTTPLLM:
     concurrency: int = HTTP_CONCURRENCY
     retries: int = HTTP_RETRIES
     timeout: float = HTTP_TIMEOUT
+    json_answers: bool = False
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -216,17 +240,21 @@ class HTTPLLM:
 
     def check(self) -> None:
         """Fail fast, before other models load, when nothing answers at the URL. Any HTTP
-        answer will do (some servers do not list their models)."""
+        answer will do (some servers do not list their models). An empty `name` becomes the
+        server's first listed model."""
         import openai
 
         try:
-            self.client().with_options(max_retries=0, timeout=10.0).models.list()
+            models = self.client().with_options(max_retries=0, timeout=10.0).models.list()
         except openai.APIStatusError:
-            return
+            models = None
         except openai.APIConnectionError as exc:
             raise NacosaeError(
                 f"cannot reach the LLM server at {self.url}: start it or fix --llm-url"
             ) from exc
+        if not self.name:  # no model named: the server's own (first listed) model
+            served = [m.id for m in getattr(models, "data", None) or []]
+            self.name = served[0] if served else "default"
 
     def chat_many(self, requests: list[tuple[list[Message], int]]) -> list[str]:
         """Concurrent requests (the server batches them), replies in request order."""
@@ -238,6 +266,11 @@ class HTTPLLM:
     def chat(self, messages: list[Message], seed: int) -> str:
         import openai
 
+        extra: dict[str, Any] = {}
+        if self.json_answers:
+            from nacosae.models.structured import response_format
+
+            extra["response_format"] = response_format()
         try:
             reply = self.client().chat.completions.create(
                 model=self.name,
@@ -246,9 +279,15 @@ class HTTPLLM:
                 top_p=TOP_P,
                 max_tokens=self.max_tokens,
                 seed=seed,
+                **extra,
             )
         except openai.APIStatusError as exc:
             detail = _first_line(getattr(exc, "message", "") or str(exc))
+            if self.json_answers and exc.status_code in (400, 422):
+                raise NacosaeError(
+                    f"the LLM server at {self.url} refused a JSON-schema answer "
+                    f"({exc.status_code}: {detail}): use --llm-output tags"
+                ) from exc
             raise NacosaeError(
                 f"the LLM server at {self.url} answered {exc.status_code} after "
                 f"{self.retries} retries: {detail}"

@@ -22,8 +22,9 @@ _fingerprints: dict[tuple[str, int, int], str] = {}
 
 
 def is_local(model_id: str) -> bool:
-    """A model id that names a folder on disk rather than a hub repo."""
-    return Path(model_id).expanduser().is_dir()
+    """A model id that names a folder (or a single-file model, e.g. GGUF) on disk rather than a
+    hub repo."""
+    return bool(model_id) and Path(model_id).expanduser().exists()
 
 
 def file_fingerprint(path: Path) -> str:
@@ -67,7 +68,8 @@ def resolve_revision(
 ) -> str:
     """The version of `model_id` to load and key caches by (see the module docstring)."""
     if is_local(model_id):
-        return folder_fingerprint(Path(model_id))
+        path = Path(model_id).expanduser()
+        return folder_fingerprint(path) if path.is_dir() else f"sha256:{file_fingerprint(path)}"
     if revision and hub.COMMIT_HASH.fullmatch(revision):
         return revision
     commit = None if hub.offline() else hub.remote_commit(model_id, revision)

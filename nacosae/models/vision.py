@@ -1,10 +1,10 @@
-"""Explained vision models: registry, weights, layer capture and pooling.
+"""Explained vision models: registry, weights, layer capture.
 
 A model is named (`resnet18`, `resnet50` = Places365, `resnet50_imagenet`, `vit_b_16`, the tiny
-test models, or any torchvision classification model) and given weights (`default`, `none`, a
-torchvision weights name such as `IMAGENET1K_V2`, or a path to a state dict). A layer is a module
-path; its output is pooled to one value per unit: 4-D maps are averaged over H and W, token
-sequences give their class token, 2-D outputs are used as they are.
+test models, any torchvision classification model, `timm:NAME` or `hf:REPO_ID`, see
+`models/sources.py`) and given weights (`default`, `none`, a torchvision weights name such as
+`IMAGENET1K_V2`, or a path to a state dict). A layer is a module path; its output becomes units
+as `models/units.py` says.
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from nacosae.errors import UnknownLayer, UnknownModel, WeightsUnavailable
 from nacosae.hub import offline
+from nacosae.models import preprocessing
+from nacosae.models.preprocessing import Preprocessing
+from nacosae.models.units import Readout, TokenPooling
 from nacosae.store.atomic import sha256_file
 
 if TYPE_CHECKING:
@@ -220,40 +223,95 @@ def load_vision_model(name: str, weights: str = "default") -> tuple[nn.Module, s
     """Build model `name` with `weights`; returns the model in eval mode and a weights id.
 
     The weights id names what was loaded (a torchvision weights name, the Places365 file, a
-    local file's sha256, or seeded random init) so stores can refuse mismatched requests.
+    local file's sha256, or seeded random init) so stores can refuse mismatched requests. The
+    model's own preprocessing recipe is attached as `model.nacosae_preprocessing`.
     """
     import torch
 
+    from nacosae.models import preprocessing, sources
+
+    if sources.is_external(name):
+        model, weights_id, recipe = sources.load_external(name, weights)
+        model.nacosae_preprocessing = recipe
+        return model, weights_id
     info = model_info(name)
     choice = info.default_weights if weights == "default" else weights
+    recipe = preprocessing.DEFAULT
     if choice in ("none", "random"):
         torch.manual_seed(RANDOM_INIT_SEED)
         model = info.builder()
         weights_id = f"random-init:seed={RANDOM_INIT_SEED}"
-        return model.eval(), weights_id
-    model = info.builder()
-    if choice == "places365":
-        path = places365_safetensors()
-        state, weights_id = read_state_dict(path), "places365:resnet50_places365.pth.tar"
+    elif choice == "places365":
+        model = info.builder()
+        state = read_state_dict(places365_safetensors())
+        _load_exactly(model, state, PLACES365_FILE, name)
+        weights_id = "places365:resnet50_places365.pth.tar"
+        recipe = PLACES365_PREPROCESSING
     elif (tv := _torchvision_weights(_arch(info), choice)) is not None:
-        path = torchvision_weights_file(info.name, tv)
-        state, weights_id = read_state_dict(path), f"torchvision:{tv}"
+        model = info.builder()
+        state = read_state_dict(torchvision_weights_file(info.name, tv))
+        _load_exactly(model, state, Path(tv.url).name, name)
+        weights_id = f"torchvision:{tv}"
+        recipe = preprocessing.from_torchvision(tv)
     else:
-        path = Path(choice).expanduser()
-        if not path.exists():
+        if not Path(choice).expanduser().exists():
             raise WeightsUnavailable(
                 f"--weights {choice!r} is neither default, none, a torchvision weights name for "
                 f"{name} nor an existing file"
             )
-        state, weights_id = read_state_dict(path), f"file:{path.name}:sha256={sha256_file(path)}"
+        model = info.builder()
+        weights_id = load_state_dict_file(model, choice, name)
+    model.nacosae_preprocessing = recipe
+    return model.eval(), weights_id
+
+
+# the Places365 project's own demo: squash to 256 x 256, then center crop 224
+PLACES365_PREPROCESSING = Preprocessing(size=224, resize=256, squash=True, source="Places365 demo")
+
+
+def load_state_dict_file(model: nn.Module, path_text: str, name: str) -> str:
+    """Load a state-dict file into `model`; returns its weights id.
+
+    Key names must match, except that a file whose names all differ but whose tensors match the
+    model's one for one in order and shape (the same network exported by another library, e.g.
+    the original EfficientNet-Lite code for timm's `tf_efficientnet_lite0`) is loaded by
+    position, with a warning; the id then says `by-position`.
+    """
+    from nacosae import progress
+
+    path = Path(path_text).expanduser()
+    state = read_state_dict(path)
+    weights_id = f"file:{path.name}:sha256={sha256_file(path)}"
+    if state_dict_mismatch(model, state) and (renamed := by_position(model, state)) is not None:
+        progress.warn(
+            f"the key names in {path.name} differ from {name}'s, but all {len(state)} tensors "
+            "match in order and shape: loaded by position"
+        )
+        state, weights_id = renamed, weights_id + ":by-position"
+    _load_exactly(model, state, path.name, name)
+    return weights_id
+
+
+def by_position(model: nn.Module, state: dict[str, torch.Tensor]) -> dict | None:
+    """`state` renamed to the model's keys by position, when every name differs and every
+    shape matches in order; None otherwise."""
+    expected = model.state_dict()
+    if len(expected) != len(state) or set(expected) & set(state):
+        return None
+    pairs = list(zip(expected.items(), state.values(), strict=True))
+    if any(tuple(mine.shape) != tuple(theirs.shape) for (_, mine), theirs in pairs):
+        return None
+    return {key: theirs for (key, _), theirs in pairs}
+
+
+def _load_exactly(model: nn.Module, state: dict[str, torch.Tensor], file: str, name: str) -> None:
     mismatch = state_dict_mismatch(model, state)
     if mismatch:
         raise WeightsUnavailable(
-            f"the weights in {path.name} do not fit {name}: {mismatch}; are they for another "
+            f"the weights in {file} do not fit {name}: {mismatch}; are they for another "
             "architecture (--model)?"
         )
     model.load_state_dict(state, strict=True)
-    return model.eval(), weights_id
 
 
 def state_dict_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
@@ -297,20 +355,6 @@ def resolve_layer(model: nn.Module, layer: str, model_name: str = "the model") -
     return module
 
 
-def pool(output: torch.Tensor) -> torch.Tensor:
-    """One value per unit: 4-D -> mean over H,W; 3-D tokens -> class token; 2-D as is."""
-    if output.dim() == 4:
-        return output.mean(dim=(2, 3))
-    if output.dim() == 3:
-        return output[:, 0]
-    if output.dim() == 2:
-        return output
-    raise UnknownLayer(f"cannot pool a layer output of shape {tuple(output.shape)}")
-
-
-POOLING_DESCRIPTION = "4-D: mean over H,W; 3-D tokens: class token (index 0); 2-D: as is"
-
-
 class _StopForward(Exception):
     """Raised by the capture hook so the rest of the network is not computed."""
 
@@ -325,7 +369,7 @@ def capture(model: nn.Module, layer: str, stop: bool = True) -> Iterator[dict[st
     box: dict[str, Any] = {}
 
     def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-        box["output"] = output[0] if isinstance(output, tuple | list) else output
+        box["output"] = first_tensor(output)
         if stop:
             raise _StopForward
 
@@ -336,20 +380,84 @@ def capture(model: nn.Module, layer: str, stop: bool = True) -> Iterator[dict[st
         handle.remove()
 
 
-def layer_activations(model: nn.Module, layer: str, images: torch.Tensor) -> torch.Tensor:
-    """Pooled activations `[batch, units]` of `layer` for a batch of preprocessed images."""
+def first_tensor(output: Any) -> Any:
+    """A module's main output: the tensor itself, the first item of a tuple, or the first field
+    of a transformers ModelOutput (`last_hidden_state`, `logits`, ...)."""
+    if hasattr(output, "to_tuple"):
+        output = output.to_tuple()
+    return output[0] if isinstance(output, tuple | list) else output
+
+
+def layer_activations(
+    model: nn.Module, layer: str, images: torch.Tensor, readout: Readout | None = None
+) -> torch.Tensor:
+    """Activations `[batch, units]` of `layer` (pooled, then the SAE if any) for a batch of
+    preprocessed images."""
     import torch
 
     with torch.inference_mode(), capture(model, layer) as box, suppress(_StopForward):
         model(images)
     if "output" not in box:
         raise UnknownLayer(f"layer {layer!r} is not used in the model's forward pass")
-    return pool(box["output"])
+    return (readout or Readout())(box["output"])
 
 
-def count_units(model: nn.Module, layer: str, device: str, dtype: torch.dtype) -> int:
+def input_size(model: nn.Module) -> int:
+    return getattr(model, "nacosae_preprocessing", preprocessing.DEFAULT).size
+
+
+def count_units(
+    model: nn.Module, layer: str, device: str, dtype: torch.dtype, readout: Readout | None = None
+) -> int:
     """Number of units of `layer`, found with one forward pass of a blank image."""
     import torch
 
-    probe = torch.zeros(1, 3, 224, 224, device=device, dtype=dtype)
-    return int(layer_activations(model, layer, probe).shape[1])
+    side = input_size(model)
+    probe = torch.zeros(1, 3, side, side, device=device, dtype=dtype)
+    return int(layer_activations(model, layer, probe, readout).shape[1])
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    path: str
+    kind: str
+    shape: tuple[int, ...] | None  # output shape for one image; None: not run in forward
+    units: int | None  # values per image after pooling
+
+
+def list_layers(model: nn.Module, tokens: TokenPooling = "cls") -> list[LayerInfo]:
+    """Every named module with its output shape on one image (one forward pass with hooks)."""
+    import torch
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    handles = []
+    for path, module in model.named_modules():
+        if not path:
+            continue
+
+        def hook(_m: nn.Module, _i: Any, output: Any, path: str = path) -> None:
+            tensor = first_tensor(output)
+            if isinstance(tensor, torch.Tensor) and path not in shapes:
+                shapes[path] = tuple(tensor.shape)
+
+        handles.append(module.register_forward_hook(hook))
+    side = input_size(model)
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else "cpu"
+    dtype = parameter.dtype if parameter is not None else torch.float32
+    try:
+        with torch.inference_mode():
+            model(torch.zeros(1, 3, side, side, device=device, dtype=dtype))
+    finally:
+        for handle in handles:
+            handle.remove()
+    layers = []
+    for path, module in model.named_modules():
+        if not path:
+            continue
+        shape = shapes.get(path)
+        units = None
+        if shape is not None and len(shape) in (2, 3, 4):
+            units = shape[1] if len(shape) in (2, 4) else shape[2]
+        layers.append(LayerInfo(path, type(module).__name__, shape, units))
+    return layers

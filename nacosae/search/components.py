@@ -21,7 +21,9 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
     from nacosae.models.language import LanguageModel
+    from nacosae.models.preprocessing import Preprocessing
     from nacosae.models.text2image import GenerationSettings
+    from nacosae.models.units import Readout
     from nacosae.search.options import ExplainOptions
 
 T2I_BATCH_LIMIT = 32
@@ -55,7 +57,7 @@ class RunModels:
             "vision": {"id": self.vision.spec.id, "weights": dict(self.vision.spec.options)},
             "t2i": {"id": self.t2i.spec.id, "revision": self.t2i.spec.revision},
             "llm": {
-                "id": options.language_model,
+                "id": self.llm.name,
                 "revision": self.llm_spec.revision if self.llm_spec else None,
                 "url": options.llm_url,
             },
@@ -101,6 +103,7 @@ class ModelVersions:
 
     t2i: str
     llm: str | None  # None for an LLM behind --llm-url
+    served_llm: str | None = None  # the model name to ask an --llm-url server for
 
 
 def resolve_models(options: ExplainOptions, pins: dict[str, Any] | None = None) -> ModelVersions:
@@ -111,8 +114,9 @@ def resolve_models(options: ExplainOptions, pins: dict[str, Any] | None = None) 
     pins = pins or {}
     t2i = _pinned_revision(options.t2i_model, pins, "t2i", "text-to-image model", "--t2i-model")
     if options.llm_url:
-        HTTPLLM(options.llm_url, options.language_model).check()
-        return ModelVersions(t2i, None)
+        server = HTTPLLM(options.llm_url, options.language_model)
+        server.check()
+        return ModelVersions(t2i, None, server.name)
     llm = _pinned_revision(
         options.language_model, pins, "llm", "language model", "--language-model"
     )
@@ -147,9 +151,10 @@ def build_models(
     if options.llm_url:
         llm = HTTPLLM(
             options.llm_url,
-            options.language_model,
+            versions.served_llm or options.language_model,
             max_tokens=options.max_new_tokens,
             concurrency=options.llm_concurrency,
+            json_answers=options.answer_format() == "json",
         )
     else:
         llm_spec = ModelSpec(
@@ -159,6 +164,7 @@ def build_models(
             ModelHandle(cache, llm_spec, load_local_llm),
             max_new_tokens=options.max_new_tokens,
             constraint=options.llm_constraint,
+            json_answers=options.answer_format() == "json",
         )
     embedder = None
     if options.control_strategy == "dissimilar-class":
@@ -172,16 +178,20 @@ def build_models(
 
 
 def vision_activations(
-    vision: ModelHandle, layer: str, batch_size: int = 64
+    vision: ModelHandle,
+    layer: str,
+    recipe: Preprocessing,
+    readout: Readout,
+    batch_size: int = 64,
 ) -> Callable[[list[Image]], np.ndarray]:
-    """Images -> [n, units] activations of every unit of `layer`, the model taken per call."""
+    """Images -> [n, units] activations of every unit of `layer` (with the control store's
+    preprocessing and readout), the model taken per call."""
     import numpy as np
     import torch
 
-    from nacosae.data.images import preprocess_transform
     from nacosae.models.vision import layer_activations
 
-    transform = preprocess_transform()
+    transform = recipe.transform()
     dtype = getattr(torch, vision.spec.dtype)
 
     def activations(images: list[Image]) -> np.ndarray:
@@ -192,7 +202,8 @@ def vision_activations(
                     [transform(im.convert("RGB")) for im in images[start : start + batch_size]]
                 )
                 batch = batch.to(vision.spec.device, dtype=dtype)
-                chunks.append(layer_activations(model, layer, batch).float().cpu().numpy())
+                units = layer_activations(model, layer, batch, readout)
+                chunks.append(units.float().cpu().numpy())
         return np.concatenate(chunks)
 
     return activations

@@ -72,6 +72,7 @@ class SearchSettings:
     initial_random: str = "others"  # random initial classes from the non-top ones, or "any"
     save_images: bool = True
     t2i_batch: int = 10  # images per text-to-image call
+    answer_format: str = "tags"  # how the LLM answers: tags or json (prompts and parsing)
 
 
 @dataclass
@@ -309,6 +310,7 @@ class Search:
             tried=state.tried,
             proposed=state.proposed,
             metric=self.settings.metric,
+            answer_format=self.settings.answer_format,  # type: ignore[arg-type]
         )
         template = self.parts.summary_template if summary else self.parts.main_template
         return template.render(values)
@@ -338,7 +340,11 @@ class Search:
             for neuron, reply in zip(pending, replies, strict=True):
                 answers[neuron].append(reply)
                 try:
-                    proposal = parse_answer(reply, tried[neuron])
+                    proposal = parse_answer(
+                        reply,
+                        tried[neuron],
+                        self.settings.answer_format,  # type: ignore[arg-type]
+                    )
                 except ConceptParseError as exc:  # re-ask with the problem stated
                     errors[neuron].append(str(exc))
                     chats[neuron] = [

@@ -21,6 +21,8 @@ from nacosae.search.controls import STRATEGIES
 from nacosae.search.scoring import METRICS
 
 INITIAL_RANDOM = ("others", "any")
+TOKEN_POOLING = ("cls", "mean")
+LLM_OUTPUTS = ("auto", "json", "tags")
 
 
 @dataclass
@@ -33,6 +35,11 @@ class ExplainOptions:
     model: str = "resnet18"
     layer: str = "avgpool"
     weights: str = "default"
+    token_pooling: str = "cls"  # token sequences: class token, or "mean" over tokens
+    sae: str | None = None  # a sparse autoencoder's safetensors file: units are its latents
+    image_size: int | None = None  # preprocessing overrides (None: the control store's own)
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
     language_model: str = DEFAULT_LANGUAGE_MODEL
     llm_url: str | None = None
     t2i_model: str = DEFAULT_T2I_MODEL
@@ -52,6 +59,7 @@ class ExplainOptions:
     seed: int = 42
     device: str = "auto"
     max_new_tokens: int = MAX_NEW_TOKENS
+    llm_output: str = "auto"  # tags, json, or auto: json where the backend can be held to it
     llm_concurrency: int = HTTP_CONCURRENCY
     image_prompts: str = "varied"  # or "line": the original's prompt, one draw per concept
     image_seeds: str = "hashed"  # or "index": the original's starting noise, seeded 0..n-1
@@ -87,11 +95,21 @@ class ExplainOptions:
         _one_of("--image-prompts", self.image_prompts, IMAGE_PROMPTS)
         _one_of("--image-seeds", self.image_seeds, IMAGE_SEEDS)
         _one_of("initial_random", self.initial_random, INITIAL_RANDOM)
+        _one_of("--token-pooling", self.token_pooling, TOKEN_POOLING)
+        _one_of("--llm-output", self.llm_output, LLM_OUTPUTS)
+        if self.image_size is not None and self.image_size < 8:
+            raise NacosaeError("--image-size must be at least 8 pixels")
         if isinstance(self.guidance_scale, str) and self.guidance_scale != "pipeline":
             raise NacosaeError(
                 f"--guidance-scale {self.guidance_scale!r}: give a number or 'pipeline' (the "
                 "pipeline's own default)"
             )
+
+    def answer_format(self) -> str:
+        """tags or json: `auto` is json, except for the smoke preset's tiny LLM (tags only)."""
+        if self.llm_output != "auto":
+            return self.llm_output
+        return "tags" if self.llm_constraint is not None else "json"
 
     def record(self) -> dict[str, Any]:
         data = asdict(self)
@@ -106,6 +124,8 @@ class ExplainOptions:
         if isinstance(values.get("preset"), str):  # run.json of nacosae 0.1: one name or null
             values["preset"] = [values["preset"]]
         values["preset"] = list(values.get("preset") or [])
+        for key in ("mean", "std"):
+            values[key] = tuple(values[key]) if values.get(key) else None
         values["save_dir"], values["controls_root"] = (
             Path(values["save_dir"]),
             Path(values["controls_root"]),

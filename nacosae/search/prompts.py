@@ -6,14 +6,18 @@ a template can also be any file. Its fields say what it gets:
   `{concept_list}` (the original project's form, one line: `concept: 0.912; concept: 0.5;`);
 - the concepts it must not propose (main templates): `{forbidden}` (every concept tried, the
   initial classes included) or `{generation_history}` (the original's: the LLM's own proposals);
-- optionally `{metric}`: what the scores mean under the metric in use.
-So the original project's template files load as they are. An answer must read
-`<thinking>...</thinking><answer>...</answer>` with 1-3 words in the answer that were not tried
-before (compared case- and whitespace-insensitively).
+- optionally `{metric}`: what the scores mean under the metric in use;
+- optionally `{reply_format}`: how to answer, in the answer format in use (a template without it
+  gets that sentence appended when the format is json).
+So the original project's template files load as they are. An answer reads
+`<thinking>...</thinking><answer>...</answer>` (format `tags`) or is the JSON object
+`{"reasoning": "...", "concept": "..."}` (format `json`), with a concept of 1-3 words that was not
+tried before (compared case- and whitespace-insensitively).
 """
 
 from __future__ import annotations
 
+import json
 import re
 import string
 from dataclasses import dataclass
@@ -26,7 +30,14 @@ from nacosae.search.history import Scored, normalise
 TemplateKind = Literal["main", "summary"]
 CONCEPT_FIELDS = frozenset({"concepts", "concept_list"})
 FORBIDDEN_FIELDS = frozenset({"forbidden", "generation_history"})
-OPTIONAL_FIELDS = frozenset({"metric"})
+OPTIONAL_FIELDS = frozenset({"metric", "reply_format"})
+AnswerFormat = Literal["tags", "json"]
+REPLY_FORMATS: dict[str, str] = {
+    "tags": "Think briefly inside <thinking></thinking>, then give only the concept inside "
+    "<answer></answer>.",
+    "json": 'Reply with one JSON object: {"reasoning": "<your brief thinking>", "concept": '
+    '"<the concept>"}.',
+}
 BUILTIN = {
     "main": "main.txt",
     "summary": "summary.txt",
@@ -67,6 +78,7 @@ class PromptValues:
     tried: list[str]  # every concept scored so far, in order
     proposed: list[str]  # the LLM's own earlier proposals, in order
     metric: str
+    answer_format: AnswerFormat = "tags"
 
     def fields(self) -> dict[str, str]:
         return {
@@ -75,6 +87,7 @@ class PromptValues:
             "forbidden": ", ".join(self.tried),
             "generation_history": ", ".join(self.proposed),
             "metric": METRIC_MEANINGS[self.metric],
+            "reply_format": REPLY_FORMATS[self.answer_format],
         }
 
 
@@ -84,7 +97,10 @@ class Template:
     text: str
 
     def render(self, values: PromptValues) -> str:
-        return self.text.format(**values.fields()).strip()
+        text = self.text.format(**values.fields()).strip()
+        if values.answer_format == "json" and "{reply_format}" not in self.text:
+            text += "\n\n" + REPLY_FORMATS["json"]
+        return text
 
 
 def load_template(choice: str | Path, kind: TemplateKind) -> Template:
@@ -113,7 +129,7 @@ def load_template(choice: str | Path, kind: TemplateKind) -> Template:
             f"{kind} prompt template {path} {' and '.join(problems)}: the fields are "
             "{concepts} or {concept_list}, "
             + ("{forbidden} or {generation_history}, " if kind == "main" else "")
-            + "and optionally {metric}"
+            + "and optionally {metric} and {reply_format}"
         )
     return Template(path.name, text)
 
@@ -129,16 +145,15 @@ class Proposal:
     reasoning: str
 
 
-def parse_answer(text: str, tried: set[str]) -> Proposal:
+def parse_answer(text: str, tried: set[str], answer_format: AnswerFormat = "tags") -> Proposal:
     """The proposed concept, or ConceptParseError saying what was wrong (fed back to the LLM)."""
-    answers = ANSWER.findall(text)
-    if not answers:
-        raise ConceptParseError(
-            "the reply has no <answer>...</answer>; give the concept inside <answer></answer>"
-        )
-    concept = " ".join(answers[-1].split()).strip(STRIP)
+    if answer_format == "json":
+        concept, reasoning = _read_json_answer(text)
+    else:
+        concept, reasoning = _read_tagged_answer(text)
+    concept = " ".join(concept.split()).strip(STRIP)
     if not concept:
-        raise ConceptParseError("the <answer> is empty; give one concept of one to three words")
+        raise ConceptParseError("the concept is empty; give one concept of one to three words")
     words = concept.split()
     if len(words) > MAX_WORDS:
         raise ConceptParseError(
@@ -148,5 +163,29 @@ def parse_answer(text: str, tried: set[str]) -> Proposal:
         raise ConceptParseError("the answer contains markup; give only the concept's words")
     if normalise(concept) in tried:
         raise ConceptParseError(f"'{concept}' was already tried; propose a different concept")
+    return Proposal(concept=concept, reasoning=" ".join(reasoning.split()))
+
+
+def _read_tagged_answer(text: str) -> tuple[str, str]:
+    answers = ANSWER.findall(text)
+    if not answers:
+        raise ConceptParseError(
+            "the reply has no <answer>...</answer>; give the concept inside <answer></answer>"
+        )
     thinking = THINKING.findall(text)
-    return Proposal(concept=concept, reasoning=" ".join(thinking[-1].split()) if thinking else "")
+    return answers[-1], thinking[-1] if thinking else ""
+
+
+def _read_json_answer(text: str) -> tuple[str, str]:
+    start, end = text.find("{"), text.rfind("}")
+    try:
+        answer = json.loads(text[start : end + 1]) if 0 <= start < end else None
+    except json.JSONDecodeError:
+        answer = None
+    if not isinstance(answer, dict) or not isinstance(answer.get("concept"), str):
+        raise ConceptParseError(
+            'the reply is not a JSON object with a "concept"; reply with {"reasoning": "...", '
+            '"concept": "..."}'
+        )
+    reasoning = answer.get("reasoning")
+    return answer["concept"], reasoning if isinstance(reasoning, str) else ""

@@ -49,6 +49,8 @@ class CheckedInputs:
     store: Any
     neurons: list[int]
     versions: Any  # components.ModelVersions
+    readout: Any  # models.units.Readout: pooling and SAE
+    recipe: Any  # models.preprocessing.Preprocessing of the control store
 
 
 def check_output_folders(options: ExplainOptions) -> None:
@@ -60,7 +62,8 @@ def check_output_folders(options: ExplainOptions) -> None:
 
 
 def check_inputs(options: ExplainOptions, pins: dict[str, Any] | None = None) -> CheckedInputs:
-    from nacosae.controls import resolve_device
+    from nacosae.controls import open_controls, resolve_device
+    from nacosae.models.units import make_readout
     from nacosae.search import components
     from nacosae.search import neurons as selection
     from nacosae.search.prompts import load_template
@@ -72,11 +75,15 @@ def check_inputs(options: ExplainOptions, pins: dict[str, Any] | None = None) ->
     )
     check_output_folders(options)
     device = resolve_device(options.device)
-    store = _open_store(options)
+    readout = make_readout(options.token_pooling, options.sae)  # type: ignore[arg-type]
+    store = open_controls(options.controls_root, options.model, options.layer, readout)
     where = f"layer {options.layer} of {options.model}"
+    if readout.sae is not None:
+        where = f"the SAE {readout.sae.path.name} on {where}"
     neurons = selection.resolve(options.neurons, store.n_units, options.seed, where)
+    recipe = _store_preprocessing(options, store)
     versions = components.resolve_models(options, pins)
-    return CheckedInputs(templates, device, store, neurons, versions)
+    return CheckedInputs(templates, device, store, neurons, versions, readout, recipe)
 
 
 @dataclass
@@ -299,12 +306,6 @@ def run_warnings(events: list[dict[str, Any]], summary: dict[str, Any]) -> list[
     return warnings
 
 
-def _open_store(options: ExplainOptions) -> Any:
-    from nacosae.controls import open_controls
-
-    return open_controls(options.controls_root, options.model, options.layer)
-
-
 def _build_parts(
     options: ExplainOptions, cache: ModelCache, inputs: CheckedInputs
 ) -> tuple[Any, Any, dict[str, Any]]:
@@ -324,6 +325,7 @@ def _build_parts(
             f"{store.index['weights']}, not {weights_id}: rerun `nacosae controls` "
             "with the same --weights (and --overwrite)"
         )
+    recipe = inputs.recipe
     generation = _generation_settings(options)
     variant, native_side = components.t2i_facts(models.t2i)
     t2i_batch = options.t2i_batch or components.default_t2i_batch(
@@ -331,10 +333,12 @@ def _build_parts(
     )
     parts = SearchParts(
         render_many=_t2i_backend(models, generation).render_many,
-        activations=components.vision_activations(models.vision, options.layer),
+        activations=components.vision_activations(
+            models.vision, options.layer, recipe, inputs.readout
+        ),
         chat_many=models.llm.chat_many,
         concept_store=_concept_store(
-            options, models, generation, variant, weights_id, vision_dtype, device
+            options, models, generation, variant, (weights_id, recipe, inputs.readout), device
         ),
         class_means=store.class_means().float().numpy(),
         classes=store.classes,
@@ -350,6 +354,7 @@ def _build_parts(
         initial_random=options.initial_random,
         save_images=options.save_images,
         t2i_batch=t2i_batch,
+        answer_format=options.answer_format(),
     )
     facts = {
         "control_store": {
@@ -358,11 +363,30 @@ def _build_parts(
             "dataset": store.index["dataset"],
             "images": store.n_images,
             "units": store.n_units,
+            "preprocessing": recipe.describe(),
+            "pooling": inputs.readout.describe(),
+            "sae": inputs.readout.identity()["sae"],
         },
         "generation": {**asdict(generation), "variant": variant, "t2i_batch": t2i_batch},
         "models": models.record(options),
     }
     return parts, settings, facts
+
+
+def _store_preprocessing(options: ExplainOptions, store: Any) -> Any:
+    """The preprocessing the control store was built with (generated images must be read the
+    same way); overrides given to explain must not change it."""
+    from nacosae.models.preprocessing import Preprocessing
+
+    stored = Preprocessing.from_json(store.index["preprocessing_recipe"])
+    asked = stored.overridden(options.image_size, options.mean, options.std)
+    if asked.describe() != stored.describe():
+        raise NacosaeError(
+            f"the control store of {options.model} {options.layer} was built with preprocessing "
+            f"{stored.describe()}, not {asked.describe()}: give explain the same --image-size/"
+            "--mean/--std as controls (or none), or rebuild the store with --overwrite"
+        )
+    return stored
 
 
 def _generation_settings(options: ExplainOptions) -> Any:
@@ -409,16 +433,16 @@ def _concept_store(
     models: Any,
     generation: Any,
     variant: str,
-    weights_id: str,
-    vision_dtype: str,
+    vision_facts: tuple[str, Any, Any],
     device: str,
 ) -> Any:
     """The concept cache of this run's settings: its keys hold every setting that changes the
-    images (the pipeline's resolved revision and weight variant included) or the activations."""
-    from nacosae.data.images import PREPROCESSING_DESCRIPTION
+    images (the pipeline's resolved revision and weight variant included) or the activations
+    (weights, preprocessing, pooling and SAE)."""
     from nacosae.models.text2image import PROMPT_SCHEME
     from nacosae.store.concepts import ConceptKeys, ConceptStore
 
+    weights_id, recipe, readout = vision_facts
     keys = ConceptKeys(
         generation={
             **asdict(generation),
@@ -433,8 +457,9 @@ def _concept_store(
             "model": options.model,
             "weights": weights_id,
             "layer": options.layer,
-            "dtype": vision_dtype,
-            "preprocessing": PREPROCESSING_DESCRIPTION,
+            "dtype": models.vision.spec.dtype,
+            "preprocessing": recipe.describe(),
+            "units": readout.identity(),
         },
     )
     return ConceptStore(Path(options.controls_root).parent / "concepts", keys)

@@ -1,6 +1,6 @@
 """The control activation store: every unit's activation on every control image.
 
-Layout of `NACOSAE_HOME/controls/<model>/<layer>/`:
+Layout of `NACOSAE_HOME/controls/<model>/<layer>/` (see `store_dir`):
 
 - `index.json`: format version, identity (model, layer, weights, dataset), dtype, pooling,
   preprocessing, classes with `[start, stop)` row ranges, shards with row ranges and sha256,
@@ -35,14 +35,21 @@ from nacosae.store.atomic import (
 if TYPE_CHECKING:
     import torch
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: preprocessing and units (token pooling, SAE) in the identity
 INDEX = "index.json"
 UNITS = "units.safetensors"
-IDENTITY_KEYS = ("model", "layer", "weights", "dataset", "dtype")
+IDENTITY_KEYS = ("model", "layer", "weights", "dataset", "dtype", "preprocessing", "units")
 
 
-def store_dir(controls_root: Path, model: str, layer: str) -> Path:
-    return Path(controls_root) / model / layer
+def store_dir(controls_root: Path, model: str, layer: str, variant: str = "") -> Path:
+    """`<root>/<model>/<layer>`, or `<layer>@<variant>` for other units of the layer (token
+    mean, SAE latents); `hf:org/repo` becomes the folder `hf--org--repo`."""
+    return Path(controls_root) / safe_dir_name(model) / (f"{layer}@{variant}" if variant else layer)
+
+
+def safe_dir_name(name: str) -> str:
+    """A model name as one folder name: `hf:org/repo` -> `hf--org--repo` (HF cache style)."""
+    return name.replace(":", "--").replace("/", "--").strip("-.") or "model"
 
 
 def shard_name(i: int, n: int) -> str:
@@ -358,7 +365,7 @@ def list_stores(controls_root: Path) -> list[dict[str, Any]]:
         rows.append(
             {
                 "model": index.get("model", directory.parent.name),
-                "layer": index.get("layer", directory.name),
+                "layer": directory.name if "@" in directory.name else index.get("layer"),
                 "units": index.get("n_units"),
                 "images": index.get("n_images"),
                 "dtype": index.get("dtype"),
