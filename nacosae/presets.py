@@ -52,6 +52,7 @@ LINE_SETTINGS: dict[str, Any] = {
     "image_seeds": "index",
     "initial_random": "any",
     "llm_output": "tags",
+    "image_size": 224,  # Resize(224) + CenterCrop(224); the control store must agree
     "seed": 42,
 }
 

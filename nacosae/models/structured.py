@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-REASONING_CHARS = 120  # room for "which candidates, why this one"; keeps small models brief
+REASONING_CHARS = 100  # room for "which candidates, why this one"; keeps small models brief
 # one to three words of letters (and inner hyphens or apostrophes), at most 20 letters each
 CONCEPT_PATTERN = r"^[A-Za-z][A-Za-z'-]{0,19}( [A-Za-z][A-Za-z'-]{0,19}){0,2}$"
 ANSWER_SCHEMA: dict[str, Any] = {
