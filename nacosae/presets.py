@@ -168,21 +168,19 @@ def _write_folder_once(folder: Path, marker: str, write: Callable[[Path], Any]) 
     staging.replace(folder)
 
 
-def prepare_smoke(options: ExplainOptions, cache: ModelCache) -> ExplainOptions:
-    """Build the tiny models and control store (once); returns the options with the LLM's
-    format constraint attached."""
+def build_smoke_parts(home: Path, cache: ModelCache, embedder_too: bool = False) -> Path:
+    """The smoke preset's tiny models and control store under `home` (NACOSAE_HOME/smoke),
+    built once; returns the smoke control root."""
     from nacosae.controls import ControlsRequest, build_controls
-    from nacosae.models.tiny import smoke_answer_constraint, smoke_tokenizer
 
-    root = Path(options.controls_root).parent
-    write_smoke_models(root / "models", options.control_strategy == "dissimilar-class")
-    images = write_smoke_images(root / "images")
+    write_smoke_models(home / "models", embedder_too)
+    images = write_smoke_images(home / "images")
     build_controls(
         ControlsRequest(
             model="tiny_cnn",
             layer="avgpool",
             images=images,
-            controls_root=options.controls_root,
+            controls_root=home / "controls",
             weights="none",
             batch_size=64,
             workers=0,
@@ -190,6 +188,16 @@ def prepare_smoke(options: ExplainOptions, cache: ModelCache) -> ExplainOptions:
         ),
         cache,
     )
+    return home / "controls"
+
+
+def prepare_smoke(options: ExplainOptions, cache: ModelCache) -> ExplainOptions:
+    """Build the tiny models and control store (once); returns the options with the LLM's
+    format constraint attached."""
+    from nacosae.models.tiny import smoke_answer_constraint, smoke_tokenizer
+
+    root = Path(options.controls_root).parent
+    build_smoke_parts(root, cache, options.control_strategy == "dissimilar-class")
     if options.llm_url or Path(options.language_model) != root / "models" / SMOKE_LLM:
         return options  # a real LLM (--llm-url or --language-model): no format constraint
     if options.llm_output == "json":

@@ -129,13 +129,15 @@ def main_options(
 
 
 def _register() -> None:
-    from nacosae.cli import controls, dashboard, download, explain, report
+    from nacosae.cli import controls, dashboard, download, evaluate, explain, report
 
     download.download_app.command("imagenet")(guarded(download.imagenet))
     download.download_app.command("models")(guarded(download.models))
     app.add_typer(download.download_app, name="download")
     app.command("controls")(guarded(controls.controls))
     app.command("explain")(guarded(explain.explain))
+    app.command("evaluate")(guarded(evaluate.evaluate))
+    app.command("top-images")(guarded(evaluate.top_images))
     app.command("report")(guarded(report.report))
     app.command("dashboard")(guarded(dashboard.dashboard))
 

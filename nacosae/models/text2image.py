@@ -8,6 +8,10 @@ batch it was rendered in. Two schemes each for its prompt and its starting noise
   its three lightings, drawn once per concept, so all images of a concept share one prompt;
 - noise "hashed" (default): a generator on the device seeded by (seed, concept, k); "index" (the
   original's): a CPU generator seeded k, the same starting noise for every concept.
+The evaluation (CoSy's protocol) uses a third of each: prompts "template" (one fixed text with a
+`{concept}` field, e.g. "realistic photo of a close up of {concept}") and noise "single" (one CPU
+generator seeded by the seed draws the noise of images 0..n-1 in order, as one batched call with
+one generator does; drawn whole, so a split into batches gives the same images).
 fp16 on accelerators, float32 on the CPU.
 """
 
@@ -45,8 +49,8 @@ LIGHTINGS = (
 LINE_PREFIX = "A realstic photo of a"  # the original project's prompt, its typo included
 LINE_ANGLES = ("extreme close-up", "wide angle shot", "aerial view", "low angle")
 LINE_LIGHTINGS = ("cinematic lighting", "natural sunlight", "studio lighting")
-IMAGE_PROMPTS = ("varied", "line")
-IMAGE_SEEDS = ("hashed", "index")
+IMAGE_PROMPTS = ("varied", "line")  # the search's schemes; the evaluation's is "template"
+IMAGE_SEEDS = ("hashed", "index")  # the search's; the evaluation's is "single"
 
 PROMPT_SCHEME = "A realistic photo of a {concept}, {camera angle}, {lighting} (v1)"
 
@@ -63,6 +67,7 @@ class GenerationSettings:
     width: int | None = None
     prompts: str = "varied"
     seeds: str = "hashed"
+    prompt_template: str | None = None  # with prompts "template"
 
 
 def default_generation(model_id: str) -> tuple[int, float]:
@@ -75,7 +80,11 @@ def default_generation(model_id: str) -> tuple[int, float]:
     return 30, 7.5
 
 
-def image_prompt(concept: str, seed: int, index: int, scheme: str = "varied") -> str:
+def image_prompt(
+    concept: str, seed: int, index: int, scheme: str = "varied", template: str | None = None
+) -> str:
+    if scheme == "template":
+        return (template or "{concept}").format(concept=concept)
     if scheme == "line":
         rng = random.Random(stable_seed("prompt", seed, concept))  # one draw per concept
         angle, lighting = rng.choice(LINE_ANGLES), rng.choice(LINE_LIGHTINGS)
@@ -154,13 +163,20 @@ class TextToImage:
         prompts, generators = [], []
         for concept, first, n in requests:
             for i in range(first, first + n):
-                prompts.append(image_prompt(concept, seed, i, settings.prompts))
-                generators.append(
-                    image_generator(concept, seed, i, settings.seeds, generator_device)
+                prompts.append(
+                    image_prompt(concept, seed, i, settings.prompts, settings.prompt_template)
                 )
+                if settings.seeds != "single":
+                    generators.append(
+                        image_generator(concept, seed, i, settings.seeds, generator_device)
+                    )
         if not prompts:
             return []
         extra: dict[str, Any] = {}
+        if settings.seeds == "single":
+            extra["latents"] = self._single_generator_noise(requests, seed)
+        else:
+            extra["generator"] = generators
         if settings.height and settings.width:
             extra = {"height": settings.height, "width": settings.width}
         if settings.guidance_scale is not None:
@@ -169,8 +185,25 @@ class TextToImage:
             result = pipeline(
                 prompt=prompts,
                 num_inference_steps=settings.num_inference_steps,
-                generator=generators,
                 output_type="pil",
                 **extra,
             )
         return list(result.images)
+
+    def _single_generator_noise(self, requests: list[tuple[str, int, int]], seed: int) -> Any:
+        """Starting noise of the requested images under the "single" scheme: image k's is row k
+        of one draw from a CPU generator seeded `seed` (the same for every concept)."""
+        import torch
+
+        with self.model.use() as pipeline:
+            channels = pipeline.unet.config.in_channels
+            scale = getattr(pipeline, "vae_scale_factor", 8)
+            side = pipeline.unet.config.sample_size * scale
+            dtype = pipeline.unet.dtype
+        height = (self.settings.height or side) // scale
+        width = (self.settings.width or side) // scale
+        last = max(first + n for _concept, first, n in requests)
+        generator = torch.Generator("cpu").manual_seed(seed)
+        noise = torch.randn((last, channels, height, width), generator=generator)
+        rows = [noise[first : first + n] for _concept, first, n in requests]
+        return torch.cat(rows).to(self.device, dtype=dtype)

@@ -1,0 +1,297 @@
+"""`nacosae evaluate` (held-out CoSy scores, comparison, novelty) and `nacosae top-images`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from nacosae import progress
+from nacosae.cli.unit_options import SaeOption, TokenPoolingOption
+from nacosae.errors import Interrupted, NacosaeError
+from nacosae.evaluation.job import COSY_IMAGES, COSY_PROMPT, COSY_SEED, COSY_T2I
+from nacosae.evaluation.novelty import DEFAULT_THRESHOLD
+from nacosae.models.downloads import DEFAULT_EMBEDDER
+
+SMOKE_ONLY = ("model", "layer", "weights", "t2i_model", "num_inf_steps", "guidance_scale", "device")
+
+
+def evaluate(
+    context: typer.Context,
+    files: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="Explanation CSVs (or a run directory with --top-k); with --compare, "
+            "evaluation CSVs; with --novelty, explanation CSVs.",
+            show_default=False,
+        ),
+    ] = None,
+    explanations: Annotated[
+        Path | None,
+        typer.Option(help="Explanations: a CSV with neuron and concept columns, or a run dir."),
+    ] = None,
+    model: Annotated[str, typer.Option(help="Explained model (as for controls).")] = "resnet18",
+    layer: Annotated[str, typer.Option(help="Layer module path.")] = "avgpool",
+    weights: Annotated[str, typer.Option(help="Weights the control store was built with.")] = (
+        "default"
+    ),
+    token_pooling: TokenPoolingOption = "cls",
+    sae: SaeOption = None,
+    t2i_model: Annotated[str, typer.Option(help="Text-to-image model (CoSy: SDXL base).")] = (
+        COSY_T2I
+    ),
+    num_img: Annotated[int, typer.Option(help="Images per concept.")] = COSY_IMAGES,
+    image_prompt: Annotated[str, typer.Option(help="Prompt with {concept}.")] = COSY_PROMPT,
+    seed: Annotated[int, typer.Option(help="Seed of the one noise generator.")] = COSY_SEED,
+    num_inf_steps: Annotated[
+        int | None, typer.Option(help="Diffusion steps \\[default: the model's own].")
+    ] = None,
+    guidance_scale: Annotated[
+        float | None, typer.Option(help="Guidance \\[default: the model's own].")
+    ] = None,
+    controls: Annotated[
+        Path | None,
+        typer.Option(help="Another control store folder of the model/layer \\[default: its own]."),
+    ] = None,
+    top_k: Annotated[
+        int | None, typer.Option(help="From a run directory: the K best distinct concepts.")
+    ] = None,
+    t2i_batch: Annotated[int, typer.Option(help="Images per text-to-image call.")] = 8,
+    device: Annotated[str, typer.Option(help="auto, cuda, cuda:N, mps or cpu.")] = "auto",
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Output folder \\[default: SAVE_DIR/evaluations/<name>].", show_default=False
+        ),
+    ] = None,
+    compare: Annotated[
+        bool, typer.Option(help="Compare methods given as evaluation CSVs.", metavar="")
+    ] = False,
+    novelty: Annotated[
+        bool, typer.Option(help="Share of concepts no vocabulary entry matches.", metavar="")
+    ] = False,
+    vocabulary: Annotated[
+        Path | None,
+        typer.Option(
+            help="One concept a line \\[default: the ImageNet-1k class names].", show_default=False
+        ),
+    ] = None,
+    threshold: Annotated[
+        float, typer.Option(help="Similarity that counts as a match (README: why 0.75).")
+    ] = DEFAULT_THRESHOLD,
+    embedder: Annotated[
+        str, typer.Option(help="Sentence embedder for --novelty (id or folder).")
+    ] = DEFAULT_EMBEDDER,
+    preset: Annotated[
+        str | None,
+        typer.Option(help="smoke: the tiny offline models, as for explain.", show_default=False),
+    ] = None,
+) -> None:
+    """Score explanations on fresh images (CoSy), compare methods, or measure novelty."""
+    from nacosae.config import settings
+
+    paths = list(files or []) + ([explanations] if explanations else [])
+    config = settings()
+    if compare:
+        _compare(paths, out or config.save_dir / "evaluations" / "comparison")
+        return
+    if novelty:
+        _novelty(paths, vocabulary, threshold, embedder, out)
+        return
+    if len(paths) != 1:
+        raise typer.BadParameter(
+            "give one explanations CSV or run directory (or --compare / --novelty)",
+            param_hint="--explanations",
+        )
+    if preset not in (None, "smoke"):
+        raise typer.BadParameter(f"{preset!r} is not one of smoke", param_hint="--preset")
+    params = dict(context.params)
+    controls_root = config.controls_dir
+    if preset == "smoke":
+        controls_root = _smoke(context, params)
+    request = _request(params, paths[0], controls_root, out, config.save_dir)
+    _run(request)
+
+
+def _smoke(context: typer.Context, params: dict[str, Any]) -> Path:
+    """Apply the smoke preset's models where the user gave no value; build them once."""
+    from nacosae.config import settings
+    from nacosae.models.cache import shared_cache
+    from nacosae.presets import SMOKE_T2I, build_smoke_parts
+
+    home = settings().controls_dir.parent / "smoke"
+    values = {
+        "model": "tiny_cnn",
+        "layer": "avgpool",
+        "weights": "none",
+        "t2i_model": str(home / "models" / SMOKE_T2I),
+        "num_inf_steps": 2,
+        "guidance_scale": 0.0,
+        "device": "cpu",
+    }
+    for name in SMOKE_ONLY:
+        source = getattr(context.get_parameter_source(name), "name", None)
+        if source not in ("COMMANDLINE", "ENVIRONMENT"):
+            params[name] = values[name]
+    progress.calm_libraries()
+    controls_root = build_smoke_parts(home, shared_cache())
+    progress.warn("--preset smoke uses tiny random models: its results mean nothing")
+    return controls_root
+
+
+def _request(
+    params: dict[str, Any], source: Path, controls_root: Path, out: Path | None, save_dir: Path
+) -> Any:
+    from nacosae.evaluation.job import EvaluateRequest
+
+    name = f"{source.stem if source.is_file() else source.name}-{params['model']}-{params['layer']}"
+    return EvaluateRequest(
+        explanations=source,
+        model=params["model"],
+        layer=params["layer"],
+        controls_root=controls_root,
+        out=out or save_dir / "evaluations" / name.replace("/", "--").replace(":", "--"),
+        weights=params["weights"],
+        token_pooling=params["token_pooling"],
+        sae=str(params["sae"]) if params["sae"] else None,
+        t2i_model=params["t2i_model"],
+        num_img=params["num_img"],
+        image_prompt=params["image_prompt"],
+        seed=params["seed"],
+        num_inf_steps=params["num_inf_steps"],
+        guidance_scale=params["guidance_scale"],
+        controls=params["controls"],
+        top_k=params["top_k"],
+        t2i_batch=params["t2i_batch"],
+        device=params["device"],
+    )
+
+
+def _run(request: Any) -> None:
+    from rich.table import Table
+
+    from nacosae.evaluation.job import evaluate as run_evaluation
+    from nacosae.models.cache import shared_cache
+
+    try:
+        result = run_evaluation(request, shared_cache())
+    except KeyboardInterrupt:
+        raise Interrupted(
+            "rendered concepts are kept in the concept cache; rerun the same command to continue"
+        ) from None
+    summary = result.summary
+    table = Table(title=f"evaluation of {request.explanations} ({len(result.rows)} rows)")
+    for column in ("metric", "mean", "std", "median", "95% CI of the mean", "n"):
+        table.add_column(column)
+    for metric in ("AUC", "MAD"):
+        s = summary[metric]
+        if s.get("n"):
+            low, high = s["mean_ci95"]
+            table.add_row(
+                metric, f"{s['mean']:.4f}", f"{s['std']:.4f}", f"{s['median']:.4f}",
+                f"{low:.4f} .. {high:.4f}", str(s["n"]),
+            )  # fmt: skip
+    progress.console.print(table)
+    counts = summary["counts"]
+    progress.info(
+        f"{summary['distinct_concepts']} distinct concepts: {counts['concepts_rendered']} "
+        f"rendered ({counts['images_rendered']} images), {counts['cache_hits']} from the cache; "
+        f"{counts['vision_forward_passes']} vision forward passes"
+    )
+    for note in result.notes:
+        progress.info(f"note: {note}")
+    progress.info(f"written: {result.out / 'evaluation.csv'}, {result.out / 'summary.json'}")
+
+
+def _compare(paths: list[Path], out: Path) -> None:
+    from rich.table import Table
+
+    from nacosae.evaluation.compare import as_json, box_plot, compare
+    from nacosae.store.atomic import atomic_write_json
+
+    results, methods = compare(paths)
+    table = Table(title="paired comparison on shared neurons")
+    for column in ("A", "B", "metric", "n", "mean A", "mean B", "A - B", "test", "p"):
+        table.add_column(column, overflow="fold")
+    for r in results:
+        table.add_row(
+            r.method_a, r.method_b, r.metric, str(r.n), f"{r.mean_a:.4f}", f"{r.mean_b:.4f}",
+            f"{r.mean_difference:+.4f}", r.test, f"{r.p:.4g}",
+        )  # fmt: skip
+    progress.console.print(table)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "comparison.json", as_json(results))
+    box_plot(methods, out / "comparison.png")
+    progress.info(f"written: {out / 'comparison.json'}, {out / 'comparison.png'}")
+
+
+def _novelty(
+    paths: list[Path], vocabulary: Path | None, threshold: float, embedder: str, out: Path | None
+) -> None:
+    from rich.table import Table
+
+    from nacosae.evaluation.explanations import read_csv
+    from nacosae.evaluation.novelty import novelty as novelty_rows
+    from nacosae.evaluation.novelty import read_vocabulary, to_csv
+    from nacosae.models.cache import ModelHandle, ModelSpec, shared_cache
+    from nacosae.search.controls import embedding_function, load_embedder
+    from nacosae.store.atomic import atomic_write_text
+
+    if not paths:
+        raise NacosaeError("--novelty needs explanation CSVs")
+    entries, vocabulary_name = read_vocabulary(vocabulary)
+    handle = ModelHandle(shared_cache(), ModelSpec("embedder", embedder), load_embedder)
+    embed = embedding_function(handle)
+    for path in paths:
+        found = read_csv(path, None)
+        concepts = [(e.neuron, e.concept) for e in found.explanations]
+        rows = novelty_rows(concepts, entries, embed, threshold)
+        novel = sum(r.novel for r in rows)
+        table = Table(
+            title=f"{path.name}: {novel} of {len(rows)} concepts ({novel / len(rows):.0%}) "
+            f"match no entry of {vocabulary_name} (similarity < {threshold})"
+        )
+        for column in ("neuron", "concept", "nearest entry", "similarity", "new"):
+            table.add_column(column)
+        for r in rows:
+            new = "yes" if r.novel else ""
+            table.add_row(str(r.neuron), r.concept, r.nearest, f"{r.similarity:.3f}", new)
+        progress.console.print(table)
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out / f"novelty-{path.stem}.csv", to_csv(rows))
+            progress.info(f"written: {out / f'novelty-{path.stem}.csv'}")
+
+
+def top_images(
+    model: Annotated[str, typer.Option(help="Explained model (as for controls).")] = "resnet18",
+    layer: Annotated[str, typer.Option(help="Layer module path.")] = "avgpool",
+    neuron_id: Annotated[int, typer.Option(help="The unit.")] = 0,
+    k: Annotated[int, typer.Option(help="How many images.")] = 16,
+    lowest: Annotated[
+        bool, typer.Option(help="The images that drive it least.", metavar="")
+    ] = False,
+    token_pooling: TokenPoolingOption = "cls",
+    sae: SaeOption = None,
+) -> None:
+    """The control images that activate a unit most (or least), from its control store."""
+    from rich.table import Table
+
+    from nacosae.config import settings
+    from nacosae.controls import open_controls
+    from nacosae.evaluation.top_images import top_images as find
+    from nacosae.models.units import make_readout
+
+    if k < 1:
+        raise typer.BadParameter("must be at least 1", param_hint="--k")
+    store = open_controls(settings().controls_dir, model, layer, make_readout(token_pooling, sae))  # type: ignore[arg-type]
+    found = find(store, neuron_id, k, lowest)
+    which = "least" if lowest else "most"
+    table = Table(title=f"control images that drive unit {neuron_id} of {model} {layer} {which}")
+    for column in ("rank", "activation", "class", "image"):
+        table.add_column(column, overflow="fold")
+    for image in found:
+        path = str(image.path) if image.path else f"(row {image.row}; dataset moved)"
+        table.add_row(str(image.rank), f"{image.activation:.4f}", image.concept, path)
+    progress.console.print(table)

@@ -1,0 +1,1 @@
+"""`nacosae evaluate`: held-out CoSy scoring, method comparison, novelty, top control images."""

@@ -1,0 +1,135 @@
+"""Explanations to evaluate, read from any method's CSV or from a nacosae run directory.
+
+A CSV needs a neuron column (`neuron`, `unit` or `neuron_id`) and a concept column (`concept`,
+`description` or `label`): `nacosae report --format csv`, CoSy's explanation files and
+CLIP-Dissect's output (`layer,unit,description,...`) all qualify. Rows of another layer (when the
+file has a `layer` column) are left out with a note; several rows for one neuron are each
+evaluated, ranked in file order.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from nacosae.errors import NacosaeError
+
+NEURON_COLUMNS = ("neuron", "unit", "neuron_id")
+CONCEPT_COLUMNS = ("concept", "description", "label")
+
+
+@dataclass(frozen=True)
+class Explanation:
+    neuron: int
+    concept: str
+    source: str  # the file or run it came from
+    rank: int  # 1 = the method's first (best) concept for this neuron
+
+
+@dataclass
+class ReadResult:
+    explanations: list[Explanation]
+    notes: list[str]
+
+
+def _column(fields: list[str], names: tuple[str, ...], what: str, path: Path) -> str:
+    lowered = {f.strip().lower(): f for f in fields}
+    for name in names:
+        if name in lowered:
+            return lowered[name]
+    raise NacosaeError(
+        f"{path} has no {what} column ({', '.join(names)}); its columns: "
+        f"{', '.join(fields) or '(none)'}"
+    )
+
+
+def read_csv(path: Path, layer: str | None = None) -> ReadResult:
+    """Explanations of `path`; one-line errors name the row (counting the header as row 1)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise NacosaeError(f"explanations file {path} does not exist")
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        fields = list(reader.fieldnames or [])
+        neuron_col = _column(fields, NEURON_COLUMNS, "neuron", path)
+        concept_col = _column(fields, CONCEPT_COLUMNS, "concept", path)
+        layer_col = next((f for f in fields if f.strip().lower() == "layer"), None)
+        explanations: list[Explanation] = []
+        seen: dict[tuple[int, str], int] = {}
+        other_layers: set[str] = set()
+        skipped_empty = 0
+        ranks: dict[int, int] = {}
+        for row_number, row in enumerate(reader, start=2):
+            neuron_text = (row.get(neuron_col) or "").strip()
+            concept = " ".join((row.get(concept_col) or "").split())
+            if layer and layer_col and (row.get(layer_col) or "").strip() not in ("", layer):
+                other_layers.add(row[layer_col].strip())
+                continue
+            if not neuron_text and not concept:
+                skipped_empty += 1  # e.g. report's row for a run with no neuron yet
+                continue
+            try:
+                neuron = int(float(neuron_text))
+                if float(neuron_text) != neuron or neuron < 0:
+                    raise ValueError
+            except ValueError:
+                raise NacosaeError(
+                    f"{path} row {row_number}: {neuron_col} {neuron_text!r} is not a unit number"
+                ) from None
+            if not concept:
+                raise NacosaeError(f"{path} row {row_number}: neuron {neuron} has an empty concept")
+            key = (neuron, concept.lower())
+            if key in seen:
+                raise NacosaeError(
+                    f"{path} row {row_number} repeats row {seen[key]} (neuron {neuron}, "
+                    f"{concept!r}): remove one"
+                )
+            seen[key] = row_number
+            ranks[neuron] = ranks.get(neuron, 0) + 1
+            explanations.append(Explanation(neuron, concept, path.name, ranks[neuron]))
+    notes = []
+    if other_layers:
+        notes.append(f"rows of other layers ignored: {', '.join(sorted(other_layers))}")
+    if skipped_empty:
+        notes.append(f"{skipped_empty} rows without neuron and concept ignored")
+    if not explanations:
+        raise NacosaeError(f"{path} holds no explanation" + (f" ({notes[0]})" if notes else ""))
+    return ReadResult(explanations, notes)
+
+
+def read_run(run_dir: Path, top_k: int) -> ReadResult:
+    """The `top_k` best distinct concepts of each neuron's scored history in a nacosae run."""
+    from nacosae.search.history import normalise
+    from nacosae.store.runs import read_events
+
+    run_dir = Path(run_dir).expanduser()
+    if not (run_dir / "run.json").is_file():
+        raise NacosaeError(f"{run_dir} is not a nacosae run directory (no run.json)")
+    if top_k < 1:
+        raise NacosaeError("--top-k must be at least 1")
+    best: dict[int, dict[str, tuple[float, str]]] = {}
+    for event in read_events(run_dir):
+        if event.get("score") is None or event.get("concept") is None:
+            continue
+        by_concept = best.setdefault(int(event["neuron"]), {})
+        key = normalise(event["concept"])
+        if key not in by_concept or event["score"] > by_concept[key][0]:
+            by_concept[key] = (float(event["score"]), event["concept"])
+    explanations = []
+    for neuron in sorted(best):
+        ranked = sorted(best[neuron].values(), key=lambda item: -item[0])[:top_k]
+        for rank, (_score, concept) in enumerate(ranked, start=1):
+            explanations.append(Explanation(neuron, concept, run_dir.name, rank))
+    if not explanations:
+        raise NacosaeError(f"the run {run_dir} has no scored concept yet")
+    return ReadResult(explanations, [])
+
+
+def run_generation(run_dir: Path) -> dict | None:
+    """The search's generation settings recorded in a run (to check the evaluation is held out)."""
+    try:
+        return json.loads((Path(run_dir) / "run.json").read_text()).get("generation")
+    except (OSError, json.JSONDecodeError):
+        return None

