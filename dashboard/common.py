@@ -1,4 +1,8 @@
-"""The sidebar every page shares: runs directory, filters, run and neuron pickers."""
+"""The sidebar every page shares: runs directory, filters, run and neuron pickers.
+
+Every choice is kept in session state under its own name (not only under the widget's key,
+which Streamlit forgets when a page without that widget runs), so it holds across pages.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,34 @@ from nacosae.report import browse
 
 
 @st.cache_data(show_spinner=False)
-def cached_index(runs_dir: str, stamp: float) -> list[browse.RunEntry]:
-    """The run index, re-read when the runs directory changes (new or removed runs)."""
+def cached_index(runs_dir: str, stamp: tuple) -> list[browse.RunEntry]:
+    """The run index, re-read whenever any run's record changes (see `browse.index_stamp`)."""
     return browse.index_runs(Path(runs_dir))
+
+
+def run_index(runs_dir: str) -> list[browse.RunEntry]:
+    return cached_index(runs_dir, browse.index_stamp(Path(runs_dir)))
+
+
+@st.cache_data(show_spinner="Building the HTML report...", max_entries=8)
+def _html_report(run_path: str, stamp: tuple) -> str:
+    from nacosae.report import export
+
+    return export.to_html([browse.open_run(run_path)])
+
+
+def html_report(run_path: Path) -> str:
+    """The run's HTML report, built once per state of the run (it embeds every image)."""
+    return _html_report(str(run_path), browse.run_stamp(Path(run_path)))
+
+
+def _remembered_choice(label: str, values: list, name: str, **kwargs) -> object:
+    """A sidebar selectbox whose choice survives page switches (session state `name`)."""
+    current = st.session_state.get(name)
+    index = values.index(current) if current in values else 0
+    picked = st.sidebar.selectbox(label, values, index=index, key=f"{name}_pick", **kwargs)
+    st.session_state[name] = picked
+    return picked
 
 
 def sidebar() -> tuple[browse.RunView | None, int | None]:
@@ -26,13 +55,13 @@ def sidebar() -> tuple[browse.RunView | None, int | None]:
     if not path.is_dir():
         st.info(f"No runs directory at {runs_dir}. Run `nacosae explain` first.")
         return None, None
-    entries = cached_index(runs_dir, path.stat().st_mtime)
+    entries = run_index(runs_dir)
     if not entries:
         st.info(f"No runs in {runs_dir} yet. Run `nacosae explain --preset smoke` to make one.")
         return None, None
 
     def choice(label: str, values: list[str]) -> str | None:
-        picked = st.sidebar.selectbox(label, ["(all)", *sorted(set(values))], key=f"f_{label}")
+        picked = _remembered_choice(label, ["(all)", *sorted(set(values))], f"filter_{label}")
         return None if picked == "(all)" else picked
 
     model = choice("Model", [e.model for e in entries])
@@ -43,11 +72,7 @@ def sidebar() -> tuple[browse.RunView | None, int | None]:
         st.info("No run matches the filters.")
         return None, None
     ids = [e.run_id for e in shown]
-    current = st.session_state.get("run_id")
-    run_id = st.sidebar.selectbox(
-        "Run", ids, index=ids.index(current) if current in ids else 0, key="run_pick"
-    )
-    st.session_state["run_id"] = run_id
+    run_id = _remembered_choice("Run", ids, "run_id", format_func=browse.run_label)
     entry = next(e for e in shown if e.run_id == run_id)
     if entry.status == "corrupt":
         st.error(f"Run {run_id} cannot be read: {entry.error}")
@@ -62,6 +87,5 @@ def sidebar() -> tuple[browse.RunView | None, int | None]:
     if not run.neurons:
         st.info(f"Run {run_id} has no scored concepts yet (status: {run.status}).")
         return run, None
-    neurons = sorted(run.neurons)
-    neuron = st.sidebar.selectbox("Neuron", neurons, key="neuron_pick")
-    return run, neuron
+    neuron = _remembered_choice("Neuron", sorted(run.neurons), "neuron")
+    return run, int(neuron)  # type: ignore[call-overload]

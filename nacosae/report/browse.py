@@ -60,6 +60,49 @@ def index_runs(runs_dir: Path) -> list[RunEntry]:
     return entries
 
 
+def run_stamp(path: Path) -> tuple:
+    """What changes when a run changes: its record, events, summary and heartbeat files."""
+    stamp = []
+    for name in (RUN_FILE, "events.jsonl", "summary.json", "heartbeat"):
+        try:
+            info = (Path(path) / name).stat()
+            stamp.append((name, info.st_mtime_ns, info.st_size))
+        except OSError:
+            stamp.append((name, None, None))
+    return tuple(stamp)
+
+
+def index_stamp(runs_dir: Path) -> tuple:
+    """A cache key for the run index: every run folder with its record's and heartbeat's
+    modification times (the folder's own time changes only when runs are added or removed)."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        return ()
+    stamp = []
+    for path in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
+        times = []
+        for name in (RUN_FILE, "heartbeat"):
+            try:
+                times.append((path / name).stat().st_mtime_ns)
+            except OSError:
+                times.append(None)
+        stamp.append((path.name, *times))
+    return tuple(stamp)
+
+
+def run_label(run_id: str) -> str:
+    """A run id as a picker label that stays distinct when the sidebar cuts it short: what
+    differs between runs (neurons, time) first. `20261128-055210_resnet18_avgpool_n0-5` ->
+    `n0-5 · 11-28 05:52:10 · resnet18_avgpool`."""
+    stamp, _, rest = run_id.partition("_")
+    date, _, clock = stamp.partition("-")
+    if len(date) != 8 or len(clock) != 6 or not rest:
+        return run_id
+    described, _, neurons = rest.rpartition("_")
+    when = f"{date[4:6]}-{date[6:]} {clock[:2]}:{clock[2:4]}:{clock[4:]}"
+    return f"{neurons} · {when} · {described}" if described else f"{rest} · {when}"
+
+
 def filter_runs(
     entries: list[RunEntry], model: str | None, layer: str | None, status: str | None
 ) -> list[RunEntry]:

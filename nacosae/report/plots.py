@@ -54,16 +54,33 @@ def scores_per_iteration(events: list[dict[str, Any]], metric: str) -> bytes:
     return _png(draw)
 
 
+LINE_STYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v", "x")
+
+
 def best_so_far(curves: dict[str, list[float]], metric: str) -> bytes:
-    """Best score after each scored concept, one line per neuron or run."""
+    """Best score after each scored concept, one line per neuron or run; each line its own dash
+    and marker, so coinciding curves stay distinguishable; the legend outside the data."""
 
     def draw(ax: Any) -> None:
-        for label, curve in curves.items():
-            ax.plot(range(1, len(curve) + 1), curve, label=label)
+        from matplotlib.ticker import MaxNLocator
+
+        for k, (label, curve) in enumerate(curves.items()):
+            ax.plot(
+                range(1, len(curve) + 1),
+                curve,
+                label=label,
+                linestyle=LINE_STYLES[k % len(LINE_STYLES)],
+                marker=MARKERS[k % len(MARKERS)],
+                markersize=3,
+            )
+        if metric == "auc":
+            ax.axhline(0.5, color="grey", linewidth=0.8, linestyle="--", label="chance")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("concepts scored")
         ax.set_ylabel(f"best {metric} so far")
-        if len(curves) > 1:
-            ax.legend(fontsize=7)
+        if len(curves) > 1 or metric == "auc":
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
 
     return _png(draw)
 
