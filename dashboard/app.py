@@ -1,23 +1,18 @@
 """nacosae dashboard: browse runs (read-only over the run directories).
 
-The pages are declared here (st.navigation), so the first one is listed as "Overview"; every
-sidebar choice lives in session state and holds across pages.
+The pages are declared in `common.pages` (st.navigation), so the first one is listed as
+"Overview"; every sidebar choice lives in session state and holds across pages.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import streamlit as st
 
-HERE = Path(__file__).parent
+sys.path.insert(0, str(Path(__file__).parent))
+from common import pages  # noqa: E402
 
 st.set_page_config(page_title="nacosae", layout="wide")
-st.navigation(
-    [
-        st.Page(HERE / "overview.py", title="Overview", default=True),
-        st.Page(HERE / "pages" / "1_Images.py", title="Images"),
-        st.Page(HERE / "pages" / "2_Reasoning.py", title="Reasoning"),
-        st.Page(HERE / "pages" / "3_Compare.py", title="Compare"),
-    ]
-).run()
+st.navigation(pages()).run()

@@ -12,6 +12,19 @@ import streamlit as st
 
 from nacosae.report import browse
 
+DASHBOARD = Path(__file__).parent
+
+
+def pages() -> list:
+    """The app's pages in menu order (app.py runs them with st.navigation)."""
+    return [
+        st.Page(DASHBOARD / "overview.py", title="Overview", default=True),
+        st.Page(DASHBOARD / "pages" / "1_Images.py", title="Images"),
+        st.Page(DASHBOARD / "pages" / "2_Reasoning.py", title="Reasoning"),
+        st.Page(DASHBOARD / "pages" / "3_Compare.py", title="Compare"),
+        st.Page(DASHBOARD / "pages" / "4_Layer.py", title="Layer"),
+    ]
+
 
 @st.cache_data(show_spinner=False)
 def cached_index(runs_dir: str, stamp: tuple) -> list[browse.RunEntry]:
@@ -33,6 +46,41 @@ def _html_report(run_path: str, stamp: tuple) -> str:
 def html_report(run_path: Path) -> str:
     """The run's HTML report, built once per state of the run (it embeds every image)."""
     return _html_report(str(run_path), browse.run_stamp(Path(run_path)))
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _run_view(run_path: str, stamp: tuple) -> browse.RunView:
+    return browse.open_run(run_path)
+
+
+def open_run(run_path: str) -> browse.RunView:
+    """The run, read once per state of its files (a rerun only checks their times)."""
+    return _run_view(run_path, browse.run_stamp(Path(run_path)))
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _events_by_neuron(run_path: str, stamp: tuple) -> dict[int, list[dict]]:
+    by_neuron: dict[int, list[dict]] = {}
+    for event in browse.open_run(run_path).events():
+        by_neuron.setdefault(event.get("neuron"), []).append(event)
+    return by_neuron
+
+
+def neuron_events(run: browse.RunView, neuron: int) -> list[dict]:
+    """One neuron's events; the events file is read once per state of the run."""
+    return _events_by_neuron(str(run.path), browse.run_stamp(run.path)).get(neuron, [])
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def plot(kind: str, run_path: str, stamp: tuple, neuron: int, metric: str) -> bytes:
+    """One of the report's plots of a neuron, drawn once per state of the run."""
+    from nacosae.report import plots
+
+    run = _run_view(run_path, stamp)
+    events = _events_by_neuron(run_path, stamp).get(neuron, [])
+    if kind == "best_so_far":
+        return plots.best_so_far({str(neuron): run.neurons[neuron].curve}, metric)
+    return getattr(plots, kind)(events, metric)
 
 
 def _remembered_choice(label: str, values: list, name: str, **kwargs) -> object:
@@ -77,7 +125,7 @@ def sidebar() -> tuple[browse.RunView | None, int | None]:
     if entry.status == "corrupt":
         st.error(f"Run {run_id} cannot be read: {entry.error}")
         return None, None
-    run = browse.open_run(entry.path)
+    run = open_run(entry.path)
     if run.error:
         st.warning(f"Run {run_id} ({run.status}): {run.error}")
     for warning in run.warnings:

@@ -46,7 +46,7 @@ def test_overview_selects_a_run_and_switches_neuron(runs_dir, monkeypatch):
     assert at.header[0].value == f"Neuron 0: {summary['0']['best']['concept']}"
     at.sidebar.selectbox(key="neuron_pick").select(5).run()
     assert at.header[0].value == f"Neuron 5: {summary['5']['best']['concept']}"
-    assert len(at.dataframe) == 2
+    assert len(at.dataframe) == 3  # the search, the final history, the parameters
     assert [b.label for b in at.get("download_button")] == ["CSV", "JSON"]
     assert at.button(key=f"html_{run_id}").label == "Prepare HTML report"
 
@@ -92,9 +92,8 @@ def test_the_status_filter_follows_the_runs_own_files(runs_dir, tmp_path, monkey
     at = app("app.py", runs, monkeypatch)
     statuses = at.sidebar.selectbox(key="filter_Status_pick").options
     assert "failed" in statuses
-    failed = next(
-        p for p in runs.glob("*/run.json") if json.loads(p.read_text())["status"] == "failed"
-    )
+    records = {p: p.read_text() for p in runs.glob("*/run.json") if p.parent.name != "zz-corrupt"}
+    failed = next(p for p, text in records.items() if json.loads(text)["status"] == "failed")
     record = json.loads(failed.read_text())
     before = runs.stat()
     failed.write_text(json.dumps({**record, "status": "done", "error": None}))
@@ -115,8 +114,8 @@ def test_pages_are_named_titles_come_first_and_run_labels_stay_distinct(runs_dir
     assert run_label("20261128-055210_resnet18_avgpool_n0-5") == (
         "n0-5 · 11-28 05:52:10 · resnet18_avgpool"
     )
-    source = (ROOT / "app.py").read_text()
-    assert 'title="Overview"' in source and "default=True" in source
+    source = (ROOT / "common.py").read_text()
+    assert 'title="Overview", default=True' in source
 
 
 def test_filters_and_corrupt_run(runs_dir, monkeypatch):
@@ -138,17 +137,37 @@ def test_empty_and_missing_runs_directory(tmp_path, monkeypatch):
 
 
 def test_images_page(runs_dir, monkeypatch):
-    at = app("pages/1_Images.py", runs_dir, monkeypatch, done_run(runs_dir))
+    import json
+
+    run_id = done_run(runs_dir)
+    at = app("pages/1_Images.py", runs_dir, monkeypatch, run_id)
     assert not at.exception
     assert at.title[0].value == "Images"
     assert len(at.get("image")) >= 10  # one strip per scored concept
+    best = json.loads((runs_dir / run_id / "summary.json").read_text())["neurons"]["0"]["best"]
+    titles = [m.value for m in at.markdown]
+    assert titles[0].startswith(f"**{best['concept']}** ★ best")  # by score: the best first
+    scores = [float(t.split(" · ")[1].split()[1]) for t in titles]
+    assert scores == sorted(scores, reverse=True)
+    from nacosae.report.browse import image_activations, open_run
+
+    run = open_run(str(runs_dir / run_id))
+    event = next(e for e in run.events() if e.get("concept") == best["concept"])
+    files = [run.path / f for f in event["images"]]
+    values = image_activations(run, 0, best["concept"], files)
+    assert all(v is not None for v in values)  # found through the hard links into the cache
+    at.radio(key="image_order").set_value("in run order").run()
+    in_order = [m.value for m in at.markdown]
+    iterations = [int(t.split("iteration ")[1].split()[0]) for t in in_order]
+    assert iterations == sorted(iterations)
 
 
 def test_reasoning_page(runs_dir, monkeypatch):
     at = app("pages/2_Reasoning.py", runs_dir, monkeypatch, done_run(runs_dir))
     assert not at.exception
     assert len(at.expander) == 3  # 2 iterations + the summary
-    assert "<answer>" in at.code[0].value
+    assert "<answer>" in at.text[0].value and not at.code  # raw answers as plain text
+    assert all(" · " in e.label or "no valid proposal" in e.label for e in at.expander)
 
 
 def test_compare_page(runs_dir, monkeypatch):
@@ -156,6 +175,13 @@ def test_compare_page(runs_dir, monkeypatch):
     assert not at.exception
     assert len(at.multiselect[0].value) >= 2
     assert len(at.dataframe) == 1
+    assert {"metric", "seed", "status"} <= set(at.dataframe[0].value.columns)
+    reference = Path(__file__).parent / "data" / "cosy_reference"
+    files = sorted(reference.glob("*.csv"))
+    at.text_area(key="compare_methods").input("\n".join(str(f) for f in files)).run()
+    assert not at.exception
+    tests = at.dataframe[1].value
+    assert len(tests) == 6 and set(tests["test"]) <= {"paired t-test", "Wilcoxon signed-rank"}
 
 
 def free_port() -> int:
@@ -256,3 +282,53 @@ def test_real_browser_shows_the_best_concept(runs_dir, tmp_path):
 
     with Image.open(shot) as image:  # a real screenshot of the window (look at it when in doubt)
         assert image.size == (1400, 1000)
+
+
+def test_overview_says_what_the_unit_is_and_how_sure_we_are(runs_dir, tmp_path, monkeypatch):
+    import json
+
+    runs = tmp_path / "runs"
+    run_id = done_run(runs_dir)
+    shutil.copytree(runs_dir / run_id, runs / run_id)
+    best = json.loads((runs / run_id / "summary.json").read_text())["neurons"]["5"]["best"]
+    events = [
+        json.loads(line) for line in (runs / run_id / "events.jsonl").read_text().splitlines()
+    ]
+    scored = [e for e in events if e["neuron"] == 5 and e.get("concept") == best["concept"]]
+    metrics = max(scored, key=lambda e: e["score"])["metrics"]
+    (runs / run_id / "evaluation").mkdir()
+    (runs / run_id / "evaluation" / "evaluation.csv").write_text(
+        f"neuron,concept,AUC,U1,p,MAD,source,rank\n5,{best['concept']},0.8125,1,0.01,1.5,x,1\n"
+    )
+    at = app("app.py", runs, monkeypatch, run_id)
+    at.sidebar.selectbox(key="neuron_pick").select(5).run()
+    assert not at.exception
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["AUC"] == f"{metrics['auc']:.4f}" and shown["MAD"] == f"{metrics['mad']:.4f}"
+    assert shown["control images"] == "36" and shown["held-out AUC"] == "0.8125"
+    chance = [w.value for w in at.warning if "at or below chance" in w.value]
+    assert bool(chance) == (metrics["auc"] <= 0.5)
+    # the concept's renders, the top control images, three plots
+    assert len(at.get("image")) == 5
+    from nacosae.report.browse import open_run, top_control_images
+
+    top = top_control_images(open_run(str(runs / run_id)), 5, k=8)
+    assert len(top) == 8 and all(t.path.is_file() for t in top)
+    settings = at.dataframe[-1].value
+    assert "control strategy" in list(settings["setting"]) and "seed" in list(settings["setting"])
+
+
+def test_layer_page_lists_every_unit_and_opens_one(runs_dir, monkeypatch):
+    run_id = done_run(runs_dir)
+    at = app("app.py", runs_dir, monkeypatch, run_id)
+    at.switch_page("pages/4_Layer.py").run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert list(table["neuron"]) == [0, 5] and "auc" in table.columns
+    at.text_input(key="layer_filter").input("zzz-no-such-concept").run()
+    assert len(at.dataframe[0].value) == 0
+    at.text_input(key="layer_filter").input("").run()
+    at.selectbox(key="layer_open").select(5).run()
+    at.button(key="layer_go").click().run()
+    assert not at.exception
+    assert at.title[0].value == "Overview" and at.header[0].value.startswith("Neuron 5:")

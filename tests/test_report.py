@@ -41,20 +41,39 @@ def test_html_is_one_self_contained_file(invoke, runs_dir, tmp_path):
     result = invoke("report", runs_dir, "--format", "html", "--out", out)
     assert result.exit_code == 0, result.output
     text = out.read_text()
-    sources = re.findall(r"""(?:src|href)=['"]([^'"]+)""", text)
-    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
+    sources = re.findall(r"""src=['"]([^'"]+)""", text)
+    assert sources and all(s.startswith("data:image/") for s in sources)
+    assert any(s.startswith("data:image/jpeg;base64,") for s in sources)  # thumbnails: JPEG
     assert "<link" not in text and "<script" not in text
     done = json.loads(next(runs_dir.glob("*n0-5/summary.json")).read_text())
     assert done["neurons"]["0"]["best"]["concept"] in text
-    assert "score histogram" in text and "best so far" in text and "relative score" in text
+    # every plot has a caption; the histogram names its metric; the contents link to headings
+    assert text.count("<figure") == text.count("<figcaption>") > 0
+    assert "best auc per neuron" in text and "the best auc so far" in text
+    assert "minus the best initial" in text
+    anchors = re.findall(r"href='#([^']+)'", text)
+    assert anchors and all(f"id='{a}'" in text for a in anchors)
+    summary_header = re.search(r"<h2 id='summary'>Summary</h2>\n<table><tr>(.*?)</tr>", text)
+    assert "<th>metric</th>" in summary_header.group(1)
+    assert "Reasoning, neuron 0" in text
+    assert "the control images that drive it most (" in text
 
 
-def test_markdown_report(invoke, runs_dir):
+def test_markdown_report_reads_as_text_with_image_files(invoke, runs_dir, tmp_path):
     result = invoke("report", runs_dir, "--format", "md")
     assert result.exit_code == 0
     assert result.output.startswith("# nacosae report")
-    assert "### Neuron 0:" in result.output and "### Neuron 5:" in result.output
-    assert "](data:image/png;base64," in result.output
+    assert "### Neuron 0 of run" in result.output and "### Neuron 5 of run" in result.output
+    out = tmp_path / "report.md"
+    assert invoke("report", runs_dir, "--format", "md", "--out", out).exit_code == 0
+    text = out.read_text()
+    assert "base64" not in text and max(len(line) for line in text.splitlines()) < 2000
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert links and all((tmp_path / link).is_file() for link in links)
+    assert all(link.startswith("report_files/") for link in links)
+    assert any(link.endswith(".jpg") for link in links)
+    refused = invoke("report", runs_dir, "--format", "md", "--images", "files")
+    assert refused.exit_code == 2 and "--out" in refused.output
 
 
 def test_run_filter_and_bad_input(invoke, runs_dir, tmp_path):

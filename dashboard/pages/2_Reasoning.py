@@ -1,4 +1,5 @@
-"""Reasoning page: per iteration, the LLM's reasoning, its answer and parse retries."""
+"""Reasoning page: per iteration the LLM's reasoning, its raw answers (plain text) and retries,
+with the score or failure in each title."""
 
 from __future__ import annotations
 
@@ -8,21 +9,38 @@ from pathlib import Path
 import streamlit as st
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from common import sidebar  # noqa: E402
-
-from nacosae.report.browse import neuron_events  # noqa: E402
+from common import neuron_events, sidebar  # noqa: E402
 
 st.title("Reasoning")
 run, neuron = sidebar()
 if run is not None and neuron is not None:
-    st.caption(f"prompt template: {run.config.get('prompt', 'main')}")
+    metric = run.config.get("metric", "auc")
+    st.caption(
+        f"prompt template: {run.config.get('prompt', 'main')} · answer format: "
+        f"{run.config.get('llm_output', 'tags')}"
+    )
+    tried: list[str] = []
     for event in neuron_events(run, neuron):
         if event["iteration"] == 0:
+            tried.append(event.get("concept") or "")
             continue
-        label = event.get("concept") or "no valid proposal"
-        with st.expander(f"iteration {event['iteration']} ({event['source']}): {label}"):
+        if event.get("status") == "failed" or event.get("score") is None:
+            title = f"iteration {event['iteration']} ({event['source']}): ✗ no valid proposal"
+        else:
+            title = (
+                f"iteration {event['iteration']} ({event['source']}): {event['concept']} · "
+                f"{metric} {event['score']:.4f}"
+            )
+        retries = event.get("parse_retries", 0)
+        if retries:
+            title += f" · {retries} re-ask{'s' if retries > 1 else ''}"
+        with st.expander(title):
             st.write(f"reasoning: {event.get('reasoning') or '-'}")
-            st.code(event.get("raw_answer") or "\n---\n".join(event.get("raw_answers", [])))
-            st.write(f"parse retries: {event.get('parse_retries', 0)}")
+            st.caption("concepts tried before this step: " + (", ".join(tried) or "-"))
+            answers = [event["raw_answer"]] if event.get("raw_answer") else []
+            for number, answer in enumerate(answers or event.get("raw_answers", []), start=1):
+                st.text(f"answer {number}:\n{answer}")
             for error in event.get("parse_errors", []):
                 st.warning(error)
+        if event.get("concept"):
+            tried.append(event["concept"])

@@ -51,3 +51,27 @@ if runs_dir and Path(runs_dir).is_dir():
             st.info("The runs use different metrics: one plot per metric.")
         for metric, curves in sorted(by_metric.items()):
             st.image(plots.best_so_far(curves, metric), caption=f"best {metric} so far")
+
+st.subheader("Methods, from evaluation CSVs")
+paths_text = st.text_area(
+    "Evaluation CSVs of `nacosae evaluate` or CoSy (one path a line)", key="compare_methods"
+)
+paths = [Path(line.strip()).expanduser() for line in paths_text.splitlines() if line.strip()]
+if len(paths) >= 2:
+    from nacosae.errors import NacosaeError
+    from nacosae.evaluation.compare import as_json, box_plot, compare
+
+    try:
+        results, methods = compare(paths)
+    except NacosaeError as exc:
+        st.error(str(exc))
+    else:
+        st.dataframe(as_json(results), hide_index=True)
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            box_plot(methods, Path(folder) / "methods.png")
+            st.image(
+                (Path(folder) / "methods.png").read_bytes(),
+                caption="AUC and MAD per neuron, per method (paired tests in the table)",
+            )

@@ -146,6 +146,8 @@ def _request(
     from nacosae.evaluation.job import EvaluateRequest
 
     name = f"{source.stem if source.is_file() else source.name}-{params['model']}-{params['layer']}"
+    if out is None and source.is_dir():
+        out = source / "evaluation"  # beside the run: report and dashboard show it
     return EvaluateRequest(
         explanations=source,
         model=params["model"],

@@ -23,6 +23,13 @@ def report(
         typer.Option("--format", help="What to write (csv and json have the fixed columns)."),
     ] = "table",
     out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
+    images: Annotated[
+        Literal["auto", "embed", "files"],
+        typer.Option(
+            help="md/html images: embed (one self-contained file) or files (a folder beside "
+            "--out, linked relatively); auto: files for md with --out, else embed."
+        ),
+    ] = "auto",
     smoke: Annotated[
         bool,
         typer.Option(
@@ -48,17 +55,22 @@ def report(
             raise NacosaeError(f"no run {run_id!r} in {directory}")
     if out is not None:
         writable_folder(Path(out).expanduser().parent, "--out's folder")
+    if images == "files" and out is None:
+        raise typer.BadParameter("needs --out (the images go beside it)", param_hint="--images")
     runs = [r for r in list_runs(Path(directory), run) if smoke or not r.is_smoke]
     if format == "table" and out is None:
         _print_table(runs)
         return
-    text = {
-        "table": _plain_table,
-        "csv": export.to_csv,
-        "json": export.to_json,
-        "md": export.to_markdown,
-        "html": export.to_html,
-    }[format](runs)
+    if format in ("md", "html"):
+        use_files = images == "files" or (images == "auto" and format == "md" and out is not None)
+        sink = export.ImageSink()
+        if use_files:
+            folder = Path(out).expanduser().with_name(Path(out).stem + "_files")  # type: ignore[arg-type]
+            sink = export.ImageSink(folder, f"{folder.name}/")
+        render = export.to_markdown if format == "md" else export.to_html
+        text = render(runs, sink)
+    else:
+        text = {"table": _plain_table, "csv": export.to_csv, "json": export.to_json}[format](runs)
     if out is None:
         typer.echo(text, nl=False)
         return

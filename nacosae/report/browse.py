@@ -121,3 +121,138 @@ def open_run(path: str) -> RunView:
 
 def neuron_events(run: RunView, neuron: int) -> list[dict[str, Any]]:
     return [e for e in run.events() if e.get("neuron") == neuron]
+
+
+def best_event(events: list[dict[str, Any]], best: dict[str, Any]) -> dict[str, Any] | None:
+    """The scored event of the neuron's best concept (its metrics, images, controls)."""
+    matching = [
+        e for e in events if e.get("concept") == best.get("concept") and e.get("score") is not None
+    ]
+    return max(matching, key=lambda e: e["score"]) if matching else None
+
+
+def held_out_score(run: RunView, neuron: int, concept: str | None) -> dict[str, float] | None:
+    """The CoSy evaluation of the neuron's concept, when `nacosae evaluate RUN_DIR` wrote one
+    into the run's `evaluation/` folder."""
+    import csv
+
+    path = run.path / "evaluation" / "evaluation.csv"
+    if concept is None or not path.is_file():
+        return None
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            if row.get("neuron") == str(neuron) and row.get("concept") == concept:
+                return {"AUC": float(row["AUC"]), "MAD": float(row["MAD"])}
+    return None
+
+
+def top_control_images(run: RunView, neuron: int, k: int = 8) -> list[Any]:
+    """The control images that drive the unit most, from the run's control store (empty when
+    the store is not on this machine)."""
+    from nacosae.errors import NacosaeError
+    from nacosae.evaluation.top_images import top_images
+    from nacosae.store.activations import ControlStore
+
+    directory = (run.record.get("control_store") or {}).get("path")
+    if not directory or not (Path(directory) / "index.json").is_file():
+        return []
+    try:
+        return top_images(ControlStore(Path(directory), verify=False), neuron, k)
+    except (NacosaeError, OSError):
+        return []
+
+
+def parameter_rows(run: RunView) -> list[dict[str, str]]:
+    """The run's settings as a readable two-column table (the raw run.json stays available)."""
+    config, record = run.config, run.record
+    generation = record.get("generation") or {}
+    models = record.get("models") or {}
+    totals = record.get("totals") or {}
+    rows = {
+        "explained model": f"{config.get('model')} {config.get('layer')} ({config.get('weights')})",
+        "text-to-image": f"{generation.get('model_id', config.get('t2i_model'))}, "
+        f"{generation.get('num_inference_steps', '?')} steps, guidance "
+        f"{generation.get('guidance_scale')}",
+        "LLM": str((models.get("llm") or {}).get("id", config.get("language_model"))),
+        "iterations, images per concept": f"{config.get('n_iters')}, {config.get('num_img')}",
+        "metric": str(config.get("metric")),
+        "control strategy": str(config.get("control_strategy")),
+        "seed": str(config.get("seed")),
+        "preset": ", ".join(config.get("preset") or []) or "-",
+        "totals": ", ".join(f"{k} {v}" for k, v in totals.items() if not isinstance(v, dict)),
+        "versions": ", ".join(f"{k} {v}" for k, v in (record.get("versions") or {}).items()),
+    }
+    return [{"setting": k, "value": v} for k, v in rows.items()]
+
+
+def image_activations(
+    run: RunView, neuron: int, concept: str, images: list[Path]
+) -> list[float | None]:
+    """The unit's activation on each of a concept's images, from the concept cache entry the
+    run's images are hard links of (None where it is not on this machine)."""
+    import os
+
+    from safetensors import safe_open
+
+    from nacosae.store.concepts import content_key
+
+    unknown: list[float | None] = [None] * len(images)
+    root = Path(run.config.get("controls_root") or "").parent / "concepts"
+    if not images or not root.is_dir():
+        return unknown
+    wanted = content_key({"concept": concept})
+    for folder in root.glob(f"*/{wanted}"):
+        try:
+            if not os.path.samefile(folder / "0.png", images[0]):
+                continue
+        except OSError:
+            continue
+        for path in folder.glob("activations-*.safetensors"):
+            try:
+                with safe_open(str(path), "numpy") as handle:
+                    vision = json.loads((handle.metadata() or {}).get("vision", "{}"))
+                    if (vision.get("model"), vision.get("layer")) != (
+                        run.config.get("model"),
+                        run.config.get("layer"),
+                    ):
+                        continue
+                    values = handle.get_tensor("activations")
+            except Exception:  # noqa: BLE001 - a damaged cache entry shows no values
+                continue
+            if values.shape[0] >= len(images) and values.shape[1] > neuron:
+                return [float(v) for v in values[: len(images), neuron]]
+    return unknown
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def layer_rows(run: RunView) -> list[dict[str, Any]]:
+    """One row per unit: best concept, its score under the run's metric, the held-out AUC when
+    an evaluation exists, and where the concept came from."""
+    import csv
+
+    metric = run.config.get("metric", "auc")
+    held_out: dict[tuple[int, str], float] = {}
+    path = run.path / "evaluation" / "evaluation.csv"
+    if path.is_file():
+        with path.open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                held_out.setdefault((int(row["neuron"]), row["concept"]), float(row["AUC"]))
+    rows = []
+    for neuron, view in sorted(run.neurons.items()):
+        best = view.best or {}
+        rows.append(
+            {
+                "neuron": neuron,
+                "concept": best.get("concept"),
+                metric: best.get("score"),
+                "held-out AUC": held_out.get((neuron, best.get("concept"))),
+                "source": best.get("source"),
+            }
+        )
+    return rows

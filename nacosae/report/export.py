@@ -7,13 +7,20 @@ import csv
 import html
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from nacosae.report import plots
 from nacosae.report.runs import ROW_COLUMNS, RunView, rows
 
-THUMBNAIL = 128
+THUMBNAIL = 96  # pixels, the longer side
+JPEG_QUALITY = 70
+ALL_METRICS = ("auc", "mad", "mean")
+PARAMETERS = (
+    "model", "layer", "weights", "language_model", "llm_url", "t2i_model", "num_img",
+    "num_inf_steps", "n_iters", "metric", "prompt", "control_strategy", "seed", "preset",
+)  # fmt: skip
 
 
 def to_csv(runs: list[RunView]) -> str:
@@ -29,30 +36,69 @@ def to_json(runs: list[RunView]) -> str:
     return json.dumps(rows(runs), indent=2) + "\n"
 
 
-def _data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode()
+class ImageSink:
+    """Where a report's images go: embedded as data URIs (one self-contained file), or written
+    as files into a folder beside the report and linked relatively (`--images files`: a
+    Markdown report then reads as text). Thumbnails are downscaled JPEGs either way."""
 
+    def __init__(self, folder: Path | None = None, link_prefix: str = "") -> None:
+        self.folder = folder
+        self.link_prefix = link_prefix
+        self.count = 0
+        self._thumbnails: dict[tuple[int, int], str | None] = {}  # by file identity
 
-def _thumbnail(path: Path) -> str | None:
-    from PIL import Image
+    def add(self, data: bytes, suffix: str) -> str:
+        if self.folder is None:
+            kind = {"png": "image/png", "jpg": "image/jpeg"}[suffix]
+            return f"data:{kind};base64," + base64.b64encode(data).decode()
+        from nacosae.store.atomic import atomic_write
 
-    try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            image.thumbnail((THUMBNAIL, THUMBNAIL))
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
-    except OSError:
-        return None
-    return _data_uri(buffer.getvalue())
+        self.count += 1
+        name = f"{self.count:05d}.{suffix}"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.folder / name, lambda tmp: tmp.write_bytes(data))
+        return f"{self.link_prefix}{name}"
+
+    def plot(self, png: bytes) -> str:
+        return self.add(png, "png")
+
+    def thumbnail(self, path: Path) -> str | None:
+        """A downscaled JPEG of an image; a file seen before (the runs' images are hard links
+        into the concept cache, shared by neurons) is encoded once."""
+        try:
+            info = path.stat()
+        except OSError:
+            return None
+        key = (info.st_dev, info.st_ino)
+        if key not in self._thumbnails:
+            self._thumbnails[key] = self._encode_thumbnail(path)
+        return self._thumbnails[key]
+
+    def _encode_thumbnail(self, path: Path) -> str | None:
+        from PIL import Image
+
+        try:
+            with Image.open(path) as image:
+                image = image.convert("RGB")
+                image.thumbnail((THUMBNAIL, THUMBNAIL))
+                buffer = io.BytesIO()
+                image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+        except OSError:
+            return None
+        return self.add(buffer.getvalue(), "jpg")
 
 
 def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else "-" if value is None else str(value)
 
 
+def _anchor(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "section"
+
+
 class _Document:
-    """Collects report parts and renders them as Markdown or HTML."""
+    """Collects report parts and renders them as Markdown or HTML (with a linked table of
+    contents, a caption under every plot and one caption per row of images)."""
 
     def __init__(self, title: str) -> None:
         self.title = title
@@ -70,16 +116,27 @@ class _Document:
     def image(self, uri: str, caption: str) -> None:
         self.parts.append(("image", (uri, caption)))
 
-    def grid(self, items: list[tuple[str, str]]) -> None:
-        self.parts.append(("grid", items))
+    def grid(self, uris: list[str], caption: str) -> None:
+        self.parts.append(("grid", (uris, caption)))
+
+    def code(self, text: str) -> None:
+        self.parts.append(("code", text))
+
+    def _contents(self) -> list[tuple[str, int]]:
+        return [value for kind, value in self.parts if kind == "heading" and value[1] <= 3]
 
     def markdown(self) -> str:
-        out = [f"# {self.title}", ""]
+        out = [f"# {self.title}", "", "Contents:", ""]
+        for text, level in self._contents():
+            out.append("  " * (level - 2) + f"- [{text}](#{_anchor(text)})")
+        out.append("")
         for kind, value in self.parts:
             if kind == "heading":
                 out += ["#" * value[1] + " " + value[0], ""]
             elif kind == "text":
                 out += [value, ""]
+            elif kind == "code":
+                out += ["```text", value, "```", ""]
             elif kind == "table":
                 header, body = value
                 out.append("| " + " | ".join(header) + " |")
@@ -89,9 +146,10 @@ class _Document:
                 ]
                 out.append("")
             elif kind == "image":
-                out += [f"![{value[1]}]({value[0]})", ""]
+                out += [f"![{value[1]}]({value[0]})", f"*{value[1]}*", ""]
             elif kind == "grid":
-                out += [" ".join(f"![{cap}]({uri})" for uri, cap in value), ""]
+                uris, caption = value
+                out += [" ".join(f"![{caption}]({uri})" for uri in uris), f"*{caption}*", ""]
         return "\n".join(out)
 
     def html(self) -> str:
@@ -102,15 +160,24 @@ class _Document:
             "body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}",
             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
             "padding:3px 8px;text-align:left}figure{display:inline-block;margin:4px;"
-            "text-align:center;font-size:11px}",
+            "text-align:center;font-size:11px}figcaption{color:#555}"
+            ".row img{margin:2px}pre{background:#f6f6f6;padding:6px;white-space:pre-wrap}",
             "</style></head><body>",
             f"<h1>{esc(self.title)}</h1>",
+            "<nav><b>Contents</b><ul>",
         ]
+        for text, level in self._contents():
+            indent = "&nbsp;" * 4 * (level - 2)
+            out.append(f"<li>{indent}<a href='#{_anchor(text)}'>{esc(text)}</a></li>")
+        out.append("</ul></nav>")
         for kind, value in self.parts:
             if kind == "heading":
-                out.append(f"<h{value[1]}>{esc(value[0])}</h{value[1]}>")
+                text, level = value
+                out.append(f"<h{level} id='{_anchor(text)}'>{esc(text)}</h{level}>")
             elif kind == "text":
                 out.append(f"<p>{esc(value)}</p>")
+            elif kind == "code":
+                out.append(f"<pre>{esc(value)}</pre>")
             elif kind == "table":
                 header, body = value
                 out.append("<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>")
@@ -118,23 +185,27 @@ class _Document:
                     out.append("<tr>" + "".join(f"<td>{esc(_fmt(c))}</td>" for c in r) + "</tr>")
                 out.append("</table>")
             elif kind == "image":
-                out.append(f"<figure><img src='{value[0]}' alt='{esc(value[1])}'></figure>")
+                uri, caption = value
+                out.append(
+                    f"<figure><img src='{uri}' alt='{esc(caption)}'>"
+                    f"<figcaption>{esc(caption)}</figcaption></figure>"
+                )
             elif kind == "grid":
-                out.append("<div>")
-                for uri, cap in value:
-                    out.append(f"<figure><img src='{uri}' alt='{esc(cap)}'><br>{esc(cap)}</figure>")
-                out.append("</div>")
+                uris, caption = value
+                images = "".join(f"<img src='{u}' alt='{esc(caption)}'>" for u in uris)
+                out.append(
+                    f"<figure class='row'>{images}<figcaption>{esc(caption)}</figcaption></figure>"
+                )
         out.append("</body></html>")
         return "\n".join(out)
 
 
-def build_document(runs: list[RunView]) -> _Document:
-    """The full report: a summary across neurons, then per run and neuron the details."""
-    doc = _Document("nacosae report")
+def _summary(doc: _Document, runs: list[RunView], sink: ImageSink) -> None:
+    """A table of every neuron with its metric, and one score histogram per metric."""
     table = rows(runs)
     doc.heading("Summary", 2)
     doc.table(
-        ["run", "model", "layer", "neuron", "concept", "score", "status"],
+        ["run", "model", "layer", "neuron", "concept", "metric", "score", "status"],
         [
             [
                 r["run_id"],
@@ -142,16 +213,41 @@ def build_document(runs: list[RunView]) -> _Document:
                 r["layer"],
                 r["neuron"],
                 r["concept"],
+                r["metric"],
                 r["score"],
                 r["status"],
             ]
             for r in table
-        ],
+        ],  # fmt: skip
     )
-    scores = [r["score"] for r in table if isinstance(r["score"], float)]
-    if scores:
-        metric = table[0].get("metric", "auc")
-        doc.image(_data_uri(plots.score_histogram(scores, metric)), "score histogram")
+    by_metric: dict[str, list[float]] = {}
+    for r in table:
+        if isinstance(r["score"], float):
+            by_metric.setdefault(str(r["metric"] or "auc"), []).append(r["score"])
+    for metric, scores in sorted(by_metric.items()):
+        doc.image(
+            sink.plot(plots.score_histogram(scores, metric)),
+            f"best {metric} per neuron, {len(scores)} neurons",
+        )
+
+
+def _evaluation(run: RunView) -> list[dict[str, str]]:
+    """Rows of an evaluation of this run, if `nacosae evaluate` wrote one into the run
+    directory's `evaluation/` folder."""
+    path = run.path / "evaluation" / "evaluation.csv"
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def build_document(runs: list[RunView], sink: ImageSink | None = None) -> _Document:
+    """The full report: a summary across neurons, then per run and neuron the details."""
+    from nacosae.report.browse import top_control_images
+
+    sink = sink or ImageSink()
+    doc = _Document("nacosae report")
+    _summary(doc, runs, sink)
     for run in runs:
         smoke = " (smoke preset: tiny random models, meaningless)" if run.is_smoke else ""
         doc.heading(f"Run {run.run_id} ({run.status}){smoke}", 2)
@@ -160,39 +256,35 @@ def build_document(runs: list[RunView]) -> _Document:
         for warning in run.warnings:
             doc.text(f"warning: {warning}")
         config = run.config
-        params = [
-            "model",
-            "layer",
-            "weights",
-            "language_model",
-            "llm_url",
-            "t2i_model",
-            "num_img",
-            "n_iters",
-            "metric",
-            "prompt",
-            "control_strategy",
-            "seed",
-        ]
-        doc.table(["parameter", "value"], [[k, config.get(k)] for k in params if k in config])
+        doc.table(["parameter", "value"], [[k, config.get(k)] for k in PARAMETERS if k in config])
+        evaluated = {(int(r["neuron"]), r["concept"]): r for r in _evaluation(run)}
         events = run.events()
         metric = config.get("metric", "auc")
         for neuron, view in sorted(run.neurons.items()):
             mine = [e for e in events if e["neuron"] == neuron]
             best = view.best or {}
-            doc.heading(f"Neuron {neuron}: {best.get('concept', '-')}", 3)
+            doc.heading(f"Neuron {neuron} of run {run.run_id}: {best.get('concept', '-')}", 3)
             doc.text(f"best {metric}: {_fmt(best.get('score'))} ({best.get('source', '-')})")
+            held_out = evaluated.get((neuron, best.get("concept")))
+            if held_out:
+                doc.text(
+                    f"held-out evaluation (CoSy): AUC {float(held_out['AUC']):.4f}, "
+                    f"MAD {float(held_out['MAD']):.4f}"
+                )
             doc.table(
-                ["iteration", "source", "concept", metric],
+                ["iteration", "source", "concept", *ALL_METRICS],
                 [
                     [
                         e["iteration"],
                         e["source"],
                         e.get("concept") or "(no valid proposal)",
-                        e.get("score"),
+                        *(
+                            (e.get("metrics") or {}).get(m, e.get("score") if m == metric else None)
+                            for m in ALL_METRICS
+                        ),
                     ]
                     for e in mine
-                ],
+                ],  # fmt: skip
             )
             if view.history:
                 doc.text(
@@ -201,25 +293,42 @@ def build_document(runs: list[RunView]) -> _Document:
                 )
             if mine:
                 doc.image(
-                    _data_uri(plots.scores_per_iteration(mine, metric)), "score per iteration"
+                    sink.plot(plots.neuron_panels(mine, view.curve, metric)),
+                    f"neuron {neuron}, left to right: the {metric} of each scored concept per "
+                    f"iteration; the best {metric} so far; each proposal's {metric} minus the "
+                    "best initial class's",
                 )
-                doc.image(
-                    _data_uri(plots.best_so_far({str(neuron): view.curve}, metric)), "best so far"
+            top = [t for t in top_control_images(run, neuron, k=8) if t.path is not None]
+            shown_top = [(sink.thumbnail(t.path), t) for t in top]
+            if any(uri for uri, _ in shown_top):
+                doc.grid(
+                    [uri for uri, _ in shown_top if uri],
+                    f"neuron {neuron}: the control images that drive it most ("
+                    + ", ".join(f"{t.concept} {t.activation:.2f}" for _, t in shown_top)
+                    + ")",
                 )
-                doc.image(_data_uri(plots.relative_scores(mine, metric)), "relative score")
             for e in mine:
-                thumbs = [_thumbnail(run.path / f) for f in e.get("images", [])]
-                cells = [
-                    (t, f"{e['iteration']}: {e['concept']} {_fmt(e['score'])}") for t in thumbs if t
-                ]
-                if cells:
-                    doc.grid(cells)
+                thumbs = [sink.thumbnail(run.path / f) for f in e.get("images", [])]
+                shown = [t for t in thumbs if t]
+                if shown:
+                    doc.grid(
+                        shown,
+                        f"iteration {e['iteration']} ({e['source']}): {e['concept']}, "
+                        f"{metric} {_fmt(e['score'])}",
+                    )
+            proposals = [e for e in mine if e["iteration"] > 0]
+            if proposals:
+                doc.heading(f"Reasoning, neuron {neuron}", 4)
+                for e in proposals:
+                    label = e.get("concept") or "no valid proposal"
+                    doc.text(f"iteration {e['iteration']} ({e['source']}): {label}")
+                    doc.code(e.get("reasoning") or e.get("raw_answer") or "-")
     return doc
 
 
-def to_markdown(runs: list[RunView]) -> str:
-    return build_document(runs).markdown()
+def to_markdown(runs: list[RunView], sink: ImageSink | None = None) -> str:
+    return build_document(runs, sink).markdown()
 
 
-def to_html(runs: list[RunView]) -> str:
-    return build_document(runs).html()
+def to_html(runs: list[RunView], sink: ImageSink | None = None) -> str:
+    return build_document(runs, sink).html()

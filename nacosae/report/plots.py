@@ -22,23 +22,30 @@ COLOURS = {
 }
 
 
-def _png(draw: Any) -> bytes:
+def _png(*draws: Any, dpi: int = 100) -> bytes:
+    """One figure with a panel per drawer, side by side, as PNG bytes. Several panels get fixed
+    margins instead of tight_layout, which draws the whole figure a second time."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with plt.rc_context(STYLE):
-        fig, ax = plt.subplots()
-        draw(ax)
-        fig.tight_layout()
+    with plt.rc_context({**STYLE, "figure.dpi": dpi}):
+        width, height = STYLE["figure.figsize"]
+        fig, axes = plt.subplots(1, len(draws), figsize=(width * len(draws), height), squeeze=False)
+        for draw, ax in zip(draws, axes[0], strict=True):
+            draw(ax)
+        if len(draws) == 1:
+            fig.tight_layout()
+        else:
+            fig.subplots_adjust(left=0.05, right=0.98, bottom=0.17, top=0.95, wspace=0.3)
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png")
         plt.close(fig)
     return buffer.getvalue()
 
 
-def scores_per_iteration(events: list[dict[str, Any]], metric: str) -> bytes:
+def _scores_per_iteration_drawer(events: list[dict[str, Any]], metric: str) -> Any:
     """Each scored concept's score at its iteration, coloured by where it came from."""
     scored = [e for e in events if e.get("score") is not None]
 
@@ -51,14 +58,20 @@ def scores_per_iteration(events: list[dict[str, Any]], metric: str) -> bytes:
         ax.set_ylabel(metric)
         ax.legend(fontsize=7)
 
-    return _png(draw)
+    return draw
+
+
+def scores_per_iteration(events: list[dict[str, Any]], metric: str) -> bytes:
+    return _png(_scores_per_iteration_drawer(events, metric))
 
 
 LINE_STYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D", "v", "x")
 
 
-def best_so_far(curves: dict[str, list[float]], metric: str) -> bytes:
+def _best_so_far_drawer(
+    curves: dict[str, list[float]], metric: str, legend_inside: bool = False
+) -> Any:
     """Best score after each scored concept, one line per neuron or run; each line its own dash
     and marker, so coinciding curves stay distinguishable; the legend outside the data."""
 
@@ -79,13 +92,19 @@ def best_so_far(curves: dict[str, list[float]], metric: str) -> bytes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("concepts scored")
         ax.set_ylabel(f"best {metric} so far")
-        if len(curves) > 1 or metric == "auc":
+        if legend_inside:
+            ax.legend(fontsize=7, loc="lower right")
+        elif len(curves) > 1 or metric == "auc":
             ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
 
-    return _png(draw)
+    return draw
 
 
-def relative_scores(events: list[dict[str, Any]], metric: str) -> bytes:
+def best_so_far(curves: dict[str, list[float]], metric: str) -> bytes:
+    return _png(_best_so_far_drawer(curves, metric))
+
+
+def _relative_scores_drawer(events: list[dict[str, Any]], metric: str) -> Any:
     """Each proposal's score relative to the best initial (control-class) concept."""
     scored = [e for e in events if e.get("score") is not None]
     initial = [e["score"] for e in scored if e["iteration"] == 0]
@@ -98,7 +117,11 @@ def relative_scores(events: list[dict[str, Any]], metric: str) -> bytes:
         ax.set_xlabel("iteration")
         ax.set_ylabel(f"{metric} - best initial")
 
-    return _png(draw)
+    return draw
+
+
+def relative_scores(events: list[dict[str, Any]], metric: str) -> bytes:
+    return _png(_relative_scores_drawer(events, metric))
 
 
 def score_histogram(scores: list[float], metric: str) -> bytes:
@@ -108,3 +131,14 @@ def score_histogram(scores: list[float], metric: str) -> bytes:
         ax.set_ylabel("neurons")
 
     return _png(draw)
+
+
+def neuron_panels(events: list[dict[str, Any]], curve: list[float], metric: str) -> bytes:
+    """The three plots of one neuron as one smaller figure (one render instead of three: the
+    report draws one per neuron)."""
+    return _png(
+        _scores_per_iteration_drawer(events, metric),
+        _best_so_far_drawer({"best so far": curve}, metric, legend_inside=True),
+        _relative_scores_drawer(events, metric),
+        dpi=72,
+    )
