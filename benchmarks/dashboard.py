@@ -91,9 +91,15 @@ def main() -> None:
         mid = scaled_copy(source, work / "runs50", 50)
         run = load_run(mid)
         html: list[str] = []
-        seconds = timed(lambda: html.append(export.to_html([run])))
+        workers = os.cpu_count() or 1  # as `nacosae report` draws them
+        seconds = timed(lambda: html.append(export.to_html([run], workers=workers)))
         size = len(html[0].encode())
-        print(json.dumps({"figure": "html_report_50_units", "megabytes": size / 1e6, "s": seconds}))
+        print(
+            json.dumps(
+                {"figure": "html_report_50_units", "megabytes": size / 1e6, "s": seconds,
+                 "workers": workers}
+            )
+        )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -96,3 +96,14 @@ def test_large_tables_print_as_plain_aligned_text(invoke, runs_dir, monkeypatch)
     assert lines[0].split() == list(report.TABLE_COLUMNS)
     assert len(lines) == 1 + 5  # header, 2 neurons of the done run, 3 other runs
     assert "┃" not in result.output
+
+
+def test_figures_drawn_in_processes_equal_those_drawn_in_process(runs_dir):
+    from nacosae.report.export import render_panels
+    from nacosae.report.runs import load_run
+
+    run = load_run(next(runs_dir.glob("*n0-5")))
+    events = run.events()
+    jobs = [([e for e in events if e["neuron"] == n], run.neurons[n].curve, "auc") for n in (0, 5)]
+    jobs = jobs * 3  # six figures: enough to use the pool
+    assert render_panels(jobs, workers=2) == render_panels(jobs, workers=1)

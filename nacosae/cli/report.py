@@ -67,8 +67,10 @@ def report(
         if use_files:
             folder = Path(out).expanduser().with_name(Path(out).stem + "_files")  # type: ignore[arg-type]
             sink = export.ImageSink(folder, f"{folder.name}/")
+        import os
+
         render = export.to_markdown if format == "md" else export.to_html
-        text = render(runs, sink)
+        text = render(runs, sink, workers=os.cpu_count() or 1)
     else:
         text = {"table": _plain_table, "csv": export.to_csv, "json": export.to_json}[format](runs)
     if out is None:
