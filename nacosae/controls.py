@@ -290,10 +290,9 @@ def model_preprocessing(
     std: Triple | None = None,
 ) -> Preprocessing:
     """The model's own input recipe with the user's overrides."""
-    from nacosae.models import preprocessing
+    from nacosae.models.vision import own_preprocessing
 
-    own = getattr(model, "nacosae_preprocessing", preprocessing.DEFAULT)
-    return own.overridden(image_size, mean, std)
+    return own_preprocessing(model).overridden(image_size, mean, std)
 
 
 def open_controls(

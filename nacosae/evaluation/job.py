@@ -209,7 +209,7 @@ class ConceptImages:
 
     def _concept_store(self) -> Any:
         from nacosae.models.text2image import GenerationSettings, default_generation
-        from nacosae.search.components import t2i_facts
+        from nacosae.search.components import generation_key, t2i_facts, vision_key
         from nacosae.store.concepts import ConceptKeys, ConceptStore
 
         request = self.request
@@ -231,29 +231,19 @@ class ConceptImages:
                 f"{weights_id}: pass the same --weights as to `nacosae controls`"
             )
         keys = ConceptKeys(
-            generation={
-                **asdict(self.generation),
-                "revision": self.t2i.spec.revision,
-                "variant": variant,
-                "seed": request.seed,
-                "dtype": self.t2i.spec.dtype,
-                "device": self.device.split(":")[0],
-            },
-            vision={
-                "model": request.model,
-                "weights": weights_id,
-                "layer": request.layer,
-                "dtype": self.vision.spec.dtype,
-                "preprocessing": self.recipe.describe(),
-                "units": self.readout.identity(),
-            },
+            generation=generation_key(
+                self.generation, self.t2i, variant, request.seed, self.device
+            ),
+            vision=vision_key(
+                request.model, request.layer, weights_id, self.vision, self.recipe, self.readout
+            ),
         )
         return ConceptStore(Path(request.controls_root).parent / "concepts", keys)
 
     def activations_of(self, concepts: list[str]) -> dict[str, Any]:
         """[num_img, units] activations per concept."""
         from nacosae.models.text2image import TextToImage
-        from nacosae.search.components import vision_activations
+        from nacosae.search.components import VISION_BATCH, vision_activations
 
         n = self.request.num_img
         store = self._concept_store()
@@ -272,7 +262,7 @@ class ConceptImages:
             task = bar.add_task("evaluating", total=len(concepts), completed=len(found))
             for concept in missing:
                 images = self._images(store, renderer, concept)
-                self.counts["vision_forward_passes"] += -(-len(images) // 64)
+                self.counts["vision_forward_passes"] += -(-len(images) // VISION_BATCH)
                 found[concept] = forward(images)
                 store.save_activations(concept, found[concept])
                 bar.advance(task)

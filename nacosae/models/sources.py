@@ -130,7 +130,7 @@ def load_hf(repo: str, weights: str) -> Loaded:
     model_class = hf_model_class(config)
     if model_class.__name__ in ("CLIPVisionModel", "SiglipVisionModel"):
         config = config.vision_config
-    if weights in ("none", "random") or weights not in ("default",):
+    if weights != "default":  # random init, then a state-dict file unless none/random
         torch.manual_seed(RANDOM_INIT_SEED)
         model = model_class.from_config(config)
         if weights in ("none", "random"):

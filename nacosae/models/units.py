@@ -41,7 +41,7 @@ class SparseAutoencoder:
     w_enc: torch.Tensor  # [d_in, d_sae]
     b_enc: torch.Tensor  # [d_sae]
     b_dec: torch.Tensor | None  # [d_in]
-    _placed: dict[tuple[str, Any], tuple] = field(default_factory=dict, repr=False)
+    _placed: dict[str, tuple] = field(default_factory=dict, repr=False)  # device -> tensors
 
     @property
     def d_in(self) -> int:
@@ -91,13 +91,13 @@ class SparseAutoencoder:
         """ReLU(W_enc (x - b_dec) + b_enc), computed in float32 on x's device."""
         import torch
 
-        key = (str(x.device), None)
-        if key not in self._placed:
-            self._placed[key] = tuple(
+        device = str(x.device)
+        if device not in self._placed:
+            self._placed[device] = tuple(
                 t.to(x.device) if t is not None else None
                 for t in (self.w_enc, self.b_enc, self.b_dec)
             )
-        w_enc, b_enc, b_dec = self._placed[key]
+        w_enc, b_enc, b_dec = self._placed[device]
         x = x.float()
         if b_dec is not None:
             x = x - b_dec

@@ -228,7 +228,7 @@ def load_vision_model(name: str, weights: str = "default") -> tuple[nn.Module, s
     """
     import torch
 
-    from nacosae.models import preprocessing, sources
+    from nacosae.models import sources
 
     if sources.is_external(name):
         model, weights_id, recipe = sources.load_external(name, weights)
@@ -402,8 +402,13 @@ def layer_activations(
     return (readout or Readout())(box["output"])
 
 
+def own_preprocessing(model: nn.Module) -> Preprocessing:
+    """The recipe `load_vision_model` attached (the default for a module from elsewhere)."""
+    return getattr(model, "nacosae_preprocessing", preprocessing.DEFAULT)
+
+
 def input_size(model: nn.Module) -> int:
-    return getattr(model, "nacosae_preprocessing", preprocessing.DEFAULT).size
+    return own_preprocessing(model).size
 
 
 def count_units(

@@ -131,19 +131,25 @@ def best_event(events: list[dict[str, Any]], best: dict[str, Any]) -> dict[str, 
     return max(matching, key=lambda e: e["score"]) if matching else None
 
 
-def held_out_score(run: RunView, neuron: int, concept: str | None) -> dict[str, float] | None:
-    """The CoSy evaluation of the neuron's concept, when `nacosae evaluate RUN_DIR` wrote one
-    into the run's `evaluation/` folder."""
+def run_evaluation(run: RunView) -> dict[tuple[int, str], dict[str, str]]:
+    """(neuron, concept) -> row of the CoSy evaluation that `nacosae evaluate RUN_DIR` wrote
+    into the run's `evaluation/` folder (the first row of each pair); empty when there is none."""
     import csv
 
     path = run.path / "evaluation" / "evaluation.csv"
-    if concept is None or not path.is_file():
-        return None
+    if not path.is_file():
+        return {}
+    found: dict[tuple[int, str], dict[str, str]] = {}
     with path.open(newline="") as handle:
         for row in csv.DictReader(handle):
-            if row.get("neuron") == str(neuron) and row.get("concept") == concept:
-                return {"AUC": float(row["AUC"]), "MAD": float(row["MAD"])}
-    return None
+            found.setdefault((int(row["neuron"]), row["concept"]), row)
+    return found
+
+
+def held_out_score(run: RunView, neuron: int, concept: str | None) -> dict[str, float] | None:
+    """The held-out AUC and MAD of the neuron's concept, when the run has been evaluated."""
+    row = run_evaluation(run).get((neuron, concept or ""))
+    return {"AUC": float(row["AUC"]), "MAD": float(row["MAD"])} if row else None
 
 
 def top_control_images(run: RunView, neuron: int, k: int = 8) -> list[Any]:
@@ -234,15 +240,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 def layer_rows(run: RunView) -> list[dict[str, Any]]:
     """One row per unit: best concept, its score under the run's metric, the held-out AUC when
     an evaluation exists, and where the concept came from."""
-    import csv
-
     metric = run.config.get("metric", "auc")
-    held_out: dict[tuple[int, str], float] = {}
-    path = run.path / "evaluation" / "evaluation.csv"
-    if path.is_file():
-        with path.open(newline="") as handle:
-            for row in csv.DictReader(handle):
-                held_out.setdefault((int(row["neuron"]), row["concept"]), float(row["AUC"]))
+    held_out = {key: float(row["AUC"]) for key, row in run_evaluation(run).items()}
     rows = []
     for neuron, view in sorted(run.neurons.items()):
         best = view.best or {}

@@ -231,16 +231,6 @@ def _summary(doc: _Document, runs: list[RunView], sink: ImageSink) -> None:
         )
 
 
-def _evaluation(run: RunView) -> list[dict[str, str]]:
-    """Rows of an evaluation of this run, if `nacosae evaluate` wrote one into the run
-    directory's `evaluation/` folder."""
-    path = run.path / "evaluation" / "evaluation.csv"
-    if not path.is_file():
-        return []
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
 def _panels(job: tuple[list[dict[str, Any]], list[float], str]) -> bytes:
     return plots.neuron_panels(*job)
 
@@ -264,7 +254,7 @@ def build_document(
 ) -> _Document:
     """The full report: a summary across neurons, then per run and neuron the details.
     `workers` > 1 draws the neurons' figures in that many processes (the CLI does)."""
-    from nacosae.report.browse import top_control_images
+    from nacosae.report.browse import run_evaluation, top_control_images
 
     sink = sink or ImageSink()
     doc = _Document("nacosae report")
@@ -288,7 +278,7 @@ def build_document(
             doc.text(f"warning: {warning}")
         config = run.config
         doc.table(["parameter", "value"], [[k, config.get(k)] for k in PARAMETERS if k in config])
-        evaluated = {(int(r["neuron"]), r["concept"]): r for r in _evaluation(run)}
+        evaluated = run_evaluation(run)
         events = run.events()
         metric = config.get("metric", "auc")
         for neuron, view in sorted(run.neurons.items()):

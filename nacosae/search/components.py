@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from nacosae.models.units import Readout
     from nacosae.search.options import ExplainOptions
 
+VISION_BATCH = 64  # images per vision forward pass on generated images
 T2I_BATCH_LIMIT = 32
 CPU_T2I_BATCH = 8
 # activation memory per image of a 512 x 512 render in half precision (UNet at 64 x 64 latents,
@@ -182,7 +183,7 @@ def vision_activations(
     layer: str,
     recipe: Preprocessing,
     readout: Readout,
-    batch_size: int = 64,
+    batch_size: int = VISION_BATCH,
 ) -> Callable[[list[Image]], np.ndarray]:
     """Images -> [n, units] activations of every unit of `layer` (with the control store's
     preprocessing and readout), the model taken per call."""
@@ -207,6 +208,49 @@ def vision_activations(
         return np.concatenate(chunks)
 
     return activations
+
+
+def generation_key(
+    generation: GenerationSettings,
+    t2i: ModelHandle,
+    variant: str,
+    seed: int,
+    device: str,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The concept-cache key part of the images: every setting that changes the pixels,
+    including the pipeline's resolved revision and weight variant."""
+    from dataclasses import asdict
+
+    return {
+        **asdict(generation),
+        **extra,
+        "revision": t2i.spec.revision,
+        "variant": variant,
+        "seed": seed,
+        "dtype": t2i.spec.dtype,
+        "device": device.split(":")[0],
+    }
+
+
+def vision_key(
+    model: str,
+    layer: str,
+    weights_id: str,
+    vision: ModelHandle,
+    recipe: Preprocessing,
+    readout: Readout,
+) -> dict[str, Any]:
+    """The concept-cache key part of the activations: model, weights, layer, dtype,
+    preprocessing and units (pooling, SAE)."""
+    return {
+        "model": model,
+        "weights": weights_id,
+        "layer": layer,
+        "dtype": vision.spec.dtype,
+        "preprocessing": recipe.describe(),
+        "units": readout.identity(),
+    }
 
 
 def weights_id(vision: ModelHandle) -> str:

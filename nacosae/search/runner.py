@@ -440,26 +440,16 @@ def _concept_store(
     images (the pipeline's resolved revision and weight variant included) or the activations
     (weights, preprocessing, pooling and SAE)."""
     from nacosae.models.text2image import PROMPT_SCHEME
+    from nacosae.search import components
     from nacosae.store.concepts import ConceptKeys, ConceptStore
 
     weights_id, recipe, readout = vision_facts
     keys = ConceptKeys(
-        generation={
-            **asdict(generation),
-            "revision": models.t2i.spec.revision,
-            "variant": variant,
-            "prompt_scheme": PROMPT_SCHEME,
-            "seed": options.seed,
-            "dtype": models.t2i.spec.dtype,
-            "device": device.split(":")[0],
-        },
-        vision={
-            "model": options.model,
-            "weights": weights_id,
-            "layer": options.layer,
-            "dtype": models.vision.spec.dtype,
-            "preprocessing": recipe.describe(),
-            "units": readout.identity(),
-        },
+        generation=components.generation_key(
+            generation, models.t2i, variant, options.seed, device, prompt_scheme=PROMPT_SCHEME
+        ),
+        vision=components.vision_key(
+            options.model, options.layer, weights_id, models.vision, recipe, readout
+        ),
     )
     return ConceptStore(Path(options.controls_root).parent / "concepts", keys)
