@@ -3,15 +3,15 @@
 A real smoke run (2 neurons, 2 iterations) is made, then copied into runs of 2,048 and 50 units
 whose every unit repeats the real neurons' events (same images, hard links). Measured with
 Streamlit's AppTest (the app's own scripts, in process): the Layer page's first render with
-2,048 units, switching neuron on Overview; and `report --format html` of the 50-unit run (size,
-seconds). Run: `uv run python benchmarks/dashboard.py` (about a minute on 2 cores).
+2,048 units, switching neuron on Overview; the same in a real headless Chromium (Playwright);
+and `report --format html` of the 50-unit run (size, seconds).
+Run: `uv run python benchmarks/dashboard.py` (about a minute on 2 cores).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -19,6 +19,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from tests.scaled_runs import scaled_copy  # noqa: E402
 
 
 def smoke_run(work: Path) -> Path:
@@ -36,34 +38,69 @@ def smoke_run(work: Path) -> Path:
     return next((work / "source").iterdir())
 
 
-def scaled_copy(source: Path, runs: Path, units: int) -> Path:
-    """`source` with `units` neurons, each a copy of a real neuron's events and summary."""
-    target = runs / f"{source.name[:15]}_tiny_cnn_avgpool_n0-{units - 1}"
-    shutil.copytree(source, target, copy_function=os.link)
-    record = json.loads((source / "run.json").read_text())
-    summary = json.loads((source / "summary.json").read_text())
-    events = [json.loads(line) for line in (source / "events.jsonl").read_text().splitlines()]
-    real = sorted(summary["neurons"])
-    record["neurons"] = list(range(units))
-    summary["neurons"] = {str(n): summary["neurons"][real[n % len(real)]] for n in range(units)}
-    lines = []
-    for n in range(units):
-        model = int(real[n % len(real)])
-        lines += [json.dumps({**e, "neuron": n}) for e in events if e["neuron"] == model]
-    for name, text in (
-        ("run.json", json.dumps(record)),
-        ("summary.json", json.dumps(summary)),
-        ("events.jsonl", "\n".join(lines) + "\n"),
-    ):
-        (target / name).unlink()
-        (target / name).write_text(text)
-    return target
-
-
 def timed(action) -> float:  # noqa: ANN001 - a callable
     started = time.perf_counter()
     action()
     return time.perf_counter() - started
+
+
+def in_browser(runs: Path) -> dict[str, float]:
+    """Seconds a real headless Chromium (Playwright, Debian's chromium) waits for: Overview's
+    first render, the Layer page, switching neuron from the Layer page's click-through."""
+    import shutil
+    import socket
+    import subprocess
+
+    from playwright.sync_api import expect, sync_playwright
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "nacosae", "dashboard", str(runs), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    seconds: dict[str, float] = {}
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=shutil.which("chromium"), args=["--no-sandbox"]
+            )
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            deadline = time.monotonic() + 90
+            while True:  # the server takes a few seconds to listen
+                try:
+                    page.goto(f"http://127.0.0.1:{port}/")
+                    break
+                except Exception:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.5)
+            heading = page.get_by_role("heading", name="Neuron 0:")
+            seconds["overview_first_render_s"] = timed(
+                lambda: expect(heading).to_be_visible(timeout=120_000)
+            )
+            page.get_by_test_id("stSidebar").get_by_role("link", name="Layer").click()
+            table = page.get_by_text("2048 of 2048 units")
+            seconds["layer_first_render_s"] = timed(lambda: expect(table).to_be_visible())
+            unit = page.get_by_role("combobox", name="Open unit")
+            unit.click()
+            page.keyboard.type("1500")
+            page.get_by_role("option", name="1500", exact=True).click()
+            page.get_by_role("button", name="Open in Overview").click()
+            heading = page.get_by_role("heading", name="Neuron 1500:")
+            seconds["layer_to_overview_s"] = timed(lambda: expect(heading).to_be_visible())
+            page.get_by_test_id("stSidebar").get_by_role("combobox", name="Neuron").click()
+            page.keyboard.type("700")
+            page.get_by_role("option", name="700", exact=True).click()
+            heading = page.get_by_role("heading", name="Neuron 700:")
+            seconds["overview_switch_neuron_s"] = timed(lambda: expect(heading).to_be_visible())
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return seconds
 
 
 def main() -> None:
@@ -88,6 +125,8 @@ def main() -> None:
         switch = timed(lambda: at.sidebar.selectbox(key="neuron_pick").select(1500).run())
         print(json.dumps({"figure": "layer_view_first_render_s", "units": rows, "value": first}))
         print(json.dumps({"figure": "overview_switch_neuron_s", "units": 2048, "value": switch}))
+        for figure, value in in_browser(big.parent).items():
+            print(json.dumps({"figure": f"browser_{figure}", "units": 2048, "value": value}))
         mid = scaled_copy(source, work / "runs50", 50)
         run = load_run(mid)
         html: list[str] = []

@@ -56,6 +56,10 @@ def test_html_is_one_self_contained_file(invoke, runs_dir, tmp_path):
     summary_header = re.search(r"<h2 id='summary'>Summary</h2>\n<table><tr>(.*?)</tr>", text)
     assert "<th>metric</th>" in summary_header.group(1)
     assert "Reasoning, neuron 0" in text
+    events = next(runs_dir.glob("*n0-5/events.jsonl")).read_text().splitlines()
+    initial = [e["concept"] for e in map(json.loads, events) if e["iteration"] == 0]
+    listed = re.search(r"shown: ([^<]*)", text).group(1)  # what iteration 1's prompt listed
+    assert all(concept in listed for concept in initial[:3])
     assert "the control images that drive it most (" in text
 
 

@@ -16,12 +16,13 @@ from nacosae.report.browse import image_activations  # noqa: E402
 st.title("Images")
 run, neuron = sidebar()
 if run is not None and neuron is not None:
+    best = (run.neurons[neuron].best or {}).get("concept")
+    st.header(f"Neuron {neuron}: {best or '-'}")
     metric = run.config.get("metric", "auc")
     order = st.radio("Order", ["by score", "in run order"], horizontal=True, key="image_order")
     scored = [e for e in neuron_events(run, neuron) if e.get("score") is not None]
     if order == "by score":
         scored.sort(key=lambda e: -e["score"])
-    best = (run.neurons[neuron].best or {}).get("concept")
     for event in scored:
         mark = " ★ best" if event["concept"] == best else ""
         st.markdown(

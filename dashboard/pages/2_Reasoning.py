@@ -1,5 +1,5 @@
-"""Reasoning page: per iteration the LLM's reasoning, its raw answers (plain text) and retries,
-with the score or failure in each title."""
+"""Reasoning page: per iteration the scored history the LLM was shown, its reasoning, its raw
+answers (plain text) and retries, with the score or failure in each title."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from common import neuron_events, sidebar  # noqa: E402
 st.title("Reasoning")
 run, neuron = sidebar()
 if run is not None and neuron is not None:
+    best_concept = (run.neurons[neuron].best or {}).get("concept", "-")
+    st.header(f"Neuron {neuron}: {best_concept}")
     metric = run.config.get("metric", "auc")
     st.caption(
         f"prompt template: {run.config.get('prompt', 'main')} · answer format: "
@@ -36,6 +38,9 @@ if run is not None and neuron is not None:
             title += f" · {retries} re-ask{'s' if retries > 1 else ''}"
         with st.expander(title):
             st.write(f"reasoning: {event.get('reasoning') or '-'}")
+            if event.get("history_shown"):
+                st.caption(f"the scored concepts the LLM was shown ({metric}):")
+                st.table(event["history_shown"])
             st.caption("concepts tried before this step: " + (", ".join(tried) or "-"))
             answers = [event["raw_answer"]] if event.get("raw_answer") else []
             for number, answer in enumerate(answers or event.get("raw_answers", []), start=1):

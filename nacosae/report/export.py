@@ -343,6 +343,9 @@ def build_document(
                 for e in proposals:
                     label = e.get("concept") or "no valid proposal"
                     doc.text(f"iteration {e['iteration']} ({e['source']}): {label}")
+                    if e.get("history_shown"):
+                        listed = (f"{h['concept']} {_fmt(h['score'])}" for h in e["history_shown"])
+                        doc.text("shown: " + "; ".join(listed))
                     doc.code(e.get("reasoning") or e.get("raw_answer") or "-")
     return doc
 

@@ -304,9 +304,14 @@ class Search:
 
     # ------------------------------------------------------------ the LLM
 
+    @staticmethod
+    def _shown(state: NeuronState, summary: bool) -> list[Scored]:
+        """The scored concepts the prompt lists (recorded in the event as `history_shown`)."""
+        return state.history.top(3) if summary else state.history.sorted()
+
     def _prompt(self, state: NeuronState, summary: bool) -> str:
         values = PromptValues(
-            scored=state.history.top(3) if summary else state.history.sorted(),
+            scored=self._shown(state, summary),
             tried=state.tried,
             proposed=state.proposed,
             metric=self.settings.metric,
@@ -323,6 +328,10 @@ class Search:
             s.neuron: [{"role": "user", "content": self._prompt(s, summary)}] for s in self.states
         }
         tried = {s.neuron: {normalise(c) for c in s.tried} for s in self.states}
+        shown = {
+            s.neuron: [{"concept": m.concept, "score": m.score} for m in self._shown(s, summary)]
+            for s in self.states
+        }
         answers: dict[int, list[str]] = {s.neuron: [] for s in self.states}
         errors: dict[int, list[str]] = {s.neuron: [] for s in self.states}
         done: dict[int, tuple[Proposal | None, dict[str, Any]]] = {}
@@ -361,6 +370,7 @@ class Search:
                     proposal,
                     {
                         "reasoning": proposal.reasoning,
+                        "history_shown": shown[neuron],
                         "raw_answer": reply,
                         "parse_retries": attempt,
                         "parse_errors": errors[neuron],
@@ -371,6 +381,7 @@ class Search:
             done[neuron] = (
                 None,
                 {
+                    "history_shown": shown[neuron],
                     "raw_answers": answers[neuron],
                     "parse_retries": len(answers[neuron]) - 1,
                     "parse_errors": errors[neuron],
