@@ -245,6 +245,29 @@ def test_images_do_not_depend_on_batch_size(t2i_dir):
     assert np.abs(np.asarray(batch[0], int) - np.asarray(other_seed, int)).max() > 10
 
 
+def test_evaluation_images_do_not_depend_on_earlier_calls(t2i_dir):
+    """The evaluation's "single" noise with an ancestral scheduler (the tiny pipeline's, as
+    sd-turbo's): the step noise is seeded per image, not drawn from the global RNG, so a Ray
+    worker that renders a concept first gives the same pixels as one that rendered others."""
+    from nacosae.models.cache import ModelCache, ModelHandle, ModelSpec
+    from nacosae.models.text2image import GenerationSettings, TextToImage, load_pipeline
+
+    settings = GenerationSettings(
+        str(t2i_dir), 2, 0.0, prompts="template", seeds="single", prompt_template="{concept}"
+    )
+
+    def renderer() -> TextToImage:
+        handle = ModelHandle(ModelCache(), ModelSpec(kind="t2i", id=str(t2i_dir)), load_pipeline)
+        return TextToImage(handle, settings)
+
+    fresh = renderer().render("red apple", 2, seed=0)
+    used = renderer()
+    used.render("blue car", 3, seed=0)
+    later = used.render("red apple", 2, seed=0)
+    for a, b in zip(fresh, later, strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_smoke_preset_end_to_end_and_reproducible(invoke, tmp_path):
     first = invoke("explain", "--preset", "smoke", "--n-iters", "3", "--out", tmp_path / "a")
     assert first.exit_code == 0, first.output

@@ -129,7 +129,7 @@ def main_options(
 
 
 def _register() -> None:
-    from nacosae.cli import controls, dashboard, download, evaluate, explain, report
+    from nacosae.cli import controls, dashboard, download, evaluate, explain, report, serve
 
     download.download_app.command("imagenet")(guarded(download.imagenet))
     download.download_app.command("models")(guarded(download.models))
@@ -140,6 +140,7 @@ def _register() -> None:
     app.command("top-images")(guarded(evaluate.top_images))
     app.command("report")(guarded(report.report))
     app.command("dashboard")(guarded(dashboard.dashboard))
+    app.command("serve")(guarded(serve.serve))
 
 
 _register()

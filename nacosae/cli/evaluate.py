@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from nacosae import progress
+from nacosae.cli.ray_options import RayOption, RayWorkersOption
 from nacosae.cli.unit_options import SaeOption, TokenPoolingOption
 from nacosae.errors import Interrupted, NacosaeError
 from nacosae.evaluation.job import COSY_IMAGES, COSY_PROMPT, COSY_SEED, COSY_T2I
@@ -59,6 +60,8 @@ def evaluate(
     ] = None,
     t2i_batch: Annotated[int, typer.Option(help="Images per text-to-image call.")] = 8,
     device: Annotated[str, typer.Option(help="auto, cuda, cuda:N, mps or cpu.")] = "auto",
+    ray: RayOption = None,
+    ray_workers: RayWorkersOption = None,
     out: Annotated[
         Path | None,
         typer.Option(
@@ -103,6 +106,10 @@ def evaluate(
         raise typer.BadParameter(
             "give one explanations CSV or run directory (or --compare / --novelty)",
             param_hint="--explanations",
+        )
+    if ray_workers is not None and (ray is None or ray_workers < 1):
+        raise typer.BadParameter(
+            "give a count of at least 1, with --ray", param_hint="--ray-workers"
         )
     if preset not in (None, "smoke"):
         raise typer.BadParameter(f"{preset!r} is not one of smoke", param_hint="--preset")
@@ -167,6 +174,8 @@ def _request(
         top_k=params["top_k"],
         t2i_batch=params["t2i_batch"],
         device=params["device"],
+        ray=params["ray"],
+        ray_workers=params["ray_workers"],
     )
 
 

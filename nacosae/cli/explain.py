@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import typer
 
 from nacosae import progress
+from nacosae.cli.ray_options import RayOption, RayWorkersOption
 from nacosae.cli.unit_options import (
     ImageSizeOption,
     MeanOption,
@@ -132,6 +133,8 @@ def explain(
         Literal["hashed", "index"],
         typer.Option(help="Noise seeded per seed, concept and image, or the original's 0..n-1."),
     ] = "hashed",
+    ray: RayOption = None,
+    ray_workers: RayWorkersOption = None,
     preset: Annotated[
         list[str] | None,
         typer.Option(

@@ -14,6 +14,8 @@ from __future__ import annotations
 import csv
 import io
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,9 @@ COSY_PROMPT = "realistic photo of a close up of {concept}"
 COSY_IMAGES = 50
 COSY_SEED = 0
 CSV_COLUMNS = ("neuron", "concept", "AUC", "U1", "p", "MAD", "source", "rank")
+# per-image seeded step noise for ancestral schedulers (v1 used the global RNG: entries rendered
+# then could not be reproduced, so they are not reused)
+STEP_NOISE = "per-image-v2"
 SEARCH_PROMPT_FORMS = {"varied": "a realistic photo of a", "line": "a realstic photo of a"}
 
 
@@ -53,6 +58,8 @@ class EvaluateRequest:
     top_k: int | None = None
     t2i_batch: int = 8
     device: str = "auto"
+    ray: str | None = None  # a Ray cluster: local, auto or an address (None: this process)
+    ray_workers: int | None = None
     preset: list[str] = field(default_factory=list)
 
 
@@ -108,16 +115,32 @@ def evaluate(request: EvaluateRequest, cache: ModelCache) -> EvaluateResult:
     controls = _control_store(request, store)
     _check_neurons(found.explanations, store.n_units, request)
     writable_folder(request.out, "the evaluation folder (--out)")
-    device = resolve_device(request.device)
+    cluster = None
+    if request.ray:  # the workers resolve the device: the driver may have no GPU
+        from nacosae.distributed.cluster import connect
+
+        device, cluster = request.device, connect(request.ray)
+    else:
+        device = resolve_device(request.device)
     is_held_out, why = held_out(request)
     notes = list(found.notes)
     if not is_held_out:
         progress.warn(why)
         notes.append(why)
     started = time.perf_counter()
-    images = ConceptImages(request, store, readout, cache, device)
+    from nacosae.models.preprocessing import Preprocessing
+
+    job = EvaluationJob(
+        request,
+        store.index["dtype"],
+        store.index["weights"],
+        Preprocessing.from_json(store.index["preprocessing_recipe"]),
+        readout,
+    )
     concepts = list(dict.fromkeys(e.concept for e in found.explanations))
-    activations = images.activations_of(concepts)
+    with _models(job, cache, device, cluster) as models:
+        images = ConceptImages(job, models)
+        activations = images.activations_of(concepts)
     rows = score_rows(found.explanations, activations, controls)
     summary = {
         "explanations": str(request.explanations),
@@ -138,6 +161,26 @@ def evaluate(request: EvaluateRequest, cache: ModelCache) -> EvaluateResult:
     }
     write_outputs(request.out, rows, summary)
     return EvaluateResult(request.out, rows, summary, notes)
+
+
+@contextmanager
+def _models(job: EvaluationJob, cache: ModelCache, device: str, cluster: Any) -> Iterator[Any]:
+    """The evaluation's models here, or on the workers of a Ray cluster (ended afterwards,
+    unless they belong to `nacosae serve`)."""
+    if cluster is None:
+        yield EvaluationModels(job, cache, device)
+        return
+    from nacosae.distributed.pool import WorkerPool
+
+    try:
+        pool = WorkerPool.start(cluster, job, job.request.ray_workers)
+    except BaseException:
+        cluster.close()
+        raise
+    try:
+        yield pool
+    finally:
+        pool.close()
 
 
 def _control_store(request: EvaluateRequest, store: Any) -> Any:
@@ -166,53 +209,81 @@ def _check_neurons(explanations: list[Explanation], n_units: int, request: Evalu
             )
 
 
-class ConceptImages:
-    """The evaluation's images and activations of concepts: from the concept cache when every
-    generation setting matches, else rendered once each in batches."""
+@dataclass(frozen=True)
+class EvaluationJob:
+    """What the evaluation's models need, picklable: a Ray worker builds them from it."""
 
-    def __init__(
-        self, request: EvaluateRequest, store: Any, readout: Any, cache: ModelCache, device: str
-    ) -> None:
+    request: EvaluateRequest
+    store_dtype: str
+    store_weights: str
+    recipe: Any  # models.preprocessing.Preprocessing of the control store
+    readout: Any  # models.units.Readout
+    needs_llm = False
+
+    def shippable(self) -> EvaluationJob:
+        return self
+
+    def key(self) -> str:
+        from nacosae.store.concepts import content_key
+
+        settings = {k: str(v) for k, v in asdict(self.request).items()}
+        for per_run in ("explanations", "out", "top_k", "controls"):
+            settings.pop(per_run)
+        return content_key(
+            {
+                "evaluation": settings,
+                "store": [self.store_dtype, self.store_weights],
+                "recipe": self.recipe.describe(),
+                "readout": self.readout.identity(),
+            }
+        )
+
+    def build(self, cache: ModelCache, with_llm: bool = False) -> EvaluationModels:
+        from nacosae.controls import resolve_device
+
+        return EvaluationModels(self, cache, resolve_device(self.request.device))
+
+
+@dataclass(frozen=True)
+class EvaluationFacts:
+    keys: Any  # store.concepts.ConceptKeys
+    device: str
+
+
+class EvaluationModels:
+    """The evaluation's text-to-image pipeline and explained model, built through `cache`: in
+    this process, or on each Ray worker (the same methods as `search.model_side.LocalModels`)."""
+
+    def __init__(self, job: EvaluationJob, cache: ModelCache, device: str) -> None:
         from nacosae.controls import compute_dtype, load_vision, vision_spec
-        from nacosae.models.preprocessing import Preprocessing
         from nacosae.models.revisions import resolve_revision
-        from nacosae.models.text2image import load_pipeline
+        from nacosae.models.text2image import (
+            GenerationSettings,
+            TextToImage,
+            default_generation,
+            load_pipeline,
+        )
+        from nacosae.search.components import vision_activations
 
-        self.request = request
-        self.device = device
-        self.counts = {
-            "concepts_rendered": 0,
-            "images_rendered": 0,
-            "cache_hits": 0,
-            "vision_forward_passes": 0,
-        }
-        t2i_dtype = "float16" if device != "cpu" else "float32"
+        request = self.request = job.request
+        self.job, self.device = job, device
         revision = resolve_revision(
             request.t2i_model,
             what="text-to-image model",
             download_option=f" --t2i-model {request.t2i_model}",
         )
+        t2i_dtype = "float16" if device != "cpu" else "float32"
         self.t2i = ModelHandle(
             cache,
             ModelSpec("t2i", request.t2i_model, revision, t2i_dtype, device, "cpu"),
             load_pipeline,
         )
-        vision_dtype = compute_dtype(store.index["dtype"], device)
+        vision_dtype = compute_dtype(job.store_dtype, device)
         self.vision = ModelHandle(
             cache,
             vision_spec(request.model, request.weights, device, vision_dtype, "cpu"),
             load_vision,
         )
-        self.recipe = Preprocessing.from_json(store.index["preprocessing_recipe"])
-        self.readout = readout
-        self.store_weights = store.index["weights"]
-
-    def _concept_store(self) -> Any:
-        from nacosae.models.text2image import GenerationSettings, default_generation
-        from nacosae.search.components import generation_key, t2i_facts, vision_key
-        from nacosae.store.concepts import ConceptKeys, ConceptStore
-
-        request = self.request
         steps, guidance = default_generation(request.t2i_model)
         self.generation = GenerationSettings(
             model_id=request.t2i_model,
@@ -222,31 +293,82 @@ class ConceptImages:
             seeds="single",
             prompt_template=request.image_prompt,
         )
+        self.renderer = TextToImage(self.t2i, self.generation)
+        self.activations = vision_activations(self.vision, request.layer, job.recipe, job.readout)
+
+    def load_llm(self) -> None:
+        """An evaluation has no LLM."""
+
+    def facts(self) -> EvaluationFacts:
+        """The concept-cache keys of the evaluation's settings, once the weights are checked."""
+        from nacosae.search.components import generation_key, t2i_facts, vision_key
+        from nacosae.store.concepts import ConceptKeys
+
+        request = self.request
         variant, _side = t2i_facts(self.t2i)
         with self.vision.use() as model:
             weights_id = model.nacosae_weights_id
-        if weights_id != self.store_weights:
+        if weights_id != self.job.store_weights:
             raise NacosaeError(
-                f"the control store was built with weights {self.store_weights}, not "
+                f"the control store was built with weights {self.job.store_weights}, not "
                 f"{weights_id}: pass the same --weights as to `nacosae controls`"
             )
         keys = ConceptKeys(
             generation=generation_key(
-                self.generation, self.t2i, variant, request.seed, self.device
+                self.generation,
+                self.t2i,
+                variant,
+                request.seed,
+                self.device,
+                step_noise=STEP_NOISE,
             ),
             vision=vision_key(
-                request.model, request.layer, weights_id, self.vision, self.recipe, self.readout
+                request.model,
+                request.layer,
+                weights_id,
+                self.vision,
+                self.job.recipe,
+                self.job.readout,
             ),
         )
-        return ConceptStore(Path(request.controls_root).parent / "concepts", keys)
+        return EvaluationFacts(keys, self.device)
+
+    def render_many(self, calls: list[tuple[str, int, int]], seed: int) -> list[Any]:
+        return self.renderer.render_many(calls, seed)
+
+    def render_pngs(self, calls: list[tuple[str, int, int]], seed: int) -> list[bytes]:
+        from nacosae.store.concepts import encode_png
+
+        return [encode_png(image) for image in self.render_many(calls, seed)]
+
+    def activations_of_pngs(self, pngs: dict[str, list[bytes]]) -> dict[str, Any]:
+        from nacosae.store.concepts import decode_png
+
+        return {c: self.activations([decode_png(p) for p in data]) for c, data in pngs.items()}
+
+
+class ConceptImages:
+    """The evaluation's images and activations of concepts: from the concept cache when every
+    generation setting matches, else rendered once each in batches, here or on Ray workers."""
+
+    def __init__(self, job: EvaluationJob, models: Any) -> None:
+        self.request = job.request
+        self.models = models  # EvaluationModels, or a Ray WorkerPool offering the same
+        self.counts = {
+            "concepts_rendered": 0,
+            "images_rendered": 0,
+            "cache_hits": 0,
+            "vision_forward_passes": 0,
+        }
 
     def activations_of(self, concepts: list[str]) -> dict[str, Any]:
         """[num_img, units] activations per concept."""
-        from nacosae.models.text2image import TextToImage
-        from nacosae.search.components import VISION_BATCH, vision_activations
+        from nacosae.store.concepts import ConceptStore
 
         n = self.request.num_img
-        store = self._concept_store()
+        store = ConceptStore(
+            Path(self.request.controls_root).parent / "concepts", self.models.facts().keys
+        )
         found: dict[str, Any] = {}
         for concept in concepts:
             cached = store.load_activations(concept, n)
@@ -256,19 +378,52 @@ class ConceptImages:
         missing = [c for c in concepts if c not in found]
         if not missing:
             return found
-        renderer = TextToImage(self.t2i, self.generation)
-        forward = vision_activations(self.vision, self.request.layer, self.recipe, self.readout)
         with progress.progress_bar("concepts") as bar:
             task = bar.add_task("evaluating", total=len(concepts), completed=len(found))
-            for concept in missing:
-                images = self._images(store, renderer, concept)
-                self.counts["vision_forward_passes"] += -(-len(images) // VISION_BATCH)
-                found[concept] = forward(images)
-                store.save_activations(concept, found[concept])
-                bar.advance(task)
+            if isinstance(self.models, EvaluationModels):
+                self._here(store, missing, found, lambda: bar.advance(task))
+            else:
+                self._on_workers(store, missing, found, lambda k: bar.advance(task, k))
         return found
 
-    def _images(self, store: Any, renderer: Any, concept: str) -> list[Any]:
+    def _here(self, store: Any, missing: list[str], found: dict, advance: Any) -> None:
+        from nacosae.search.components import VISION_BATCH
+
+        for concept in missing:
+            images = self._images(store, concept)
+            self.counts["vision_forward_passes"] += -(-len(images) // VISION_BATCH)
+            found[concept] = self.models.activations(images)
+            store.save_activations(concept, found[concept])
+            advance()
+
+    def _on_workers(self, store: Any, missing: list[str], found: dict, advance: Any) -> None:
+        """Rounds of a few concepts per worker, each saved before the next (so a killed
+        evaluation continues from the last round)."""
+        from nacosae.search.components import VISION_BATCH
+
+        n, step = self.request.num_img, 4 * len(self.models.slots)
+        for start in range(0, len(missing), step):
+            chunk = missing[start : start + step]
+            have = {c: min(store.image_count(c), n) for c in chunk}
+            requests = [(c, have[c], n - have[c]) for c in chunk]
+            existing = {c: store.encoded_images(c, have[c]) for c in chunk if have[c]}
+            results = self.models.render_concepts(
+                requests,
+                existing,
+                self.request.seed,
+                max(1, self.request.t2i_batch),
+                one_concept_per_call=True,  # as `_images` renders here
+            )
+            for concept in chunk:
+                pngs, found[concept] = results[concept]
+                store.save_encoded(concept, have[concept], pngs)
+                store.save_activations(concept, found[concept])
+                self.counts["images_rendered"] += len(pngs)
+                self.counts["concepts_rendered"] += bool(pngs)
+                self.counts["vision_forward_passes"] += -(-n // VISION_BATCH)
+            advance(len(chunk))
+
+    def _images(self, store: Any, concept: str) -> list[Any]:
         n, batch = self.request.num_img, max(1, self.request.t2i_batch)
         have = min(store.image_count(concept), n)
         images = store.load_images(concept, have)
@@ -276,7 +431,7 @@ class ConceptImages:
             self.counts["concepts_rendered"] += 1
         while have < n:
             count = min(batch, n - have)
-            rendered = renderer.render_many([(concept, have, count)], self.request.seed)
+            rendered = self.models.render_many([(concept, have, count)], self.request.seed)
             store.save_images(concept, have, rendered)
             images.extend(rendered)
             have += count

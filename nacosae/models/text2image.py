@@ -11,7 +11,8 @@ batch it was rendered in. Two schemes each for its prompt and its starting noise
 The evaluation (CoSy's protocol) uses a third of each: prompts "template" (one fixed text with a
 `{concept}` field, e.g. "realistic photo of a close up of {concept}") and noise "single" (one CPU
 generator seeded by the seed draws the noise of images 0..n-1 in order, as one batched call with
-one generator does; drawn whole, so a split into batches gives the same images).
+one generator does; drawn whole, so a split into batches gives the same images; the noise an
+ancestral scheduler adds at each step comes from a generator per image seeded by (seed, k)).
 fp16 on accelerators, float32 on the CPU.
 """
 
@@ -158,6 +159,8 @@ class TextToImage:
     def render_many(self, requests: list[tuple[str, int, int]], seed: int) -> list[Image]:
         """Images of several concepts in one batched call: (concept, first index, count) each,
         returned in request order."""
+        import torch
+
         generator_device = "cpu" if self.device == "mps" else self.device
         settings = self.settings
         prompts, generators = [], []
@@ -172,13 +175,18 @@ class TextToImage:
                     )
         if not prompts:
             return []
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {"generator": generators}
         if settings.seeds == "single":
             extra["latents"] = self._single_generator_noise(requests, seed)
-        else:
-            extra["generator"] = generators
+            # ancestral schedulers (sd-turbo's) draw noise at every step too: per image, seeded
+            # by its index, so an image does not depend on its batch or on earlier calls
+            extra["generator"] = [
+                torch.Generator(generator_device).manual_seed(stable_seed("step", seed, i))
+                for _concept, first, n in requests
+                for i in range(first, first + n)
+            ]
         if settings.height and settings.width:
-            extra = {"height": settings.height, "width": settings.width}
+            extra.update(height=settings.height, width=settings.width)
         if settings.guidance_scale is not None:
             extra["guidance_scale"] = settings.guidance_scale
         with self.model.use() as pipeline:

@@ -130,8 +130,10 @@ def build_models(
     device: str,
     vision_dtype: str,
     versions: ModelVersions,
+    load_llm: bool = True,
 ) -> RunModels:
-    """Load (once) and describe every model of the run."""
+    """Load (once) and describe every model of the run; `load_llm=False` leaves a local LLM to
+    load when first used."""
     from nacosae.controls import load_vision, vision_spec
     from nacosae.models.language import HTTPLLM, LocalLLM, load_local_llm
     from nacosae.models.text2image import load_pipeline
@@ -172,8 +174,9 @@ def build_models(
         embedder = ModelHandle(cache, ModelSpec("embedder", options.embedder), load_embedder)
     models = RunModels(vision, t2i, llm, llm_spec, embedder)
     for handle in models.handles():
-        handle.load()
-    plan = cache.plan([h.spec for h in models.handles()])
+        if load_llm or handle.spec is not llm_spec:
+            handle.load()
+    plan = cache.plan([h.spec for h in models.handles() if h.spec in cache])
     progress.info("models: " + "; ".join(plan))
     return models
 

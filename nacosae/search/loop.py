@@ -32,6 +32,7 @@ import numpy as np
 from nacosae.errors import ConceptParseError, NacosaeError
 from nacosae.search.controls import ControlSelector, stored_class_concept
 from nacosae.search.history import History, Scored, normalise
+from nacosae.search.model_side import chunked
 from nacosae.search.prompts import PromptValues, Proposal, Template, parse_answer
 from nacosae.search.scoring import score_all
 from nacosae.seeds import stable_seed
@@ -79,8 +80,8 @@ class SearchSettings:
 class SearchParts:
     """What the search needs, however it was built (CLI, smoke preset or the Python API)."""
 
-    render_many: Callable[[list[tuple[str, int, int]], int], list[Any]]
-    activations: Callable[[list[Any]], np.ndarray]  # PIL images -> [n, units]
+    render_many: Callable[[list[tuple[str, int, int]], int], list[Any]] | None
+    activations: Callable[[list[Any]], np.ndarray] | None  # PIL images -> [n, units]
     chat_many: Callable[[list[tuple[list[Message], int]]], list[str]]
     class_means: np.ndarray  # [classes, units]
     classes: list[dict[str, Any]]
@@ -88,6 +89,9 @@ class SearchParts:
     main_template: Template
     summary_template: Template
     concept_store: ConceptStore
+    # with Ray: requests, existing PNGs, seed, batch -> per concept (new PNGs, activations);
+    # it replaces render_many and activations
+    render_concepts: Callable[..., dict[str, tuple[list[bytes], np.ndarray]]] | None = None
 
 
 @dataclass
@@ -118,7 +122,10 @@ class ConceptCache:
             have = min(self.store.image_count(concept), n)
             if have < n:
                 requests.append((concept, have, n - have))
-        self._render(requests)
+        if self.parts.render_concepts is not None:
+            self._render_remotely(wanted, requests)
+        else:
+            self._render(requests)
         for concept in wanted:
             acts = self.store.load_activations(concept, n)
             if acts is None:
@@ -134,18 +141,36 @@ class ConceptCache:
                 self.counters.cache_hits += 1
             self.entries[concept] = acts
 
+    def _render_remotely(self, wanted: list[str], requests: list[tuple[str, int, int]]) -> None:
+        """Ray workers render what is missing and compute the activations the store lacks;
+        the concepts' files are written here, as `_render` and `ensure` write them."""
+        n = self.settings.num_img
+        missing = {c: (first, count) for c, first, count in requests}
+        todo = [
+            (c, *missing.get(c, (n, 0)))
+            for c in wanted
+            if c in missing or self.store.load_activations(c, n) is None
+        ]
+        if not todo:
+            return
+        with self.timer.phase("io"):
+            existing = {c: self.store.encoded_images(c, first) for c, first, _ in todo if first}
+        with self.timer.phase("t2i"):  # rendering and the vision forward, on the workers
+            results = self.parts.render_concepts(  # type: ignore[misc]
+                todo, existing, self.settings.seed, self.settings.t2i_batch
+            )
+        with self.timer.phase("io"):
+            for concept, first, _count in todo:
+                pngs, acts = results[concept]
+                self.store.save_encoded(concept, first, pngs)
+                self.store.save_activations(concept, acts)
+                self.counters.images_rendered += len(pngs)
+
     def _render(self, requests: list[tuple[str, int, int]]) -> None:
         """Render in calls of at most `t2i_batch` images (a concept may span two calls)."""
-        pending = [(c, first + k) for c, first, count in requests for k in range(count)]
-        batch = max(1, self.settings.t2i_batch)
-        for start in range(0, len(pending), batch):
-            chunk = pending[start : start + batch]
-            grouped: dict[str, list[int]] = {}
-            for concept, index in chunk:
-                grouped.setdefault(concept, []).append(index)
-            calls = [(c, idx[0], len(idx)) for c, idx in grouped.items()]
+        for calls in chunked(requests, self.settings.t2i_batch):
             with self.timer.phase("t2i"):
-                images = self._render_call(calls, len(chunk))
+                images = self._render_call(calls, sum(count for _, _, count in calls))
             self.counters.images_rendered += len(images)
             with self.timer.phase("io"):
                 offset = 0

@@ -64,6 +64,8 @@ class ExplainOptions:
     image_prompts: str = "varied"  # or "line": the original's prompt, one draw per concept
     image_seeds: str = "hashed"  # or "index": the original's starting noise, seeded 0..n-1
     initial_random: str = "others"  # random initial classes from the non-top ones, or "any"
+    ray: str | None = None  # a Ray cluster: local, auto or an address (None: this process)
+    ray_workers: int | None = None  # worker actors (None: serve's, or one per GPU / CPU slot)
     preset: list[str] = field(default_factory=list)  # names only: the settings are above
     llm_constraint: Any = field(default=None, repr=False)  # set by the smoke preset
 
@@ -90,6 +92,10 @@ class ExplainOptions:
             raise NacosaeError("--llm-concurrency must be at least 1")
         if self.num_img < 2:
             raise NacosaeError("--num-img must be at least 2 (scores compare image sets)")
+        if self.ray_workers is not None and self.ray_workers < 1:
+            raise NacosaeError("--ray-workers must be at least 1")
+        if self.ray_workers is not None and self.ray is None:
+            raise NacosaeError("--ray-workers needs --ray (local, auto or a cluster address)")
         if self.n_iters < 0:
             raise NacosaeError("--n-iters cannot be negative")
         _one_of("--image-prompts", self.image_prompts, IMAGE_PROMPTS)

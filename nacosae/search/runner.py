@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ class CheckedInputs:
     versions: Any  # components.ModelVersions
     readout: Any  # models.units.Readout: pooling and SAE
     recipe: Any  # models.preprocessing.Preprocessing of the control store
+    cluster: Any = None  # distributed.cluster.Cluster with --ray, reached before anything starts
 
 
 def check_output_folders(options: ExplainOptions) -> None:
@@ -74,7 +76,8 @@ def check_inputs(options: ExplainOptions, pins: dict[str, Any] | None = None) ->
         load_template(options.summary_prompt, "summary"),
     )
     check_output_folders(options)
-    device = resolve_device(options.device)
+    # with Ray the workers resolve the device: the driver may have no GPU
+    device = options.device if options.ray else resolve_device(options.device)
     readout = make_readout(options.token_pooling, options.sae)  # type: ignore[arg-type]
     store = open_controls(options.controls_root, options.model, options.layer, readout)
     where = f"layer {options.layer} of {options.model}"
@@ -83,7 +86,12 @@ def check_inputs(options: ExplainOptions, pins: dict[str, Any] | None = None) ->
     neurons = selection.resolve(options.neurons, store.n_units, options.seed, where)
     recipe = _store_preprocessing(options, store)
     versions = components.resolve_models(options, pins)
-    return CheckedInputs(templates, device, store, neurons, versions, readout, recipe)
+    cluster = None
+    if options.ray:
+        from nacosae.distributed.cluster import connect
+
+        cluster = connect(options.ray)
+    return CheckedInputs(templates, device, store, neurons, versions, readout, recipe, cluster)
 
 
 @dataclass
@@ -96,9 +104,14 @@ class Attempt:
     counters: Counters = field(default_factory=Counters)
     timer: PhaseTimer = field(default_factory=PhaseTimer)
     loads_before: int = 0
+    workers: Any = None  # distributed.pool.WorkerPool with --ray: loads and scheduling counts
 
     def __post_init__(self) -> None:
         self.loads_before = self.cache.stats.loads
+
+    def model_loads(self) -> int:
+        here = self.cache.stats.loads - self.loads_before
+        return here + (self.workers.model_loads() if self.workers else 0)
 
     def record(self, status: str) -> dict[str, Any]:
         c = self.counters
@@ -110,8 +123,9 @@ class Attempt:
             "cache_hits": c.cache_hits,
             "llm_calls": c.llm_calls,
             "parse_retries": c.parse_retries,
-            "model_loads": self.cache.stats.loads - self.loads_before,
+            "model_loads": self.model_loads(),
             "phase_seconds": self.timer.as_dict(),
+            **({"ray": self.workers.stats()} if self.workers else {}),
         }
 
 
@@ -247,11 +261,52 @@ def _run(
     attempt: Attempt,
     checkpoint: Callable[[], None],
 ) -> tuple[dict[str, Any], list[str]]:
+    with _model_side(options, inputs, cache, attempt) as side:
+        return _search(options, inputs, side, writer, recorded, attempt, checkpoint)
+
+
+@contextmanager
+def _model_side(
+    options: ExplainOptions, inputs: CheckedInputs, cache: ModelCache, attempt: Attempt
+) -> Iterator[Any]:
+    """Where the models compute: this process, or the workers of a Ray cluster (ended with
+    the run, unless they belong to `nacosae serve`)."""
+    from nacosae.search.model_side import LocalModels, ModelJob
+
+    job = ModelJob(
+        options, inputs.versions, inputs.store.index["dtype"], inputs.recipe, inputs.readout
+    )
+    if not options.ray:
+        yield LocalModels(job, cache, inputs.device)
+        return
+    from nacosae.distributed.pool import WorkerPool
+
+    try:
+        pool = WorkerPool.start(inputs.cluster, job, options.ray_workers)
+    except BaseException:
+        inputs.cluster.close()
+        raise
+    attempt.workers = pool
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+def _search(
+    options: ExplainOptions,
+    inputs: CheckedInputs,
+    side: Any,
+    writer: RunWriter,
+    recorded: list[dict[str, Any]],
+    attempt: Attempt,
+    checkpoint: Callable[[], None],
+) -> tuple[dict[str, Any], list[str]]:
     from nacosae.search.loop import Search
 
     neurons = inputs.neurons
-    parts, settings, facts = _build_parts(options, cache, inputs)
-    writer.update(neurons=neurons, device=inputs.device, **facts)
+    parts, settings, facts = _build_parts(options, side, inputs)
+    writer.update(neurons=neurons, **facts)
     phases = options.n_iters + 2
     label = f"{len(neurons)} neuron" + ("s" if len(neurons) > 1 else "")
     with progress.phase_progress(phases, label) as report:
@@ -307,42 +362,34 @@ def run_warnings(events: list[dict[str, Any]], summary: dict[str, Any]) -> list[
 
 
 def _build_parts(
-    options: ExplainOptions, cache: ModelCache, inputs: CheckedInputs
+    options: ExplainOptions, side: Any, inputs: CheckedInputs
 ) -> tuple[Any, Any, dict[str, Any]]:
     """The search's parts (model steps, controls, concept cache), its settings, and the facts
-    about them that run.json keeps."""
-    from nacosae.controls import compute_dtype
-    from nacosae.search import components
+    about them that run.json keeps. `side` computes with the models: `LocalModels` in this
+    process, or a Ray `WorkerPool`."""
     from nacosae.search.loop import SearchParts, SearchSettings
+    from nacosae.store.concepts import ConceptStore
 
-    store, device, templates = inputs.store, inputs.device, inputs.templates
-    vision_dtype = compute_dtype(store.index["dtype"], device)
-    models = components.build_models(options, cache, device, vision_dtype, inputs.versions)
-    weights_id = components.weights_id(models.vision)
-    if weights_id != store.index["weights"]:
+    store, templates, recipe = inputs.store, inputs.templates, inputs.recipe
+    facts = side.facts()
+    if facts.weights_id != store.index["weights"]:
         raise NacosaeError(
             f"the control store of {options.model} {options.layer} was built with weights "
-            f"{store.index['weights']}, not {weights_id}: rerun `nacosae controls` "
+            f"{store.index['weights']}, not {facts.weights_id}: rerun `nacosae controls` "
             "with the same --weights (and --overwrite)"
         )
-    recipe = inputs.recipe
-    generation = _generation_settings(options)
-    variant, native_side = components.t2i_facts(models.t2i)
-    t2i_batch = options.t2i_batch or components.default_t2i_batch(
-        models, cache, generation, native_side, device
-    )
+    from nacosae.search.model_side import LocalModels
+
+    remote = not isinstance(side, LocalModels)
     parts = SearchParts(
-        render_many=_t2i_backend(models, generation).render_many,
-        activations=components.vision_activations(
-            models.vision, options.layer, recipe, inputs.readout
-        ),
-        chat_many=models.llm.chat_many,
-        concept_store=_concept_store(
-            options, models, generation, variant, (weights_id, recipe, inputs.readout), device
-        ),
+        render_many=None if remote else side.render_many,
+        activations=None if remote else side.activations,
+        render_concepts=side.render_concepts if remote else None,
+        chat_many=side.chat_many,
+        concept_store=ConceptStore(Path(options.controls_root).parent / "concepts", facts.keys),
         class_means=store.class_means().float().numpy(),
         classes=store.classes,
-        controls=_control_selector(store, options, models),
+        controls=_control_selector(store, options, side),
         main_template=templates[0],
         summary_template=templates[1],
     )
@@ -353,10 +400,11 @@ def _build_parts(
         seed=options.seed,
         initial_random=options.initial_random,
         save_images=options.save_images,
-        t2i_batch=t2i_batch,
+        t2i_batch=facts.t2i_batch,
         answer_format=options.answer_format(),
     )
-    facts = {
+    record = {
+        "device": facts.device,
         "control_store": {
             "path": str(store.directory),
             "weights": store.index["weights"],
@@ -367,10 +415,10 @@ def _build_parts(
             "pooling": inputs.readout.describe(),
             "sae": inputs.readout.identity()["sae"],
         },
-        "generation": {**asdict(generation), "variant": variant, "t2i_batch": t2i_batch},
-        "models": models.record(options),
+        "generation": {**facts.generation, "t2i_batch": facts.t2i_batch},
+        "models": facts.models,
     }
-    return parts, settings, facts
+    return parts, settings, record
 
 
 def _store_preprocessing(options: ExplainOptions, store: Any) -> Any:
@@ -389,67 +437,14 @@ def _store_preprocessing(options: ExplainOptions, store: Any) -> Any:
     return stored
 
 
-def _generation_settings(options: ExplainOptions) -> Any:
-    from nacosae.models.text2image import GenerationSettings, default_generation
-
-    steps, guidance = default_generation(options.t2i_model)
-    if options.guidance_scale == "pipeline":
-        guidance = None  # the pipeline's own default, as the original left it
-    elif options.guidance_scale is not None:
-        guidance = float(options.guidance_scale)
-    return GenerationSettings(
-        model_id=options.t2i_model,
-        num_inference_steps=options.num_inf_steps or steps,
-        guidance_scale=guidance,
-        prompts=options.image_prompts,
-        seeds=options.image_seeds,
-    )
-
-
-def _t2i_backend(models: Any, generation: Any) -> Any:
-    from nacosae.models.text2image import TextToImage
-
-    return TextToImage(models.t2i, generation)
-
-
-def _control_selector(store: Any, options: ExplainOptions, models: Any) -> Any:
+def _control_selector(store: Any, options: ExplainOptions, side: Any) -> Any:
     import scipy.stats  # noqa: F401 - imported here, with the models, not inside the timed loop
 
-    from nacosae.search.controls import ControlSelector, embedding_function
+    from nacosae.search.controls import ControlSelector
 
-    embed = None
-    if models.embedder is not None:
-        embed = embedding_function(models.embedder)
     return ControlSelector(
         unit_activations=lambda n: store.unit(n).float().numpy(),
         classes=store.classes,
         strategy=options.control_strategy,
-        embed=embed,
+        embed=side.embed if options.control_strategy == "dissimilar-class" else None,
     )
-
-
-def _concept_store(
-    options: ExplainOptions,
-    models: Any,
-    generation: Any,
-    variant: str,
-    vision_facts: tuple[str, Any, Any],
-    device: str,
-) -> Any:
-    """The concept cache of this run's settings: its keys hold every setting that changes the
-    images (the pipeline's resolved revision and weight variant included) or the activations
-    (weights, preprocessing, pooling and SAE)."""
-    from nacosae.models.text2image import PROMPT_SCHEME
-    from nacosae.search import components
-    from nacosae.store.concepts import ConceptKeys, ConceptStore
-
-    weights_id, recipe, readout = vision_facts
-    keys = ConceptKeys(
-        generation=components.generation_key(
-            generation, models.t2i, variant, options.seed, device, prompt_scheme=PROMPT_SCHEME
-        ),
-        vision=components.vision_key(
-            options.model, options.layer, weights_id, models.vision, recipe, readout
-        ),
-    )
-    return ConceptStore(Path(options.controls_root).parent / "concepts", keys)

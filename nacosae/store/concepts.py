@@ -47,6 +47,25 @@ class ConceptKeys:
         return content_key({"format": FORMAT_VERSION, **self.vision})
 
 
+def encode_png(image: Image) -> bytes:
+    """An image as the concept cache stores it (PNG)."""
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def decode_png(data: bytes) -> Image:
+    """PNG bytes as the concept cache reads an image (RGB)."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        return image.convert("RGB")
+
+
 class ConceptStore:
     """On-disk entries for one generation setting and one explained model/layer."""
 
@@ -77,14 +96,21 @@ class ConceptStore:
         return images
 
     def save_images(self, concept: str, first: int, images: list[Image]) -> None:
+        self.save_encoded(concept, first, [encode_png(image) for image in images])
+
+    def save_encoded(self, concept: str, first: int, pngs: list[bytes]) -> None:
+        """Images `first`, `first + 1`, ... given as PNG bytes (as a Ray worker returns them)."""
         folder = self.folder(concept)
         folder.mkdir(parents=True, exist_ok=True)
         meta = folder / "concept.json"
         if not meta.is_file():
             atomic_write_json(meta, {"concept": concept, "generation": self.keys.generation})
-        for offset, image in enumerate(images):
+        for offset, data in enumerate(pngs):
             path = folder / f"{first + offset}.png"
-            atomic_write(path, lambda tmp, image=image: image.save(tmp, format="PNG"))
+            atomic_write(path, lambda tmp, data=data: Path(tmp).write_bytes(data))
+
+    def encoded_images(self, concept: str, n: int) -> list[bytes]:
+        return [self.image_path(concept, k).read_bytes() for k in range(n)]
 
     def _activations_path(self, concept: str) -> Path:
         return self.folder(concept) / f"activations-{self.keys.vision_key}.safetensors"

@@ -1,0 +1,72 @@
+"""Reaching a Ray cluster: `local` starts one in this process, `auto` joins the running one,
+anything else is an address (`HOST:PORT` or `ray://HOST:PORT`)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from nacosae.errors import NacosaeError
+
+NAMESPACE = "nacosae"  # every actor nacosae starts lives here
+SERVE_PREFIX = "serve-"  # named actors of `nacosae serve`, kept between commands
+# the environment a worker needs to find the same models and caches as the driver
+SHARED_ENVIRONMENT = ("NACOSAE_HOME", "SAVE_DIR", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE")
+
+
+def import_ray() -> Any:
+    """Ray, or one clear error naming the extra that installs it."""
+    try:
+        import ray
+    except ImportError:
+        raise NacosaeError(
+            "--ray needs Ray, an optional extra: install it with `uv sync --extra ray` (or "
+            "`pip install 'nacosae[ray]'`)"
+        ) from None
+    return ray
+
+
+@dataclass
+class Cluster:
+    ray: Any
+    address: str
+    started_here: bool  # `local`: the cluster ends when this process disconnects
+    connected_here: bool = True  # False: Ray was already connected (a notebook, a test)
+
+    def gpus(self) -> int:
+        return int(self.ray.cluster_resources().get("GPU", 0))
+
+    def cpus(self) -> int:
+        return int(self.ray.cluster_resources().get("CPU", 1))
+
+    def close(self) -> None:
+        """Disconnect (a cluster started here stops with it; a joined one keeps running)."""
+        if self.connected_here:
+            self.ray.shutdown()
+
+
+def connect(address: str) -> Cluster:
+    # workers run this interpreter, not `uv run` (Ray would rebuild the environment per worker)
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    ray = import_ray()
+    if ray.is_initialized():
+        return Cluster(ray, address, started_here=False, connected_here=False)
+    quiet = {"log_to_driver": False, "logging_level": "ERROR", "namespace": NAMESPACE}
+    try:
+        if address == "local":
+            ray.init(include_dashboard=False, **quiet)
+        else:
+            ray.init(address=address, **quiet)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise NacosaeError(
+            f"cannot reach a Ray cluster at {address!r} ({first}): start one with `ray start "
+            "--head`, or use --ray local to start one for this command"
+        ) from None
+    return Cluster(ray, address, started_here=address == "local")
+
+
+def worker_environment() -> dict[str, str]:
+    """The driver's model and cache locations, for the workers' runtime environment."""
+    return {k: os.environ[k] for k in SHARED_ENVIRONMENT if k in os.environ}

@@ -1,0 +1,299 @@
+"""The driver's side of a Ray run: worker actors that offer `LocalModels`' methods.
+
+Rendering is scheduled by concept: a phase's missing concepts are cut into tasks of about one
+text-to-image batch each and handed to whichever worker is free, so each concept is rendered
+once across the cluster. Workers send back PNG bytes and activations; the driver alone writes
+the concept cache and the run directory, so no shared filesystem is needed. The LLM batch of a
+phase goes whole to worker 0 (a chat's reply depends on its seed, not its batch, but one batch
+keeps the calls as few as without Ray). A worker that dies is replaced and its task retried.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from nacosae import progress
+from nacosae.distributed.cluster import NAMESPACE, SERVE_PREFIX, Cluster, worker_environment
+from nacosae.errors import NacosaeError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from nacosae.search.model_side import ModelFacts, ModelJob, Request
+
+RETRIES = 3  # replacements per task before the run fails
+
+
+def remote_worker_class(ray: Any) -> Any:
+    from nacosae.distributed.worker import ModelWorker
+
+    return ray.remote(max_restarts=0)(ModelWorker)
+
+
+def worker_resources(cluster: Cluster) -> dict[str, float]:
+    """One GPU per worker where the cluster has GPUs, else one CPU slot."""
+    return {"num_gpus": 1, "num_cpus": 1} if cluster.gpus() else {"num_cpus": 1}
+
+
+def default_worker_count(cluster: Cluster) -> int:
+    return cluster.gpus() or max(1, cluster.cpus())
+
+
+def served_workers(ray: Any) -> list[tuple[str, Any]]:
+    """The named actors of a running `nacosae serve`, by name."""
+    names = sorted(
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a.get("namespace") == NAMESPACE and a["name"].startswith(SERVE_PREFIX)
+    )
+    return [(name, ray.get_actor(name, namespace=NAMESPACE)) for name in names]
+
+
+@dataclass
+class Slot:
+    """One worker place: its actor, and its model loads when last asked."""
+
+    actor: Any
+    name: str
+    owned: bool
+    loads_at_start: int = 0
+    loads_seen: int = 0
+
+
+@dataclass
+class WorkerPool:
+    cluster: Cluster
+    job: ModelJob
+    slots: list[Slot]
+    key: str = ""
+    replaced_loads: int = 0
+    facts_: ModelFacts | None = None
+    closed_loads: int | None = None
+    tasks_sent: int = 0
+    schedule_seconds: float = 0.0
+    retries: int = 0
+    served: bool = False  # the workers are `nacosae serve`'s
+    threads: int = field(default_factory=lambda: _driver_threads())
+
+    @classmethod
+    def start(cls, cluster: Cluster, job: ModelJob, workers: int | None = None) -> WorkerPool:
+        """Use `nacosae serve`'s warm workers when the cluster has them (and `workers` is not
+        given), else start `workers` (default: one per GPU, or per CPU slot) for this run."""
+        ray = cluster.ray
+        job = job.shippable()
+        served = served_workers(ray) if workers is None else []
+        if served:
+            slots = [Slot(actor, name, owned=False) for name, actor in served]
+            progress.info(f"ray: {len(slots)} warm workers of `nacosae serve`")
+        else:
+            count = workers or default_worker_count(cluster)
+            slots = [_new_slot(cluster, k) for k in range(count)]
+            progress.info(f"ray: {count} workers started for this run")
+        pool = cls(cluster, job, slots, key=job.key(), served=bool(served))
+        try:
+            for slot in slots:
+                slot.loads_at_start = slot.loads_seen = ray.get(slot.actor.loads.remote())
+        except BaseException:  # Ctrl-C while the workers start: none of them is left behind
+            for slot in slots:
+                if slot.owned:
+                    ray.kill(slot.actor)
+            raise
+        return pool
+
+    # ------------------------------------------------------------ what LocalModels offers
+
+    def facts(self) -> ModelFacts:
+        """Every worker builds the run's models (worker 0 with the LLM); their facts must agree."""
+        with_llm = self.job.needs_llm
+        pending = [
+            s.actor.prepare.remote(self.job, with_llm and k == 0, self.threads)
+            for k, s in enumerate(self.slots)
+        ]
+        found = self._gather(pending, "load the models")
+        first = found[0]
+        for other in found[1:]:
+            if other.keys != first.keys:
+                raise NacosaeError(
+                    "the Ray workers disagree on the run's settings (one renders on "
+                    f"{first.device}, another on {other.device}): give --device explicitly"
+                )
+        self.facts_ = first
+        return first
+
+    def render_concepts(
+        self,
+        requests: list[Request],
+        existing: dict[str, list[bytes]],
+        seed: int,
+        t2i_batch: int,
+        one_concept_per_call: bool = False,
+    ) -> dict[str, tuple[list[bytes], np.ndarray]]:
+        """Per concept: its new images (PNG bytes) and the activations of all its images.
+        Rendered in the same text-to-image calls as without Ray (so the pixels are the same:
+        explain's calls mix concepts, evaluate's hold one each), each call on whichever worker
+        is free; then the activations, a few concepts per task."""
+        from nacosae.search.model_side import chunked
+
+        rendered = [r for r in requests if r[2] > 0]
+        if one_concept_per_call:
+            calls = [call for r in rendered for call in chunked([r], t2i_batch)]
+        else:
+            calls = chunked(rendered, t2i_batch)
+        rendered = self._schedule("render_pngs", [(c, seed) for c in calls])
+        new: dict[str, list[bytes]] = {c: [] for c, _, _ in requests}
+        for call, pngs in zip(calls, rendered, strict=True):
+            images = iter(pngs)
+            for concept, _first, count in call:
+                new[concept] += [next(images) for _ in range(count)]
+        everything = {c: [*existing.get(c, []), *new[c]] for c, _, _ in requests}
+        groups = _groups(list(everything), len(self.slots))
+        measured: dict[str, np.ndarray] = {}
+        for part in self._schedule(
+            "activations_of_pngs", [({c: everything[c] for c in g},) for g in groups]
+        ):
+            measured.update(part)
+        return {c: (new[c], measured[c]) for c, _, _ in requests}
+
+    def _schedule(self, method: str, tasks: list[tuple[Any, ...]]) -> list[Any]:
+        """Run `method(key, *task)` for every task on whichever worker is free; results in
+        task order. A task whose worker dies goes back to the queue (the next free worker takes
+        it) while a replacement starts; the replacement joins when its models are loaded."""
+        ray = self.cluster.ray
+        queue = deque((index, 0) for index in range(len(tasks)))
+        running: dict[Any, tuple[int, int, int]] = {}  # ref -> slot, task (-1: a start), tries
+        results: list[Any] = [None] * len(tasks)
+        free = list(range(len(self.slots)))
+        while queue or running:
+            started = time.perf_counter()
+            while queue and free:
+                index, tries = queue.popleft()
+                k = free.pop(0)
+                actor = self.slots[k].actor
+                ref = getattr(actor, method).remote(self.key, *tasks[index])
+                running[ref] = (k, index, tries)
+                self.tasks_sent += 1
+            self.schedule_seconds += time.perf_counter() - started
+            done, _ = ray.wait(list(running), num_returns=1)
+            started = time.perf_counter()
+            k, index, tries = running.pop(done[0])
+            if index < 0:  # a replacement worker is ready
+                self._gather(done, "load the models")
+                free.append(k)
+            else:
+                try:
+                    results[index] = ray.get(done[0])
+                    free.append(k)
+                except ray.exceptions.RayActorError as exc:
+                    running[self._replace(k, tries, exc)] = (k, -1, tries)
+                    queue.appendleft((index, tries + 1))
+            self.schedule_seconds += time.perf_counter() - started
+        return results
+
+    def chat_many(self, requests: list[tuple[list[dict[str, str]], int]]) -> list[str]:
+        return self._call_first("chat_many", requests)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        return self._call_first("embed", texts)
+
+    # ------------------------------------------------------------ bookkeeping
+
+    def model_loads(self) -> int:
+        """Models the workers loaded for this run (0 when `nacosae serve` had them warm)."""
+        if self.closed_loads is not None:
+            return self.closed_loads
+        ray = self.cluster.ray
+        for slot in self.slots:
+            with contextlib.suppress(ray.exceptions.RayActorError):  # replaced at its next task
+                slot.loads_seen = ray.get(slot.actor.loads.remote())
+        return self.replaced_loads + sum(s.loads_seen - s.loads_at_start for s in self.slots)
+
+    def stats(self) -> dict[str, Any]:
+        """For run.json: workers, tasks sent, the driver's scheduling seconds, replacements."""
+        return {
+            "workers": len(self.slots),
+            "served": self.served,
+            "tasks": self.tasks_sent,
+            "schedule_seconds": round(self.schedule_seconds, 4),
+            "replaced": self.retries,
+        }
+
+    def close(self) -> None:
+        """End the workers this run started (never `nacosae serve`'s) and disconnect."""
+        if self.closed_loads is not None:
+            return
+        try:
+            self.closed_loads = self.model_loads()
+        except Exception:  # noqa: BLE001 - an interrupted driver still ends its workers
+            self.closed_loads = self.replaced_loads
+        ray = self.cluster.ray
+        for slot in self.slots:
+            if slot.owned:
+                ray.kill(slot.actor)
+        self.cluster.close()
+
+    def _call_first(self, method: str, *args: Any) -> Any:
+        ray = self.cluster.ray
+        for tries in range(RETRIES + 1):
+            try:
+                return ray.get(getattr(self.slots[0].actor, method).remote(self.key, *args))
+            except ray.exceptions.RayActorError as exc:
+                self._gather([self._replace(0, tries, exc)], "load the models")
+        raise AssertionError("unreachable")
+
+    def _gather(self, refs: list[Any], what: str) -> list[Any]:
+        ray = self.cluster.ray
+        try:
+            return ray.get(refs)
+        except ray.exceptions.RayTaskError as exc:  # the worker's own error, e.g. a bad model id
+            cause = exc.cause if hasattr(exc, "cause") else exc
+            if isinstance(cause, NacosaeError):
+                raise NacosaeError(str(cause)) from None
+            raise NacosaeError(f"a Ray worker could not {what}: {cause}") from None
+
+    def _replace(self, k: int, tries: int, error: Exception) -> Any:
+        """Start a new worker in place of dead worker `k`; returns the reference of its
+        model loading (the caller waits for it)."""
+        if tries >= RETRIES:
+            raise NacosaeError(
+                f"Ray worker {self.slots[k].name} died {tries + 1} times on the same work "
+                f"({type(error).__name__}): see the Ray logs (/tmp/ray/session_latest/logs)"
+            ) from None
+        old = self.slots[k]
+        self.replaced_loads += old.loads_seen - old.loads_at_start
+        progress.warn(f"ray: worker {old.name} died; a new one takes over its work")
+        self.retries += 1
+        self.slots[k] = _new_slot(self.cluster, len(self.slots) + self.retries)
+        with_llm = k == 0 and self.job.needs_llm
+        return self.slots[k].actor.prepare.remote(self.job, with_llm, self.threads)
+
+
+def _driver_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _new_slot(cluster: Cluster, k: int) -> Slot:
+    name = f"run-{os.getpid()}-{k}"
+    actor = (
+        remote_worker_class(cluster.ray)
+        .options(
+            name=name,
+            namespace=NAMESPACE,
+            runtime_env={"env_vars": worker_environment()},
+            **worker_resources(cluster),
+        )
+        .remote()
+    )
+    return Slot(actor, name, owned=True)
+
+
+def _groups(concepts: list[str], workers: int) -> list[list[str]]:
+    """Concepts in about four tasks per worker (fewer round trips, still balanced)."""
+    size = max(1, -(-len(concepts) // (4 * workers)))
+    return [concepts[start : start + size] for start in range(0, len(concepts), size)]

@@ -1,0 +1,88 @@
+"""`nacosae serve`: long-lived worker actors that keep a run's models loaded.
+
+The workers are named, detached actors (`serve-0`, `serve-1`, ... in namespace `nacosae`), so
+they outlive the command that started them; `explain --ray auto` finds them and sends its work
+there, and models they hold are not loaded again. Idle for `idle_release_s`, a worker releases
+its models (and the GPU memory) until it is used again.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from nacosae import progress
+from nacosae.distributed.cluster import NAMESPACE, SERVE_PREFIX, Cluster, worker_environment
+from nacosae.distributed.pool import (
+    default_worker_count,
+    remote_worker_class,
+    served_workers,
+    worker_resources,
+)
+from nacosae.errors import NacosaeError
+
+if TYPE_CHECKING:
+    from nacosae.search.model_side import ModelJob
+
+DEFAULT_IDLE_RELEASE_S = 600.0
+
+
+def start_service(
+    cluster: Cluster, job: ModelJob, workers: int | None, idle_release_s: float | None
+) -> list[dict[str, Any]]:
+    """Start the workers and load `job`'s models on each (the LLM on worker 0); returns their
+    descriptions. A cluster that already has `nacosae serve` workers is an error."""
+    ray = cluster.ray
+    if served_workers(ray):
+        raise NacosaeError(
+            "this Ray cluster already has `nacosae serve` workers: see `nacosae serve --status`, "
+            "or end them with `nacosae serve --stop`"
+        )
+    count = workers or default_worker_count(cluster)
+    worker_class = remote_worker_class(ray)
+    actors = [
+        worker_class.options(
+            name=f"{SERVE_PREFIX}{k}",
+            namespace=NAMESPACE,
+            lifetime="detached",
+            runtime_env={"env_vars": worker_environment()},
+            **worker_resources(cluster),
+        ).remote(idle_release_s)
+        for k in range(count)
+    ]
+    shipped = job.shippable()
+    with_llm = shipped.needs_llm
+    try:
+        ray.get([a.prepare.remote(shipped, with_llm and k == 0) for k, a in enumerate(actors)])
+    except Exception:
+        for actor in actors:
+            ray.kill(actor)
+        raise
+    return service_status(cluster)
+
+
+def service_status(cluster: Cluster) -> list[dict[str, Any]]:
+    """One description per `nacosae serve` worker: name, host, pid, models, memory, idle time."""
+    ray = cluster.ray
+    found = served_workers(ray)
+    described = ray.get([actor.describe.remote() for _, actor in found])
+    return [{"name": name, **d} for (name, _), d in zip(found, described, strict=True)]
+
+
+def stop_service(cluster: Cluster) -> list[str]:
+    """End every `nacosae serve` worker; their names."""
+    ray = cluster.ray
+    found = served_workers(ray)
+    for _, actor in found:
+        ray.kill(actor)
+    return [name for name, _ in found]
+
+
+def serve_in_foreground(cluster: Cluster) -> None:
+    """Keep a cluster started by this command alive until Ctrl-C, then end its workers."""
+    progress.info("serving; `--ray auto` in other commands uses these workers. Ctrl-C stops.")
+    try:
+        while True:
+            time.sleep(1.0)
+    finally:
+        stop_service(cluster)

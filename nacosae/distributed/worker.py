@@ -1,0 +1,138 @@
+"""The worker actor: one per GPU (or CPU slot), holding one ModelCache for every run it serves.
+
+Each run sends its job once (`prepare`: an explain `ModelJob` or an evaluation's job); the
+worker builds the job's models through its cache, so models another run (or `nacosae serve`)
+already loaded are reused, not loaded again. Every method is plain Python, so the class also
+runs (and is tested) without Ray. Idle for `idle_release_s`, the worker forgets its models (GPU
+memory is released) and loads them again when asked.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    import numpy as np
+
+    from nacosae.search.model_side import ModelFacts, ModelJob, Request
+
+
+class ModelWorker:
+    def __init__(self, idle_release_s: float | None = None) -> None:
+        from nacosae import progress
+        from nacosae.models.cache import ModelCache
+
+        progress.configure(quiet=True)
+        progress.calm_libraries()
+        self.cache = ModelCache()
+        self.sides: dict[str, Any] = {}  # job key -> LocalModels or EvaluationModels
+        self.lock = threading.Lock()
+        self.last_used = time.monotonic()
+        self.idle_release_s = idle_release_s
+        self.releases = 0
+        if idle_release_s:
+            threading.Thread(target=self._release_when_idle, daemon=True).start()
+
+    @contextmanager
+    def _busy(self) -> Iterator[None]:
+        with self.lock:
+            try:
+                yield
+            finally:
+                self.last_used = time.monotonic()
+
+    def _release_when_idle(self) -> None:
+        assert self.idle_release_s
+        while True:
+            time.sleep(min(1.0, self.idle_release_s / 4))
+            idle = time.monotonic() - self.last_used
+            if idle < self.idle_release_s or not self.cache.loaded():
+                continue
+            if self.lock.acquire(blocking=False):
+                try:
+                    self.cache.clear()
+                    self.releases += 1
+                    _empty_accelerator_cache()
+                finally:
+                    self.lock.release()
+
+    def prepare(self, job: ModelJob, with_llm: bool, threads: int | None = None) -> ModelFacts:
+        """Build (through the cache) the models of `job`; their facts for the driver. Later
+        calls name the job by `job.key()` (the job, an SAE included, is sent once). `threads`:
+        the driver's CPU threads, so that CPU results equal a run without Ray bit for bit."""
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        with self._busy():
+            key = job.key()
+            if key not in self.sides:
+                self.sides[key] = job.build(self.cache, with_llm)
+            elif with_llm:
+                self.sides[key].load_llm()
+            return self.sides[key].facts()
+
+    def render_pngs(self, key: str, calls: list[Request], seed: int) -> list[bytes]:
+        with self._busy():
+            return self.sides[key].render_pngs(calls, seed)
+
+    def activations_of_pngs(self, key: str, pngs: dict[str, list[bytes]]) -> dict[str, np.ndarray]:
+        with self._busy():
+            return self.sides[key].activations_of_pngs(pngs)
+
+    def chat_many(self, key: str, requests: list[tuple[list[dict[str, str]], int]]) -> list[str]:
+        with self._busy():
+            return self.sides[key].chat_many(requests)
+
+    def embed(self, key: str, texts: list[str]) -> np.ndarray:
+        with self._busy():
+            return self.sides[key].embed(texts)
+
+    def loads(self) -> int:
+        return self.cache.stats.loads
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def describe(self) -> dict[str, Any]:
+        """For `nacosae serve --status`: models held, memory, idle seconds."""
+        import torch
+
+        gpu = torch.cuda.memory_allocated() if torch.cuda.is_available() else 0
+        return {
+            "pid": os.getpid(),
+            "host": os.uname().nodename,
+            "models": [spec.label() for spec, _ in self.cache.loaded()],
+            "loads": self.cache.stats.loads,
+            "releases": self.releases,
+            "idle_s": round(time.monotonic() - self.last_used, 1),
+            "rss_gib": round(_resident_bytes() / 2**30, 2),
+            "gpu_gib": round(gpu / 2**30, 2),
+        }
+
+
+def _resident_bytes() -> int:
+    """This process's resident memory now (Linux /proc; the peak elsewhere)."""
+    try:
+        pages = int(open("/proc/self/statm").read().split()[1])  # noqa: SIM115
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _empty_accelerator_cache() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

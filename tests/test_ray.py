@@ -1,0 +1,214 @@
+"""`--ray` and `nacosae serve` on a real local Ray cluster (2 CPU slots, started once here).
+
+The workers are real actor processes that load the smoke preset's tiny models; nothing is
+mocked but the moments of failure (a worker killed, Ctrl-C)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray")
+
+SMOKE = ["explain", "--preset", "smoke", "--neurons", "0:3", "--n-iters", "2"]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    import ray
+
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        namespace="nacosae",
+        log_to_driver=False,
+        logging_level="ERROR",
+    )
+    yield ray
+    ray.shutdown()
+
+
+def events_without_timings(run: Path) -> list[dict]:
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in e.items() if k != "seconds"} for e in events]
+
+
+def explain_in(home: Path, invoke, monkeypatch, *extra: str) -> Path:
+    """A smoke run with its own NACOSAE_HOME (an empty concept cache: everything renders)."""
+    from nacosae.config import settings
+
+    monkeypatch.setenv("NACOSAE_HOME", str(home))
+    settings.cache_clear()
+    result = invoke(*SMOKE, "--out", home / "runs", *extra)
+    assert result.exit_code == 0, result.output
+    return next((home / "runs").iterdir())
+
+
+@pytest.fixture(scope="module")
+def alone(tmp_path_factory) -> Path:
+    """The same smoke run without Ray: what every Ray run must reproduce."""
+    from typer.testing import CliRunner
+
+    from nacosae.cli import app
+    from nacosae.config import settings
+
+    home = tmp_path_factory.mktemp("alone")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("NACOSAE_HOME", str(home))
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        settings.cache_clear()
+        result = CliRunner().invoke(app, [*SMOKE, "--out", str(home / "runs")])
+        settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    return next((home / "runs").iterdir())
+
+
+def run_actors(ray) -> list[str]:
+    return [
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["name"].startswith("run-")
+    ]
+
+
+def interrupting(method, at_call: int):
+    """`method` that raises KeyboardInterrupt (Ctrl-C) on its `at_call`-th call."""
+    calls = []
+
+    def wrapper(self, *args):
+        calls.append(1)
+        if len(calls) == at_call:
+            raise KeyboardInterrupt
+        return method(self, *args)
+
+    return wrapper
+
+
+def test_the_same_events_without_ray_with_one_worker_and_with_two_when_one_dies(
+    ray_cluster, alone, invoke, monkeypatch, tmp_path
+):
+    """1 worker, interrupted by Ctrl-C and resumed; then 2 workers, one of them killed."""
+    from nacosae.config import settings
+    from nacosae.distributed.pool import WorkerPool
+
+    home = tmp_path / "one"
+    monkeypatch.setenv("NACOSAE_HOME", str(home))
+    settings.cache_clear()
+    with monkeypatch.context() as patch:
+        patch.setattr(WorkerPool, "chat_many", interrupting(WorkerPool.chat_many, 2))
+        stopped = invoke(*SMOKE, "--out", home / "runs", "--ray", "auto", "--ray-workers", "1")
+    assert stopped.exit_code == 130 and "--resume" in stopped.output
+    assert run_actors(ray_cluster) == []  # Ctrl-C ended the run's worker
+    one = next((home / "runs").iterdir())
+    assert json.loads((one / "run.json").read_text())["status"] == "interrupted"
+    resumed = invoke("explain", "--resume", one)
+    assert resumed.exit_code == 0, resumed.output
+
+    schedule, killed = WorkerPool._schedule, []
+
+    def kill_worker_1_first(self, method, tasks):
+        if not killed:  # a real death: SIGKILL to the actor's process, mid-run
+            pid = ray_cluster.get(self.slots[1].actor.pid.remote())
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        return schedule(self, method, tasks)
+
+    monkeypatch.setattr(WorkerPool, "_schedule", kill_worker_1_first)
+    two = explain_in(tmp_path / "two", invoke, monkeypatch, "--ray", "auto", "--ray-workers", "2")
+    assert killed
+    record = json.loads((two / "run.json").read_text())
+    assert record["status"] == "done" and record["config"]["ray"] == "auto"
+    expected = events_without_timings(alone)
+    assert events_without_timings(one) == expected
+    assert events_without_timings(two) == expected
+    rendered = [json.loads((r / "run.json").read_text())["totals"] for r in (alone, one, two)]
+    assert len({t["images_rendered"] for t in rendered}) == 1  # each concept rendered once
+    assert run_actors(ray_cluster) == []  # the run's workers ended with it
+
+
+def test_serve_keeps_the_models_warm_for_later_runs(
+    ray_cluster, alone, invoke, monkeypatch, tmp_path
+):
+    from nacosae.config import settings
+    from nacosae.distributed.pool import WorkerPool
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("NACOSAE_HOME", str(home))
+    settings.cache_clear()
+    started = invoke("serve", "--preset", "smoke", "--workers", "2", "--idle-release", "0")
+    try:
+        assert started.exit_code == 0, started.output
+        assert "serve-0" in started.output and "serve-1" in started.output
+        result = invoke(*SMOKE, "--out", home / "runs", "--ray", "auto")
+        assert result.exit_code == 0, result.output
+        assert "2 warm workers" in result.output
+        run = next((home / "runs").iterdir())
+        record = json.loads((run / "run.json").read_text())
+        assert record["attempts"][-1]["model_loads"] == 0
+        assert record["attempts"][-1]["images_rendered"] > 0
+        assert events_without_timings(run) == events_without_timings(alone)
+        evaluate = ["evaluate", alone, "--top-k", "2", "--preset", "smoke", "--num-img", "4"]
+        on_workers = invoke(*evaluate, "--out", tmp_path / "eval-ray", "--ray", "auto")
+        assert on_workers.exit_code == 0, on_workers.output
+        shutil.rmtree(home / "smoke" / "concepts")  # render again, here
+        here = invoke(*evaluate, "--out", tmp_path / "eval-here")
+        assert here.exit_code == 0, here.output
+        scores = [(tmp_path / f / "evaluation.csv").read_text() for f in ("eval-ray", "eval-here")]
+        assert scores[0] == scores[1] and scores[0].count("\n") > 4  # header + 4 neurons
+        with monkeypatch.context() as patch:  # Ctrl-C leaves serve's workers running
+            patch.setattr(WorkerPool, "chat_many", interrupting(WorkerPool.chat_many, 1))
+            stopped = invoke(*SMOKE, "--out", home / "more", "--ray", "auto")
+        assert stopped.exit_code == 130
+        status = invoke("serve", "--status")
+        assert status.exit_code == 0
+        assert "serve-0" in status.output and "serve-1" in status.output
+        assert "t2i:" in status.output and "llm:" in status.output
+        twice = invoke("serve", "--preset", "smoke")
+        assert twice.exit_code == 1 and "already has `nacosae serve` workers" in twice.output
+    finally:
+        ended = invoke("serve", "--stop")
+    assert ended.exit_code == 0 and "stopped 2 workers" in ended.output
+    assert "no `nacosae serve` workers" in invoke("serve", "--status").output
+
+
+def test_without_ray_installed_the_option_says_which_extra(invoke, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    result = invoke(*SMOKE, "--out", tmp_path / "runs", "--ray", "local")
+    assert result.exit_code == 1
+    assert "uv sync --extra ray" in result.output
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_a_worker_releases_its_models_when_idle(invoke, monkeypatch, tmp_path):
+    """Without Ray: the worker class itself, on the smoke preset's models."""
+    import time
+
+    from nacosae.distributed.worker import ModelWorker
+    from nacosae.models.cache import shared_cache
+    from nacosae.presets import apply_presets, prepare
+    from nacosae.search.model_side import ModelJob
+    from nacosae.search.options import ExplainOptions
+    from nacosae.search.runner import check_inputs
+
+    options = ExplainOptions(["0"], tmp_path / "runs", tmp_path / "nacosae_home" / "controls")
+    options = prepare(apply_presets(options, ["smoke"]), shared_cache())
+    inputs = check_inputs(options)
+    job = ModelJob(
+        options, inputs.versions, inputs.store.index["dtype"], inputs.recipe, inputs.readout
+    ).shippable()
+    worker = ModelWorker(idle_release_s=0.3)
+    worker.prepare(job, with_llm=False)
+    assert {s.kind for s, _ in worker.cache.loaded()} == {"vision", "t2i"}
+    deadline = time.monotonic() + 10
+    while not worker.releases and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert worker.cache.loaded() == [] and worker.describe()["releases"] == 1
+    pngs = worker.render_pngs(job.key(), [("apple", 0, 2)], seed=0)
+    assert len(pngs) == 2 and worker.loads() == 3  # loaded again when used
