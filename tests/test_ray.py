@@ -184,6 +184,23 @@ def test_without_ray_installed_the_option_says_which_extra(invoke, monkeypatch, 
     assert result.exit_code == 1
     assert "uv sync --extra ray" in result.output
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    alone = invoke(*SMOKE, "--out", tmp_path / "runs", "--ray-workers", "2")
+    assert alone.exit_code == 1 and "--ray-workers needs --ray" in alone.output
+    evaluation = invoke("evaluate", "x.csv", "--ray-workers", "2")
+    assert evaluation.exit_code == 2 and "with --ray" in evaluation.output
+
+
+def test_an_address_where_nothing_listens_is_one_line_at_once(invoke, tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = invoke(*SMOKE, "--out", tmp_path / "runs", "--ray", f"127.0.0.1:{port}")
+    assert result.exit_code == 1 and "nothing answers there" in result.output
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    result = invoke(*SMOKE, "--out", tmp_path / "runs", "--ray", "headnode")
+    assert result.exit_code == 1 and "not HOST:PORT" in result.output
 
 
 def test_a_worker_releases_its_models_when_idle(invoke, monkeypatch, tmp_path):
@@ -210,5 +227,8 @@ def test_a_worker_releases_its_models_when_idle(invoke, monkeypatch, tmp_path):
     while not worker.releases and time.monotonic() < deadline:
         time.sleep(0.1)
     assert worker.cache.loaded() == [] and worker.describe()["releases"] == 1
-    pngs = worker.render_pngs(job.key(), [("apple", 0, 2)], seed=0)
-    assert len(pngs) == 2 and worker.loads() == 3  # loaded again when used
+    try:
+        pngs = worker.render_pngs(job.key(), [("apple", 0, 2)], seed=0)
+        assert len(pngs) == 2 and worker.loads() == 3  # loaded again when used
+    finally:
+        worker.close()

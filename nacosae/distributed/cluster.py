@@ -52,6 +52,8 @@ def connect(address: str) -> Cluster:
     ray = import_ray()
     if ray.is_initialized():
         return Cluster(ray, address, started_here=False, connected_here=False)
+    if address not in ("local", "auto"):
+        _check_listening(address)
     quiet = {"log_to_driver": False, "logging_level": "ERROR", "namespace": NAMESPACE}
     try:
         if address == "local":
@@ -65,6 +67,24 @@ def connect(address: str) -> Cluster:
             "--head`, or use --ray local to start one for this command"
         ) from None
     return Cluster(ray, address, started_here=address == "local")
+
+
+def _check_listening(address: str) -> None:
+    """Fail at once where nothing listens (Ray itself retries for minutes)."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=5):
+            return
+    except ValueError:
+        problem = "not HOST:PORT"
+    except OSError as exc:
+        problem = f"nothing answers there: {exc.strerror or exc}"
+    raise NacosaeError(
+        f"--ray {address}: {problem}; give the head node's address (ray start --head prints "
+        "it), auto for the cluster on this machine, or local to start one"
+    )
 
 
 def worker_environment() -> dict[str, str]:

@@ -36,8 +36,17 @@ class ModelWorker:
         self.last_used = time.monotonic()
         self.idle_release_s = idle_release_s
         self.releases = 0
+        self._closing = threading.Event()
+        self._watcher = None
         if idle_release_s:
-            threading.Thread(target=self._release_when_idle, daemon=True).start()
+            self._watcher = threading.Thread(target=self._release_when_idle, daemon=True)
+            self._watcher.start()
+
+    def close(self) -> None:
+        """Stop watching for idleness (an actor's process simply ends)."""
+        self._closing.set()
+        if self._watcher is not None:
+            self._watcher.join()
 
     @contextmanager
     def _busy(self) -> Iterator[None]:
@@ -49,8 +58,7 @@ class ModelWorker:
 
     def _release_when_idle(self) -> None:
         assert self.idle_release_s
-        while True:
-            time.sleep(min(1.0, self.idle_release_s / 4))
+        while not self._closing.wait(min(1.0, self.idle_release_s / 4)):
             idle = time.monotonic() - self.last_used
             if idle < self.idle_release_s or not self.cache.loaded():
                 continue

@@ -8,7 +8,7 @@ rendered), as separate commands:
   the round trip of an empty call to a worker;
 - seconds from the command's start to its first image: a cold process without Ray, and
   `--ray auto` against a warm `nacosae serve`.
-Run: `uv run python benchmarks/ray.py` (about 3 minutes on 2 cores).
+Run: `uv run python benchmarks/distributed.py` (about 3 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-NEURONS = ["--neurons", "0:15", "--n-iters", "2"]
+NEURONS = ["--neurons", "0:16", "--n-iters", "2"]  # 16 neurons (end exclusive)
 NACOSAE = [sys.executable, "-m", "nacosae"]
 
 
