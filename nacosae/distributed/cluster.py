@@ -49,11 +49,11 @@ class Cluster:
 def connect(address: str) -> Cluster:
     # workers run this interpreter, not `uv run` (Ray would rebuild the environment per worker)
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    if address not in ("local", "auto"):
+        _check_listening(address)
     ray = import_ray()
     if ray.is_initialized():
         return Cluster(ray, address, started_here=False, connected_here=False)
-    if address not in ("local", "auto"):
-        _check_listening(address)
     quiet = {"log_to_driver": False, "logging_level": "ERROR", "namespace": NAMESPACE}
     try:
         if address == "local":
