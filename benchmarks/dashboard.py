@@ -81,21 +81,28 @@ def in_browser(runs: Path) -> dict[str, float]:
             seconds["overview_first_render_s"] = timed(
                 lambda: expect(heading).to_be_visible(timeout=120_000)
             )
-            page.get_by_test_id("stSidebar").get_by_role("link", name="Layer").click()
-            table = page.get_by_text("2048 of 2048 units")
-            seconds["layer_first_render_s"] = timed(lambda: expect(table).to_be_visible())
-            unit = page.get_by_role("combobox", name="Open unit")
-            unit.click()
+            sidebar = page.get_by_test_id("stSidebar")
+
+            def after(click, heading):  # noqa: ANN001, ANN202 - from the click to the render
+                return timed(lambda: (click(), expect(heading).to_be_visible()))
+
+            seconds["layer_first_render_s"] = after(
+                sidebar.get_by_role("link", name="Layer").click,
+                page.get_by_text("2048 of 2048 units"),
+            )
+            page.get_by_role("combobox", name="Open unit").click()
             page.keyboard.type("1500")
             page.get_by_role("option", name="1500", exact=True).click()
-            page.get_by_role("button", name="Open in Overview").click()
-            heading = page.get_by_role("heading", name="Neuron 1500:")
-            seconds["layer_to_overview_s"] = timed(lambda: expect(heading).to_be_visible())
-            page.get_by_test_id("stSidebar").get_by_role("combobox", name="Neuron").click()
+            seconds["layer_to_overview_s"] = after(
+                page.get_by_role("button", name="Open in Overview").click,
+                page.get_by_role("heading", name="Neuron 1500:"),
+            )
+            sidebar.get_by_role("combobox", name="Neuron").click()
             page.keyboard.type("700")
-            page.get_by_role("option", name="700", exact=True).click()
-            heading = page.get_by_role("heading", name="Neuron 700:")
-            seconds["overview_switch_neuron_s"] = timed(lambda: expect(heading).to_be_visible())
+            seconds["overview_switch_neuron_s"] = after(
+                page.get_by_role("option", name="700", exact=True).click,
+                page.get_by_role("heading", name="Neuron 700:"),
+            )
             browser.close()
     finally:
         server.terminate()

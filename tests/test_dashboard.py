@@ -260,9 +260,10 @@ def test_real_browser_keeps_the_choice_across_pages(runs_dir, tmp_path):
     seconds: dict[str, float] = {}
     expect.set_options(timeout=30_000)  # a slow CI machine, not a slow page: timings are printed
 
-    def timed(step: str, check) -> None:  # noqa: ANN001 - an expect(...) call
+    def timed(step: str, *actions) -> None:  # noqa: ANN002 - a click, then an expect(...)
         started = time.perf_counter()
-        check()
+        for action in actions:
+            action()
         seconds[step] = round(time.perf_counter() - started, 2)
 
     try:
@@ -279,16 +280,16 @@ def test_real_browser_keeps_the_choice_across_pages(runs_dir, tmp_path):
             picker = sidebar.get_by_role("combobox", name="Neuron")
             picker.click()
             page.keyboard.type("37")  # the option list is virtual: type to bring 37 into it
-            page.get_by_role("option", name="37", exact=True).click()
             wanted = f"Neuron 37: {best['37']['best']['concept']}"
             heading = page.get_by_role("heading", name=wanted)
-            timed("switch_neuron", expect(heading).to_be_visible)
+            option = page.get_by_role("option", name="37", exact=True)
+            timed("switch_neuron", option.click, expect(heading).to_be_visible)
             for name in ("Images", "Reasoning", "Layer", "Overview"):
-                sidebar.get_by_role("link", name=name).click()
                 title = page.get_by_role("heading", name=name, exact=True)
                 if name == "Overview":
                     title = page.get_by_role("heading", name=wanted)
-                timed(f"open_{name.lower()}", expect(title).to_be_visible)
+                link = sidebar.get_by_role("link", name=name)
+                timed(f"open_{name.lower()}", link.click, expect(title).to_be_visible)
                 expect(picker).to_have_value("37")  # the choice held
                 if name in ("Images", "Reasoning"):
                     expect(page.get_by_role("heading", name=wanted)).to_be_visible()
