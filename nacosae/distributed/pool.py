@@ -72,13 +72,12 @@ class WorkerPool:
     slots: list[Slot]
     key: str = ""
     replaced_loads: int = 0
-    facts_: ModelFacts | None = None
     closed_loads: int | None = None
     tasks_sent: int = 0
     schedule_seconds: float = 0.0
     retries: int = 0
     served: bool = False  # the workers are `nacosae serve`'s
-    threads: int = field(default_factory=lambda: _driver_threads())
+    threads: int = field(default_factory=lambda: _driver_threads())  # defined below
 
     @classmethod
     def start(cls, cluster: Cluster, job: ModelJob, workers: int | None = None) -> WorkerPool:
@@ -122,7 +121,6 @@ class WorkerPool:
                     "the Ray workers disagree on the run's settings (one renders on "
                     f"{first.device}, another on {other.device}): give --device explicitly"
                 )
-        self.facts_ = first
         return first
 
     def render_concepts(
