@@ -13,6 +13,8 @@ Sections (each prints one or more JSON lines, also appended to OUT/gpu.jsonl):
 - explain: one unit with default settings (sd-turbo 4 steps + Llama-3.2-1B, 5 images per
   concept, 10 iterations + summary: 105 images, 11 LLM calls), seconds per phase, peak memory.
 - t2i, llm: text-to-image images/s and LLM tokens/s at batch 1, 8 and 32.
+- ray: one Ray worker actor (`--ray local --ray-workers 1`, the explain run's models) rendering
+  sd-turbo images: images/s and the GPU's utilisation sampled while it renders.
 - offload: the same unit with a budget that forces swapping, with `--offload model`, with
   `sequential`, and with `cpu` again after `sequential` in the same process; events must equal
   the first run's (timings aside).
@@ -46,7 +48,7 @@ CLASS_LABELS = (
     "tree frog", "loggerhead turtle", "garter snake", "trilobite", "scorpion", "tarantula",
     "peacock", "flamingo", "king penguin",
 )  # fmt: skip
-SECTIONS = ("env", "controls", "explain", "t2i", "llm", "offload", "large")
+SECTIONS = ("env", "controls", "explain", "t2i", "llm", "ray", "offload", "large")
 
 
 class Bench:
@@ -453,6 +455,90 @@ def section_llm(bench: Bench, state: dict[str, Any]) -> None:
             )
 
 
+@contextmanager
+def _utilisation_samples(device: str, every: float = 0.1) -> Iterator[list[int]]:
+    """The GPU's utilisation (percent, NVML through torch, else nvidia-smi) sampled every
+    `every` seconds while the block runs; nothing on a CPU."""
+    import subprocess
+    import threading
+
+    import torch
+
+    samples: list[int] = []
+    if not device.startswith("cuda"):
+        yield samples
+        return
+
+    def read() -> int:
+        try:
+            return int(torch.cuda.utilization())
+        except Exception:  # noqa: BLE001 - no pynvml: ask nvidia-smi
+            query = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"]
+            return int(subprocess.run(query, capture_output=True, text=True).stdout.split()[0])
+
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(every):
+            samples.append(read())
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield samples
+    finally:
+        stop.set()
+        thread.join()
+
+
+def section_ray(bench: Bench, state: dict[str, Any]) -> None:
+    """One worker actor renders concepts scheduled by the driver, as `explain --ray` does."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        bench.emit("ray", skipped="Ray is not installed (uv sync --extra ray)")
+        return
+    from nacosae.distributed.cluster import connect
+    from nacosae.distributed.pool import WorkerPool
+    from nacosae.search.model_side import ModelJob
+    from nacosae.search.runner import check_inputs
+
+    options = explain_options(bench, state, "ray")
+    inputs = check_inputs(options)
+    store_dtype = inputs.store.index["dtype"]
+    job = ModelJob(options, inputs.versions, store_dtype, inputs.recipe, inputs.readout)
+    started = time.perf_counter()
+    pool = WorkerPool.start(connect("local"), job, workers=1)
+    try:
+        facts = pool.facts()
+        ready = time.perf_counter() - started
+        per_concept = options.num_img
+        pool.render_concepts([("warm up", 0, per_concept)], {}, 0, facts.t2i_batch)
+        concepts = 4 if bench.tiny else 24
+        requests = [(f"concept {k}", 0, per_concept) for k in range(concepts)]
+        with _utilisation_samples(bench.device) as samples:
+            started = time.perf_counter()
+            pool.render_concepts(requests, {}, 1, facts.t2i_batch)
+            seconds = time.perf_counter() - started
+        stats = pool.stats()
+    finally:
+        pool.close()
+    bench.emit(
+        "ray",
+        model="sd-turbo" if not bench.tiny else "tiny-sd",
+        workers=1,
+        worker_ready_s=round(ready, 1),
+        t2i_batch=facts.t2i_batch,
+        images=concepts * per_concept,
+        images_per_s=round(concepts * per_concept / seconds, 2),
+        seconds=round(seconds, 2),
+        gpu_utilisation_mean=round(sum(samples) / len(samples), 1) if samples else None,
+        gpu_utilisation_samples=len(samples),
+        tasks=stats["tasks"],
+        schedule_ms_per_concept=round(1000 * stats["schedule_seconds"] / (concepts + 1), 2),
+    )
+
+
 def _compare(bench: Bench, reference: dict, result: dict, **extra: Any) -> None:
     events = result.pop("events")
     same = events == reference["events"]
@@ -520,10 +606,17 @@ RUNNERS: dict[str, Callable[[Bench, dict[str, Any]], None]] = {
     "explain": section_explain,
     "t2i": section_t2i,
     "llm": section_llm,
+    "ray": section_ray,
     "offload": section_offload,
     "large": section_large,
 }
-NEEDS = {"explain": "controls", "t2i": "explain", "llm": "explain", "offload": "explain"}
+NEEDS = {
+    "explain": "controls",
+    "t2i": "explain",
+    "llm": "explain",
+    "ray": "explain",
+    "offload": "explain",
+}
 MIN_SECONDS = {"offload": 120, "large": 150}  # skipped when less time is left
 
 

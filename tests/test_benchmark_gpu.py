@@ -24,6 +24,8 @@ def test_gpu_benchmark_runs_every_section_on_tiny_configs(tmp_path):
     assert explain["llm_calls"] == 2 and explain["images_rendered"] == 2 * explain["concepts"]
     assert [t["batch"] for t in by_section["t2i"]] == [1, 8, 32]
     assert [t["batch"] for t in by_section["llm"]] == [1, 8, 32]
+    (ray,) = by_section["ray"]  # one Ray worker rendered 4 concepts of 2 images
+    assert ray["images"] == 8 and ray["tasks"] >= 2 and ray["gpu_utilisation_mean"] is None
     offload = by_section["offload"]
     assert [o["variant"] for o in offload] == [
         "swapped",

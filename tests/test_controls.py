@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from torchvision import transforms
 
 from nacosae.config import settings
-from nacosae.controls import open_controls
+from nacosae.controls import ControlsRequest, open_controls
 from nacosae.errors import CorruptStore
 from nacosae.models.vision import model_info
 from tests.conftest import write_image_tree
@@ -251,3 +251,19 @@ def test_sigkilled_run_resumes_to_an_identical_store(invoke, tmp_path, monkeypat
         assert a.keys() == b.keys()
         for key in a:
             assert torch.equal(a[key], b[key]), f"{name}:{key} differs"
+
+
+def test_a_node_without_the_images_says_they_must_be_at_the_same_path(image_tree, tmp_path):
+    """What a Ray worker on a node without the image folder reports (`controls --ray`)."""
+    from nacosae.controls.model_side import ControlsJob
+    from nacosae.data.images import list_image_folder
+    from nacosae.errors import NacosaeError
+    from nacosae.models.cache import ModelCache
+
+    moved = shutil.copytree(image_tree, tmp_path / "val")
+    listing = list_image_folder(moved)
+    request = ControlsRequest("tiny_cnn", "avgpool", moved, tmp_path / "controls", "none")
+    job = ControlsJob(request, listing, [(0, len(listing))])
+    shutil.rmtree(moved)
+    with pytest.raises(NacosaeError, match="every node needs them at the same path"):
+        job.build(ModelCache())

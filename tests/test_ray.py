@@ -188,6 +188,15 @@ def test_without_ray_installed_the_option_says_which_extra(invoke, monkeypatch, 
     assert alone.exit_code == 1 and "--ray-workers needs --ray" in alone.output
     evaluation = invoke("evaluate", "x.csv", "--ray-workers", "2")
     assert evaluation.exit_code == 2 and "with --ray" in evaluation.output
+    from tests.conftest import write_image_tree
+
+    controls = ["controls", "--model", "tiny_cnn", "--weights", "none", "--images"]
+    controls.append(write_image_tree(tmp_path / "val"))
+    result = invoke(*controls, "--ray", "local")
+    assert result.exit_code == 1 and "uv sync --extra ray" in result.output
+    assert not list((tmp_path / "nacosae_home").glob("controls/*"))  # no store begun
+    result = invoke(*controls, "--ray-workers", "2")
+    assert result.exit_code == 1 and "--ray-workers needs --ray" in result.output
 
 
 def test_an_address_where_nothing_listens_is_one_line_at_once(invoke, tmp_path):
@@ -232,3 +241,64 @@ def test_a_worker_releases_its_models_when_idle(invoke, monkeypatch, tmp_path):
         assert len(pngs) == 2 and worker.loads() == 3  # loaded again when used
     finally:
         worker.close()
+
+
+def test_controls_on_two_workers_write_the_store_one_process_writes(
+    ray_cluster, invoke, monkeypatch, tmp_path
+):
+    """Ctrl-C after the first shard, then a resumed build on 2 workers, one of them killed:
+    the same shards, byte for byte, as one process (an unreadable image included)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from nacosae.config import settings
+    from nacosae.distributed.pool import WorkerPool
+    from nacosae.store.activations import StoreBuilder
+    from tests.conftest import write_image_tree
+
+    tree = write_image_tree(tmp_path / "val", classes=4, per_class=5, seed=3)
+    (tree / "class_01" / "zz-broken.jpg").write_bytes(b"not an image")
+    build = ["controls", "--model", "tiny_cnn", "--layer", "layer2", "--weights", "none",
+             "--images", tree, "--shard-size", "3", "--batch-size", "2"]  # fmt: skip
+
+    def store_in(home: Path) -> Path:
+        monkeypatch.setenv("NACOSAE_HOME", str(home))
+        settings.cache_clear()
+        return home / "controls" / "tiny_cnn" / "layer2"
+
+    here = store_in(tmp_path / "here")
+    assert invoke(*build, "--workers", "0").exit_code == 0
+
+    on_ray = store_in(tmp_path / "ray")
+    with monkeypatch.context() as patch:
+        patch.setattr(StoreBuilder, "write_shard", interrupting(StoreBuilder.write_shard, 2))
+        stopped = invoke(*build, "--ray", "auto", "--ray-workers", "2")
+    assert stopped.exit_code == 130 and "rerun the same command" in stopped.output
+    assert run_actors(ray_cluster) == []
+    index = json.loads((on_ray / "index.json").read_text())
+    assert index["status"] == "building" and len(index["shards"]) == 1
+
+    completed, killed = WorkerPool.completed, []
+
+    def kill_worker_1_first(self, method, tasks):
+        if not killed:
+            pid = ray_cluster.get(self.slots[1].actor.pid.remote())
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        return completed(self, method, tasks)
+
+    monkeypatch.setattr(WorkerPool, "completed", kill_worker_1_first)
+    resumed = invoke(*build, "--ray", "auto", "--ray-workers", "2")
+    assert resumed.exit_code == 0, resumed.output
+    assert killed and "resuming: 1 of 7 shards" in resumed.output
+    assert run_actors(ray_cluster) == []
+
+    ours, theirs = (json.loads((d / "index.json").read_text()) for d in (on_ray, here))
+    for key in ("identity", "n_units", "n_images", "classes", "spans", "skipped", "status"):
+        assert ours[key] == theirs[key], key
+    assert ours["skipped"] == ["class_01/zz-broken.jpg"]
+    names = [s["file"] for s in theirs["shards"]] + ["units.safetensors"]
+    assert sorted(p.name for p in on_ray.iterdir()) == sorted(p.name for p in here.iterdir())
+    for name in names:  # tensors, not file hashes: safetensors orders its metadata at random
+        a, b = load_file(on_ray / name), load_file(here / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 import typer
 
 from nacosae import progress
+from nacosae.cli.ray_options import RayOption, RayWorkersOption
 from nacosae.cli.unit_options import (
     ImageSizeOption,
     MeanOption,
@@ -94,7 +95,11 @@ def controls(
     ] = "default",
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
     workers: Annotated[
-        int | None, typer.Option(help="Decoding worker processes \\[default: CPU cores - 1].")
+        int | None,
+        typer.Option(
+            help="Decoding worker processes \\[default: CPU cores - 1; with --ray, each Ray "
+            "worker's share of its cluster's CPUs]."
+        ),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cuda, cuda:N, mps or cpu.")] = "auto",
     dtype: Annotated[
@@ -106,6 +111,8 @@ def controls(
     image_size: ImageSizeOption = None,
     mean: MeanOption = None,
     std: StdOption = None,
+    ray: RayOption = None,
+    ray_workers: RayWorkersOption = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing store.", metavar="")] = False,
     list_stores: Annotated[
         bool,
@@ -145,6 +152,8 @@ def controls(
         image_size=image_size,
         mean=triple(mean, "--mean"),
         std=triple(std, "--std"),
+        ray=ray,
+        ray_workers=ray_workers,
     )
     try:
         result = build_controls(request, shared_cache())

@@ -1,4 +1,4 @@
-"""The `--ray` options shared by explain and evaluate."""
+"""The `--ray` options shared by explain, evaluate and controls."""
 
 from __future__ import annotations
 

@@ -1,11 +1,12 @@
-"""The driver's side of a Ray run: worker actors that offer `LocalModels`' methods.
+"""The driver's side of a Ray run: worker actors that offer the model side's methods.
 
 Rendering is scheduled by concept: a phase's missing concepts are cut into tasks of about one
 text-to-image batch each and handed to whichever worker is free, so each concept is rendered
 once across the cluster. Workers send back PNG bytes and activations; the driver alone writes
 the concept cache and the run directory, so no shared filesystem is needed. The LLM batch of a
 phase goes whole to worker 0 (a chat's reply depends on its seed, not its batch, but one batch
-keeps the calls as few as without Ray). A worker that dies is replaced and its task retried.
+keeps the calls as few as without Ray). A control store build (`controls --ray`) sends whole
+shards the same way (`completed`). A worker that dies is replaced and its task retried.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from nacosae.distributed.cluster import NAMESPACE, SERVE_PREFIX, Cluster, worker
 from nacosae.errors import NacosaeError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     import numpy as np
 
     from nacosae.search.model_side import ModelFacts, ModelJob, Request
@@ -158,13 +161,20 @@ class WorkerPool:
         return {c: (new[c], measured[c]) for c, _, _ in requests}
 
     def _schedule(self, method: str, tasks: list[tuple[Any, ...]]) -> list[Any]:
-        """Run `method(key, *task)` for every task on whichever worker is free; results in
-        task order. A task whose worker dies goes back to the queue (the next free worker takes
-        it) while a replacement starts; the replacement joins when its models are loaded."""
+        """`completed`'s results in task order."""
+        results: list[Any] = [None] * len(tasks)
+        for index, result in self.completed(method, tasks):
+            results[index] = result
+        return results
+
+    def completed(self, method: str, tasks: list[tuple[Any, ...]]) -> Iterator[tuple[int, Any]]:
+        """Run `method(key, *task)` for every task on whichever worker is free; (task index,
+        result) as each finishes. A task whose worker dies goes back to the queue (the next
+        free worker takes it) while a replacement starts; the replacement joins when its
+        models are loaded. A worker's own error (bad input, out of memory) ends the run."""
         ray = self.cluster.ray
         queue = deque((index, 0) for index in range(len(tasks)))
         running: dict[Any, tuple[int, int, int]] = {}  # ref -> slot, task (-1: a start), tries
-        results: list[Any] = [None] * len(tasks)
         free = list(range(len(self.slots)))
         while queue or running:
             started = time.perf_counter()
@@ -182,15 +192,18 @@ class WorkerPool:
             if index < 0:  # a replacement worker is ready
                 self._gather(done, "load the models")
                 free.append(k)
-            else:
-                try:
-                    results[index] = ray.get(done[0])
-                    free.append(k)
-                except ray.exceptions.RayActorError as exc:
-                    running[self._replace(k, tries, exc)] = (k, -1, tries)
-                    queue.appendleft((index, tries + 1))
+                self.schedule_seconds += time.perf_counter() - started
+                continue
+            try:
+                result = self._gather(done, f"run {method}")[0]
+            except ray.exceptions.RayActorError as exc:
+                running[self._replace(k, tries, exc)] = (k, -1, tries)
+                queue.appendleft((index, tries + 1))
+                self.schedule_seconds += time.perf_counter() - started
+                continue
+            free.append(k)
             self.schedule_seconds += time.perf_counter() - started
-        return results
+            yield index, result
 
     def chat_many(self, requests: list[tuple[list[dict[str, str]], int]]) -> list[str]:
         return self._call_first("chat_many", requests)

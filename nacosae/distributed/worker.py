@@ -1,10 +1,10 @@
 """The worker actor: one per GPU (or CPU slot), holding one ModelCache for every run it serves.
 
-Each run sends its job once (`prepare`: an explain `ModelJob` or an evaluation's job); the
-worker builds the job's models through its cache, so models another run (or `nacosae serve`)
-already loaded are reused, not loaded again. Every method is plain Python, so the class also
-runs (and is tested) without Ray. Idle for `idle_release_s`, the worker forgets its models (GPU
-memory is released) and loads them again when asked.
+Each run sends its job once (`prepare`: an explain `ModelJob`, an evaluation's or a control
+store build's job); the worker builds the job's models through its cache, so models another run
+(or `nacosae serve`) already loaded are reused, not loaded again. Every method is plain Python,
+so the class also runs (and is tested) without Ray. Idle for `idle_release_s`, the worker
+forgets its models (GPU memory is released) and loads them again when asked.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
     import numpy as np
 
+    from nacosae.controls.model_side import ShardActivations
     from nacosae.search.model_side import ModelFacts, ModelJob, Request
 
 
@@ -93,6 +94,10 @@ class ModelWorker:
     def activations_of_pngs(self, key: str, pngs: dict[str, list[bytes]]) -> dict[str, np.ndarray]:
         with self._busy():
             return self.sides[key].activations_of_pngs(pngs)
+
+    def activations_of_shard(self, key: str, shard: int, decoders: int) -> ShardActivations:
+        with self._busy():
+            return self.sides[key].activations_of_shard(shard, decoders)
 
     def chat_many(self, key: str, requests: list[tuple[list[dict[str, str]], int]]) -> list[str]:
         with self._busy():

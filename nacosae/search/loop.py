@@ -122,12 +122,15 @@ class ConceptCache:
             have = min(self.store.image_count(concept), n)
             if have < n:
                 requests.append((concept, have, n - have))
+        computed: dict[str, np.ndarray] = {}
         if self.parts.render_concepts is not None:
-            self._render_remotely(wanted, requests)
+            computed = self._render_remotely(wanted, requests)
         else:
             self._render(requests)
         for concept in wanted:
-            acts = self.store.load_activations(concept, n)
+            acts = computed.get(concept)
+            if acts is None:
+                acts = self.store.load_activations(concept, n)
             if acts is None:
                 with self.timer.phase("io"):
                     images = self.store.load_images(concept, n)
@@ -141,18 +144,24 @@ class ConceptCache:
                 self.counters.cache_hits += 1
             self.entries[concept] = acts
 
-    def _render_remotely(self, wanted: list[str], requests: list[tuple[str, int, int]]) -> None:
+    def _render_remotely(
+        self, wanted: list[str], requests: list[tuple[str, int, int]]
+    ) -> dict[str, np.ndarray]:
         """Ray workers render what is missing and compute the activations the store lacks;
-        the concepts' files are written here, as `_render` and `ensure` write them."""
+        the concepts' files are written here, as `_render` and `ensure` write them. Returns
+        the activations of every wanted concept (each read or computed once)."""
         n = self.settings.num_img
         missing = {c: (first, count) for c, first, count in requests}
-        todo = [
-            (c, *missing.get(c, (n, 0)))
-            for c in wanted
-            if c in missing or self.store.load_activations(c, n) is None
-        ]
+        found: dict[str, np.ndarray] = {}
+        todo = []
+        for concept in wanted:
+            stored = None if concept in missing else self.store.load_activations(concept, n)
+            if stored is None:
+                todo.append((concept, *missing.get(concept, (n, 0))))
+            else:
+                found[concept] = stored
         if not todo:
-            return
+            return found
         with self.timer.phase("io"):
             existing = {c: self.store.encoded_images(c, first) for c, first, _ in todo if first}
         with self.timer.phase("t2i"):  # rendering and the vision forward, on the workers
@@ -161,10 +170,11 @@ class ConceptCache:
             )
         with self.timer.phase("io"):
             for concept, first, _count in todo:
-                pngs, acts = results[concept]
+                pngs, found[concept] = results[concept]
                 self.store.save_encoded(concept, first, pngs)
-                self.store.save_activations(concept, acts)
+                self.store.save_activations(concept, found[concept])
                 self.counters.images_rendered += len(pngs)
+        return found
 
     def _render(self, requests: list[tuple[str, int, int]]) -> None:
         """Render in calls of at most `t2i_batch` images (a concept may span two calls)."""
