@@ -3,7 +3,9 @@
 512 generated JPEGs (500x375, like ImageNet validation images) in 8 class folders; resnet18 with
 random weights on the CPU. Forward-only: the same images, already preprocessed into tensors, run
 through the same model at the same batch size. The ratio shows how well decoding and resizing
-are hidden behind compute. Prints JSON lines.
+are hidden behind compute. With `--ray-workers N`, the same store is built again on a local Ray
+cluster of N workers (`controls --ray local`; the cluster's start included) and compared with
+the first, tensor by tensor. Prints JSON lines.
 """
 
 from __future__ import annotations
@@ -13,10 +15,14 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    from nacosae.controls import ControlsRequest, ControlsResult
 
 
 def emit(**fields: object) -> None:
@@ -55,6 +61,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--shard-size", type=int, default=128)
+    parser.add_argument("--ray-workers", type=int, default=0, help="also build on N Ray workers")
     args = parser.parse_args()
 
     from nacosae import progress
@@ -85,6 +93,7 @@ def main() -> None:
             batch_size=args.batch_size,
             workers=args.workers,
             device="cpu",
+            shard_size=args.shard_size,
         )
         start = time.perf_counter()
         result = build_controls(request, cache)  # the model is already in the cache
@@ -101,6 +110,43 @@ def main() -> None:
             value=round(controls_rate / forward_rate, 3),
             target=0.8,
         )
+        if args.ray_workers:
+            ray_build(request, result, args.ray_workers, controls_seconds)
+
+
+def ray_build(
+    request: ControlsRequest, alone: ControlsResult, workers: int, alone_seconds: float
+) -> None:
+    """The same store on a local Ray cluster of `workers` workers, timed and compared."""
+    import dataclasses
+    import os
+
+    from safetensors.torch import load_file
+
+    from nacosae.controls import build_controls
+    from nacosae.models.cache import ModelCache
+
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    root = request.controls_root.parent / "controls-ray"
+    on_ray = dataclasses.replace(request, controls_root=root, ray="local", ray_workers=workers)
+    start = time.perf_counter()
+    result = build_controls(on_ray, ModelCache())
+    seconds = time.perf_counter() - start
+    names = [s["file"] for s in result.index["shards"]] + ["units.safetensors"]
+    same = all(
+        all(torch.equal(a[k], b[k]) for k in a)
+        for a, b in (
+            (load_file(result.directory / n), load_file(alone.directory / n)) for n in names
+        )
+    )
+    emit(
+        metric="controls_ray_local_wall_s",
+        value=round(seconds, 2),
+        workers=workers,
+        shards=len(names) - 1,
+        in_process_s=round(alone_seconds, 2),
+        same_store=same,
+    )
 
 
 if __name__ == "__main__":
