@@ -146,6 +146,8 @@ def test_sigkilled_multi_neuron_run_resumes_to_the_same_result(invoke, tmp_path,
     listed = invoke("report", killed, "--format", "csv")
     assert ",stale," in listed.output  # its process is gone: not "running" forever
 
+    refused = invoke("explain", "--resume", run, "--n-iters", "9", "--model", "resnet50")
+    assert refused.exit_code == 2 and "--model, --n-iters cannot be given" in refused.output
     resumed = invoke("explain", "--resume", run)
     assert resumed.exit_code == 0, resumed.output
     whole = invoke(*args, "--out", tmp_path / "whole")

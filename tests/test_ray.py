@@ -108,8 +108,9 @@ def test_the_same_events_without_ray_with_one_worker_and_with_two_when_one_dies(
     assert run_actors(ray_cluster) == []  # Ctrl-C ended the run's worker
     one = next((home / "runs").iterdir())
     assert json.loads((one / "run.json").read_text())["status"] == "interrupted"
-    resumed = invoke("explain", "--resume", one)
+    resumed = invoke("explain", "--resume", one, "--ray", "local")  # the address may change
     assert resumed.exit_code == 0, resumed.output
+    assert json.loads((one / "run.json").read_text())["config"]["ray"] == "local"
 
     schedule, killed = WorkerPool._schedule, []
 

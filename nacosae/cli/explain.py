@@ -39,7 +39,10 @@ def explain(
     ] = None,
     resume: Annotated[
         Path | None,
-        typer.Option(help="Continue an interrupted run directory (its own settings are used)."),
+        typer.Option(
+            help="Continue an interrupted run directory with its own settings (--ray and "
+            "--ray-workers may change)."
+        ),
     ] = None,
     model: Annotated[
         str, typer.Option(help="Explained model: a torchvision name, timm:NAME or hf:REPO_ID.")
@@ -153,6 +156,8 @@ def explain(
     cache = shared_cache()
     if resume is not None:
         options = resumed_options(resume)
+        for name in _resume_overrides(context):
+            setattr(options, name, context.params[name])
     else:
         options = _options_from_command_line(context, preset or [])
     options.validate()  # before the presets build anything
@@ -194,13 +199,33 @@ def _options_from_command_line(context: typer.Context, presets: list[str]) -> Ex
     options.guidance_scale = _guidance(params["guidance_scale"])
     options.mean, options.std = triple(params["mean"], "--mean"), triple(params["std"], "--std")
     options.sae = str(params["sae"].expanduser().resolve()) if params["sae"] else None
-    given = {"COMMANDLINE", "ENVIRONMENT"}  # click's ParameterSource names
-    explicit = {
+    return apply_presets(options, presets, _given(context, "COMMANDLINE", "ENVIRONMENT"))
+
+
+def _given(context: typer.Context, *sources: str) -> set[str]:
+    """The parameters whose value came from `sources` (click's ParameterSource names)."""
+    return {
         name
-        for name in params
-        if getattr(context.get_parameter_source(name), "name", None) in given
+        for name in context.params
+        if getattr(context.get_parameter_source(name), "name", None) in sources
     }
-    return apply_presets(options, presets, explicit)
+
+
+RESUME_OVERRIDES = {"ray", "ray_workers"}  # where the models run: the results are the same
+
+
+def _resume_overrides(context: typer.Context) -> set[str]:
+    """The options a resumed run takes from the command line: --ray and --ray-workers (a
+    cluster's address may change); any other setting is the run's own."""
+    refused = _given(context, "COMMANDLINE") - RESUME_OVERRIDES - {"resume"}
+    if refused:
+        names = ", ".join(f"--{name.replace('_', '-')}" for name in sorted(refused))
+        raise typer.BadParameter(
+            f"a resumed run keeps its own settings, so {names} cannot be given with it (only "
+            "--ray and --ray-workers can); start a new run for other settings",
+            param_hint="--resume",
+        )
+    return _given(context, "COMMANDLINE") & RESUME_OVERRIDES
 
 
 def _guidance(value: str | None) -> float | str | None:

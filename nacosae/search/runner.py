@@ -149,7 +149,7 @@ def run_explain(
     loaded; the run directory then records the outcome, whatever it is."""
     inputs = check_inputs(options, _recorded_models(resume) if resume is not None else None)
     if resume is not None:
-        writer, recorded = _reopen(resume)
+        writer, recorded = _reopen(resume, options)
     else:
         writer, recorded = _create(options), []
     cache.set_budget(options.gpu_memory * GIB if options.gpu_memory else None)
@@ -243,11 +243,14 @@ def _recorded_models(directory: Path) -> dict[str, Any]:
         return {}
 
 
-def _reopen(directory: Path) -> tuple[RunWriter, list[dict[str, Any]]]:
+def _reopen(directory: Path, options: ExplainOptions) -> tuple[RunWriter, list[dict[str, Any]]]:
+    """The run's writer and its events so far; the config records where this attempt runs
+    (`--ray` may change on resume, nothing else)."""
     directory = Path(directory).expanduser()
     writer = RunWriter.open(directory)
     resumes = writer.record.get("resumes", 0) + 1
-    writer.update(status="running", error=None, resumes=resumes)
+    config = {**writer.record["config"], "ray": options.ray, "ray_workers": options.ray_workers}
+    writer.update(status="running", error=None, resumes=resumes, config=config)
     progress.info(f"resuming run {directory.name}")
     return writer, read_events(directory)
 
