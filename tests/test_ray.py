@@ -303,3 +303,53 @@ def test_controls_on_two_workers_write_the_store_one_process_writes(
     for name in names:  # tensors, not file hashes: safetensors orders its metadata at random
         a, b = load_file(on_ray / name), load_file(here / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def ray_daemons() -> set[int]:
+    """Pids of the per-cluster processes of every local Ray cluster."""
+    import psutil
+
+    names = ("gcs_server", "raylet", "DashboardAgent", "RuntimeEnvAgent", "dashboard.py")
+    found = set()
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        command = " ".join(process.info["cmdline"] or [])
+        if any(name in command for name in names):
+            found.add(process.info["pid"])
+    return found
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_ray_local_command_like_ctrl_c_and_ends_its_cluster(tmp_path):
+    """Ray's init takes SIGTERM over; without ours put back, the driver died at once and its
+    local cluster's agents were left running."""
+    import subprocess
+    import time
+
+    from tests.conftest import write_image_tree
+
+    tree = write_image_tree(tmp_path / "val", classes=4, per_class=10, seed=2)
+    home = tmp_path / "home"
+    env = {**os.environ, "NACOSAE_HOME": str(home), "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+    before = ray_daemons()
+    command = [sys.executable, "-m", "nacosae", "controls", "--model", "tiny_cnn", "--weights",
+               "none", "--images", str(tree), "--shard-size", "2", "--batch-size", "1",
+               "--ray", "local", "--ray-workers", "1"]  # fmt: skip
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    index = home / "controls" / "tiny_cnn" / "avgpool" / "index.json"
+    deadline = time.monotonic() + 180
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            if json.loads(index.read_text())["shards"]:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=120)[0].decode()
+    assert process.returncode == 130, output
+    assert "rerun the same command to continue" in output
+    assert json.loads(index.read_text())["status"] == "building"
+    deadline = time.monotonic() + 30
+    while ray_daemons() - before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not ray_daemons() - before, "the command's Ray cluster outlived it"

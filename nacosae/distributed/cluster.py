@@ -4,6 +4,10 @@ anything else is an address (`HOST:PORT` or `ray://HOST:PORT`)."""
 from __future__ import annotations
 
 import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,10 +60,11 @@ def connect(address: str) -> Cluster:
         return Cluster(ray, address, started_here=False, connected_here=False)
     quiet = {"log_to_driver": False, "logging_level": "ERROR", "namespace": NAMESPACE}
     try:
-        if address == "local":
-            ray.init(include_dashboard=False, **quiet)
-        else:
-            ray.init(address=address, **quiet)
+        with _own_sigterm_handler():
+            if address == "local":
+                ray.init(include_dashboard=False, **quiet)
+            else:
+                ray.init(address=address, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise NacosaeError(
@@ -67,6 +72,22 @@ def connect(address: str) -> Cluster:
             "--head`, or use --ray local to start one for this command"
         ) from None
     return Cluster(ray, address, started_here=address == "local")
+
+
+@contextmanager
+def _own_sigterm_handler() -> Iterator[None]:
+    """Put the command's SIGTERM handler back after `ray.init`, which replaces it with one that
+    ends the driver at once (skipping the cleanup that stops a local cluster: its agents were
+    left running). SIGTERM then stops a `--ray` command as Ctrl-C does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    ours = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if ours is not None:
+            signal.signal(signal.SIGTERM, ours)
 
 
 def _check_listening(address: str) -> None:
