@@ -124,16 +124,8 @@ def _model_side(job: ControlsJob, cache: ModelCache) -> Iterator[ControlsModel |
     from nacosae.distributed.cluster import connect
     from nacosae.distributed.pool import WorkerPool
 
-    cluster = connect(request.ray)
-    try:
-        pool = WorkerPool.start(cluster, job, request.ray_workers)
-    except BaseException:
-        cluster.close()
-        raise
-    try:
+    with WorkerPool.running(connect(request.ray), job, request.ray_workers) as pool:
         yield pool
-    finally:
-        pool.close()
 
 
 def _store_builder(

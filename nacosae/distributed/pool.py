@@ -15,6 +15,7 @@ import contextlib
 import os
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -106,6 +107,23 @@ class WorkerPool:
                     ray.kill(slot.actor)
             raise
         return pool
+
+    @classmethod
+    @contextmanager
+    def running(
+        cls, cluster: Cluster, job: Any, workers: int | None = None
+    ) -> Iterator[WorkerPool]:
+        """`start`ed for a command's block; its own workers end (and the cluster is left) when
+        the block ends, also when they fail to start."""
+        try:
+            pool = cls.start(cluster, job, workers)
+        except BaseException:
+            cluster.close()
+            raise
+        try:
+            yield pool
+        finally:
+            pool.close()
 
     # ------------------------------------------------------------ what LocalModels offers
 

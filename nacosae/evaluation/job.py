@@ -172,15 +172,8 @@ def _models(job: EvaluationJob, cache: ModelCache, device: str, cluster: Any) ->
         return
     from nacosae.distributed.pool import WorkerPool
 
-    try:
-        pool = WorkerPool.start(cluster, job, job.request.ray_workers)
-    except BaseException:
-        cluster.close()
-        raise
-    try:
+    with WorkerPool.running(cluster, job, job.request.ray_workers) as pool:
         yield pool
-    finally:
-        pool.close()
 
 
 def _control_store(request: EvaluateRequest, store: Any) -> Any:

@@ -284,16 +284,9 @@ def _model_side(
         return
     from nacosae.distributed.pool import WorkerPool
 
-    try:
-        pool = WorkerPool.start(inputs.cluster, job, options.ray_workers)
-    except BaseException:
-        inputs.cluster.close()
-        raise
-    attempt.workers = pool
-    try:
+    with WorkerPool.running(inputs.cluster, job, options.ray_workers) as pool:
+        attempt.workers = pool
         yield pool
-    finally:
-        pool.close()
 
 
 def _search(
