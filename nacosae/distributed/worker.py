@@ -32,7 +32,7 @@ class ModelWorker:
         progress.configure(quiet=True)
         progress.calm_libraries()
         self.cache = ModelCache()
-        self.sides: dict[str, Any] = {}  # job key -> LocalModels or EvaluationModels
+        self.sides: dict[str, Any] = {}  # job key -> LocalModels, EvaluationModels, ControlsModel
         self.lock = threading.Lock()
         self.last_used = time.monotonic()
         self.idle_release_s = idle_release_s

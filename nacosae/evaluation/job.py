@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from nacosae import progress
+from nacosae.distributed.shipped import ShippedImages
 from nacosae.errors import NacosaeError, NeuronOutOfRange
 from nacosae.evaluation.explanations import Explanation, ReadResult, read_csv, read_run
 from nacosae.models.cache import ModelCache, ModelHandle, ModelSpec
@@ -243,7 +244,7 @@ class EvaluationFacts:
     device: str
 
 
-class EvaluationModels:
+class EvaluationModels(ShippedImages):
     """The evaluation's text-to-image pipeline and explained model, built through `cache`: in
     this process, or on each Ray worker (the same methods as `search.model_side.LocalModels`)."""
 
@@ -328,16 +329,6 @@ class EvaluationModels:
 
     def render_many(self, calls: list[tuple[str, int, int]], seed: int) -> list[Any]:
         return self.renderer.render_many(calls, seed)
-
-    def render_pngs(self, calls: list[tuple[str, int, int]], seed: int) -> list[bytes]:
-        from nacosae.store.concepts import encode_png
-
-        return [encode_png(image) for image in self.render_many(calls, seed)]
-
-    def activations_of_pngs(self, pngs: dict[str, list[bytes]]) -> dict[str, Any]:
-        from nacosae.store.concepts import decode_png
-
-        return {c: self.activations([decode_png(p) for p in data]) for c, data in pngs.items()}
 
 
 class ConceptImages:

@@ -11,17 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from nacosae.distributed.shipped import Request, ShippedImages
 from nacosae.search import components
 from nacosae.search.options import ExplainOptions
-from nacosae.store.concepts import decode_png, encode_png
 
 if TYPE_CHECKING:
     import numpy as np
 
     from nacosae.models.cache import ModelCache
     from nacosae.store.concepts import ConceptKeys
-
-Request = tuple[str, int, int]  # concept, first image index, images to render
 
 
 @dataclass(frozen=True)
@@ -98,7 +96,7 @@ def chunked(requests: list[Request], batch: int) -> list[list[Request]]:
     return calls
 
 
-class LocalModels:
+class LocalModels(ShippedImages):
     """A run's models, built (once, through `cache`) on `device`; `with_llm=False` leaves the
     local LLM unloaded until a chat needs it (a worker that only renders never loads it)."""
 
@@ -167,15 +165,6 @@ class LocalModels:
         if self.models.embedder is None:
             raise ValueError("this run has no sentence embedder")
         return embedding_function(self.models.embedder)(texts)
-
-    def render_pngs(self, calls: list[Request], seed: int) -> list[bytes]:
-        """One text-to-image call's images, as the concept cache stores them (PNG bytes)."""
-        return [encode_png(image) for image in self.render_many(calls, seed)]
-
-    def activations_of_pngs(self, pngs: dict[str, list[bytes]]) -> dict[str, np.ndarray]:
-        """Per concept, the activations of its images read back from PNG exactly as the concept
-        cache reads them (one concept per vision call, as without Ray)."""
-        return {c: self.activations([decode_png(p) for p in data]) for c, data in pngs.items()}
 
 
 def generation_settings(options: ExplainOptions) -> Any:
