@@ -307,19 +307,28 @@ def _driver_threads() -> int:
     return torch.get_num_threads()
 
 
-def _new_slot(cluster: Cluster, k: int) -> Slot:
-    name = f"run-{os.getpid()}-{k}"
-    actor = (
+def start_worker(
+    cluster: Cluster, name: str, detached: bool = False, idle_release_s: float | None = None
+) -> Any:
+    """A worker actor `name` in nacosae's namespace, with the driver's model locations and one
+    GPU (or CPU slot); a `detached` one outlives this process (`nacosae serve`'s)."""
+    lifetime = {"lifetime": "detached"} if detached else {}
+    return (
         remote_worker_class(cluster.ray)
         .options(
             name=name,
             namespace=NAMESPACE,
             runtime_env={"env_vars": worker_environment()},
             **worker_resources(cluster),
+            **lifetime,
         )
-        .remote()
+        .remote(idle_release_s)
     )
-    return Slot(actor, name, owned=True)
+
+
+def _new_slot(cluster: Cluster, k: int) -> Slot:
+    name = f"run-{os.getpid()}-{k}"
+    return Slot(start_worker(cluster, name), name, owned=True)
 
 
 def _groups(concepts: list[str], workers: int) -> list[list[str]]:

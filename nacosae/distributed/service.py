@@ -12,13 +12,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from nacosae import progress
-from nacosae.distributed.cluster import NAMESPACE, SERVE_PREFIX, Cluster, worker_environment
-from nacosae.distributed.pool import (
-    default_worker_count,
-    remote_worker_class,
-    served_workers,
-    worker_resources,
-)
+from nacosae.distributed.cluster import SERVE_PREFIX, Cluster
+from nacosae.distributed.pool import default_worker_count, served_workers, start_worker
 from nacosae.errors import NacosaeError
 
 if TYPE_CHECKING:
@@ -39,15 +34,8 @@ def start_service(
             "or end them with `nacosae serve --stop`"
         )
     count = workers or default_worker_count(cluster)
-    worker_class = remote_worker_class(ray)
     actors = [
-        worker_class.options(
-            name=f"{SERVE_PREFIX}{k}",
-            namespace=NAMESPACE,
-            lifetime="detached",
-            runtime_env={"env_vars": worker_environment()},
-            **worker_resources(cluster),
-        ).remote(idle_release_s)
+        start_worker(cluster, f"{SERVE_PREFIX}{k}", detached=True, idle_release_s=idle_release_s)
         for k in range(count)
     ]
     shipped = job.shippable()
