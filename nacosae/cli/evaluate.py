@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from nacosae import progress
+from nacosae.cli.given import options_given
 from nacosae.cli.ray_options import RayOption, RayWorkersOption
 from nacosae.cli.unit_options import SaeOption, TokenPoolingOption
 from nacosae.errors import Interrupted, NacosaeError
@@ -137,9 +138,9 @@ def _smoke(context: typer.Context, params: dict[str, Any]) -> Path:
         "guidance_scale": 0.0,
         "device": "cpu",
     }
+    given = options_given(context)
     for name in SMOKE_ONLY:
-        source = getattr(context.get_parameter_source(name), "name", None)
-        if source not in ("COMMANDLINE", "ENVIRONMENT"):
+        if name not in given:
             params[name] = values[name]
     progress.calm_libraries()
     controls_root = build_smoke_parts(home, shared_cache())

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import typer
 
 from nacosae import progress
+from nacosae.cli.given import options_given
 from nacosae.cli.ray_options import RayOption, RayWorkersOption
 from nacosae.cli.unit_options import (
     ImageSizeOption,
@@ -199,16 +200,7 @@ def _options_from_command_line(context: typer.Context, presets: list[str]) -> Ex
     options.guidance_scale = _guidance(params["guidance_scale"])
     options.mean, options.std = triple(params["mean"], "--mean"), triple(params["std"], "--std")
     options.sae = str(params["sae"].expanduser().resolve()) if params["sae"] else None
-    return apply_presets(options, presets, _given(context, "COMMANDLINE", "ENVIRONMENT"))
-
-
-def _given(context: typer.Context, *sources: str) -> set[str]:
-    """The parameters whose value came from `sources` (click's ParameterSource names)."""
-    return {
-        name
-        for name in context.params
-        if getattr(context.get_parameter_source(name), "name", None) in sources
-    }
+    return apply_presets(options, presets, options_given(context))
 
 
 RESUME_OVERRIDES = {"ray", "ray_workers"}  # where the models run: the results are the same
@@ -217,7 +209,8 @@ RESUME_OVERRIDES = {"ray", "ray_workers"}  # where the models run: the results a
 def _resume_overrides(context: typer.Context) -> set[str]:
     """The options a resumed run takes from the command line: --ray and --ray-workers (a
     cluster's address may change); any other setting is the run's own."""
-    refused = _given(context, "COMMANDLINE") - RESUME_OVERRIDES - {"resume"}
+    given = options_given(context, ("COMMANDLINE",))
+    refused = given - RESUME_OVERRIDES - {"resume"}
     if refused:
         names = ", ".join(f"--{name.replace('_', '-')}" for name in sorted(refused))
         raise typer.BadParameter(
@@ -225,7 +218,7 @@ def _resume_overrides(context: typer.Context) -> set[str]:
             "--ray and --ray-workers can); start a new run for other settings",
             param_hint="--resume",
         )
-    return _given(context, "COMMANDLINE") & RESUME_OVERRIDES
+    return given & RESUME_OVERRIDES
 
 
 def _guidance(value: str | None) -> float | str | None:

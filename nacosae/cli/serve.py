@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 import typer
 
 from nacosae import progress
+from nacosae.cli.given import options_given
 from nacosae.cli.unit_options import SaeOption, TokenPoolingOption
 from nacosae.distributed.service import DEFAULT_IDLE_RELEASE_S
 from nacosae.models.downloads import DEFAULT_EMBEDDER, DEFAULT_LANGUAGE_MODEL, DEFAULT_T2I_MODEL
@@ -109,11 +110,7 @@ def _job(context: typer.Context, presets: list[str]):  # noqa: ANN202 - a ModelJ
         **{k: v for k, v in params.items() if k in fields},
     )
     options.sae = str(Path(params["sae"]).expanduser().resolve()) if params["sae"] else None
-    given = {"COMMANDLINE", "ENVIRONMENT"}
-    explicit = {
-        n for n in params if getattr(context.get_parameter_source(n), "name", None) in given
-    }
-    options = prepare(apply_presets(options, presets, explicit), shared_cache())
+    options = prepare(apply_presets(options, presets, options_given(context)), shared_cache())
     inputs = check_inputs(options)
     return ModelJob(
         options, inputs.versions, inputs.store.index["dtype"], inputs.recipe, inputs.readout
