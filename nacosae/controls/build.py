@@ -177,7 +177,8 @@ def _write_shards(
     total, start = spans[-1][1], spans[first][0]
     with progress.progress_bar("img") as bar:
         task = bar.add_task(f"{request.model} {request.layer}", total=total, completed=start)
-        if isinstance(side, ControlsModel):
+        here = isinstance(side, ControlsModel)  # progress by batch here, else by shard written
+        if here:
             decoders = default_workers() if request.workers is None else request.workers
             results = side.shards(first, len(spans), decoders, lambda n: bar.advance(task, n))
         else:
@@ -189,7 +190,7 @@ def _write_shards(
             while written in waiting:
                 done = waiting.pop(written)
                 builder.write_shard(written, done.activations, done.labels, done.skipped)
-                if not isinstance(side, ControlsModel):
+                if not here:
                     bar.advance(task, spans[written][1] - spans[written][0])
                 written += 1
     return total - start
