@@ -364,6 +364,7 @@ def _build_parts(
     about them that run.json keeps. `side` computes with the models: `LocalModels` in this
     process, or a Ray `WorkerPool`."""
     from nacosae.search.loop import SearchParts, SearchSettings
+    from nacosae.search.model_side import LocalModels
     from nacosae.store.concepts import ConceptStore
 
     store, templates, recipe = inputs.store, inputs.templates, inputs.recipe
@@ -374,8 +375,6 @@ def _build_parts(
             f"{store.index['weights']}, not {facts.weights_id}: rerun `nacosae controls` "
             "with the same --weights (and --overwrite)"
         )
-    from nacosae.search.model_side import LocalModels
-
     remote = not isinstance(side, LocalModels)
     parts = SearchParts(
         render_many=None if remote else side.render_many,
