@@ -46,7 +46,7 @@ def forward_only_rate(model: torch.nn.Module, images: Path, batch_size: int) -> 
     from nacosae.models.vision import layer_activations
 
     listing = list_image_folder(images)
-    dataset = ControlImages(listing, list(range(len(listing))), DEFAULT)
+    dataset = ControlImages(listing, list(range(len(listing))), DEFAULT.transform(), DEFAULT.size)
     tensors = torch.stack([dataset[i][0] for i in range(len(dataset))])
     layer_activations(model, "avgpool", tensors[:batch_size])  # warm-up
     start = time.perf_counter()
@@ -66,8 +66,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from nacosae import progress
-    from nacosae.controls import ControlsRequest, build_controls, load_vision, vision_spec
+    from nacosae.controls import ControlsRequest, build_controls
     from nacosae.models.cache import ModelCache
+    from nacosae.models.vision import load_vision, vision_spec
 
     progress.configure(quiet=True)
     with tempfile.TemporaryDirectory() as tmp:

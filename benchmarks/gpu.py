@@ -245,7 +245,7 @@ def decode_rate(images: Path, batch_size: int, workers: int) -> float:
 
     listing = list_image_folder(images)
     loader = DataLoader(
-        ControlImages(listing, list(range(len(listing))), DEFAULT),
+        ControlImages(listing, list(range(len(listing))), DEFAULT.transform(), DEFAULT.size),
         batch_size=batch_size,
         num_workers=workers,
         prefetch_factor=4 if workers else None,
@@ -298,7 +298,7 @@ def section_controls(bench: Bench, state: dict[str, Any]) -> None:
 def explain_options(bench: Bench, state: dict[str, Any], name: str, **changes: Any) -> Any:
     """Options of one explain variant; each variant gets its own concept cache (so it renders
     everything) over the one control store."""
-    from nacosae.models.tiny import smoke_answer_constraint, smoke_tokenizer
+    from nacosae.models.tiny import SMOKE_CONSTRAINT
     from nacosae.search.options import ExplainOptions
 
     home = bench.out / "variants" / name
@@ -320,7 +320,7 @@ def explain_options(bench: Bench, state: dict[str, Any], name: str, **changes: A
         n_iters=1 if bench.tiny else 10,
         device=bench.device,
         max_new_tokens=32,
-        llm_constraint=smoke_answer_constraint(smoke_tokenizer()),
+        llm_constraint=SMOKE_CONSTRAINT,
     )
     for key, value in changes.items():
         setattr(options, key, value)
@@ -500,25 +500,29 @@ def section_ray(bench: Bench, state: dict[str, Any]) -> None:
         return
     from nacosae.distributed.cluster import connect
     from nacosae.distributed.pool import WorkerPool
-    from nacosae.search.model_side import ModelJob
+    from nacosae.models.concept_images import FillSettings, fill_concept_cache
+    from nacosae.search.model_side import ExplainJob
     from nacosae.search.runner import check_inputs
+    from nacosae.store.concepts import ConceptCache
 
     options = explain_options(bench, state, "ray")
     inputs = check_inputs(options)
     store_dtype = inputs.store.index["dtype"]
-    job = ModelJob(options, inputs.versions, store_dtype, inputs.recipe, inputs.readout)
+    job = ExplainJob(options, inputs.versions, store_dtype, inputs.recipe, inputs.readout)
     started = time.perf_counter()
     pool = WorkerPool.start(connect("local"), job, workers=1)
     try:
         facts = pool.facts()
         ready = time.perf_counter() - started
         per_concept = options.num_img
-        pool.render_concepts([("warm up", 0, per_concept)], {}, 0, facts.t2i_batch)
+        cache = ConceptCache(bench.out / "variants" / "ray" / "concepts", facts.keys)
+        warm = FillSettings(per_concept, 0, facts.t2i_batch)
+        fill_concept_cache(cache, pool, ["warm up"], warm)
         concepts = 4 if bench.tiny else 24
-        requests = [(f"concept {k}", 0, per_concept) for k in range(concepts)]
+        names = [f"concept {k}" for k in range(concepts)]
         with _utilisation_samples(bench.device) as samples:
             started = time.perf_counter()
-            pool.render_concepts(requests, {}, 1, facts.t2i_batch)
+            fill_concept_cache(cache, pool, names, FillSettings(per_concept, 1, facts.t2i_batch))
             seconds = time.perf_counter() - started
         stats = pool.stats()
     finally:

@@ -33,6 +33,7 @@ PRESETS = ("smoke", "line")  # also the order they apply in: later ones win
 SMOKE_T2I = "tiny-sd"  # folder names under NACOSAE_HOME/smoke/models
 SMOKE_LLM = "tiny-llama"
 SMOKE_EMBEDDER = "tiny-embedder"
+SMOKE_WARNING = "--preset smoke uses tiny random models: its results mean nothing"
 SMOKE_CLASSES = (
     "apple", "boat", "car", "dog", "cat", "tree", "house", "bird", "fence", "flower", "lake",
     "clock",
@@ -57,8 +58,10 @@ LINE_SETTINGS: dict[str, Any] = {
 }
 
 
-def smoke_settings(options: ExplainOptions) -> dict[str, Any]:
-    root = Path(options.controls_root).parent / "smoke"
+def smoke_settings(home: Path) -> dict[str, Any]:
+    """The smoke preset's models and places under NACOSAE_HOME `home` (explain uses them all,
+    evaluate those it has)."""
+    root = Path(home) / "smoke"
     return {
         "model": "tiny_cnn",
         "layer": "avgpool",
@@ -84,7 +87,7 @@ def apply_presets(
         raise NacosaeError(f"unknown preset {unknown[0]!r}: use {' or '.join(PRESETS)}")
     values: dict[str, Any] = {}
     if "smoke" in names:
-        values.update(smoke_settings(options))
+        values.update(smoke_settings(Path(options.controls_root).parent))
     if "line" in names:
         values.update(LINE_SETTINGS)
     explicit = set(explicit)
@@ -95,7 +98,8 @@ def apply_presets(
 
 
 def prepare(options: ExplainOptions, cache: ModelCache) -> ExplainOptions:
-    """Build what the presets of `options` need before a run (also for a resumed one)."""
+    """Build what the presets of `options` need before a run (also for a resumed one: run.json
+    records the preset names, and this applies what they need again)."""
     if "smoke" not in options.preset:
         return options
     from nacosae.search.runner import check_output_folders
@@ -103,7 +107,7 @@ def prepare(options: ExplainOptions, cache: ModelCache) -> ExplainOptions:
     check_output_folders(options)
     progress.calm_libraries()
     prepared = prepare_smoke(options, cache)
-    progress.warn("--preset smoke uses tiny random models: its results mean nothing")
+    progress.warn(SMOKE_WARNING)
     return prepared
 
 
@@ -194,7 +198,7 @@ def build_smoke_parts(home: Path, cache: ModelCache, embedder_too: bool = False)
 def prepare_smoke(options: ExplainOptions, cache: ModelCache) -> ExplainOptions:
     """Build the tiny models and control store (once); returns the options with the LLM's
     format constraint attached."""
-    from nacosae.models.tiny import smoke_answer_constraint, smoke_tokenizer
+    from nacosae.models.tiny import SMOKE_CONSTRAINT
 
     root = Path(options.controls_root).parent
     build_smoke_parts(root, cache, options.control_strategy == "dissimilar-class")
@@ -205,4 +209,18 @@ def prepare_smoke(options: ExplainOptions, cache: ModelCache) -> ExplainOptions:
             "the smoke preset's tiny LLM answers in tags only: use --llm-output tags or auto, or "
             "give a real LLM (--llm-url, or --language-model FOLDER or FILE.gguf)"
         )
-    return replace(options, llm_constraint=smoke_answer_constraint(smoke_tokenizer()))
+    return replace(options, llm_constraint=SMOKE_CONSTRAINT)
+
+
+def smoke_evaluation(
+    params: dict[str, Any], given: set[str], home: Path, cache: ModelCache
+) -> Path:
+    """`evaluate --preset smoke`: the smoke models in `params` wherever the user gave no value,
+    built once; returns the smoke control root."""
+    values = smoke_settings(home)
+    for name in params.keys() & values.keys() - given:
+        params[name] = values[name]
+    progress.calm_libraries()
+    controls_root = build_smoke_parts(Path(home) / "smoke", cache)
+    progress.warn(SMOKE_WARNING)
+    return controls_root

@@ -88,6 +88,16 @@ def error(message: str, hint: str | None = None) -> None:
         console.print(Text(hint, style="dim"), soft_wrap=True)
 
 
+def human_bytes(n: float) -> str:
+    """A size in binary units: `512 B`, `65.8 KiB`, `1.2 GiB` (`unlimited` for infinity)."""
+    if n == float("inf"):
+        return "unlimited"
+    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"
+
+
 class RateColumn(ProgressColumn):
     """Items per second, e.g. '412.3 img/s'."""
 

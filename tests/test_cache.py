@@ -59,8 +59,25 @@ def spec(name: str, device: str = GPU, offload: str = "cpu") -> ModelSpec:
     return ModelSpec(kind="toy", id=name, device=device, offload=offload)
 
 
+class ToyCache(ModelCache):
+    """The real cache, with the toy loader passed for kind "toy" (as a ModelHandle would)."""
+
+    def __init__(self, loader=None, **kw) -> None:  # noqa: ANN001
+        super().__init__(**kw)
+        self.toy_loader = loader or make_loader()
+
+    def _loader_for(self, spec: ModelSpec, loader):  # noqa: ANN001, ANN202
+        return loader or (self.toy_loader if spec.kind == "toy" else None)
+
+    def load(self, spec: ModelSpec, loader=None) -> int:  # noqa: ANN001
+        return super().load(spec, self._loader_for(spec, loader))
+
+    def use(self, spec: ModelSpec, loader=None):  # noqa: ANN001, ANN201
+        return super().use(spec, self._loader_for(spec, loader))
+
+
 def gpu_cache(models: int, **kw) -> ModelCache:
-    return ModelCache(budget_bytes=models * SIZE, loaders={"toy": make_loader()}, **kw)
+    return ToyCache(budget_bytes=models * SIZE, **kw)
 
 
 def test_object_nbytes_counts_parameters_and_buffers():
@@ -73,7 +90,7 @@ def test_object_nbytes_counts_parameters_and_buffers():
 
 def test_one_load_per_spec_and_the_same_object_in_every_use():
     counter: dict = {}
-    cache = ModelCache(budget_bytes=10 * SIZE, loaders={"toy": make_loader(counter)})
+    cache = ToyCache(make_loader(counter), budget_bytes=10 * SIZE)
     with cache.use(spec("a")) as first:
         pass
     with cache.use(spec("a")) as again:
@@ -148,7 +165,7 @@ def test_another_thread_waits_for_a_pinned_model_instead_of_moving_it():
 
 def test_concurrent_first_use_loads_once():
     counter: dict = {}
-    cache = ModelCache(loaders={"toy": make_loader(counter, delay=0.2)})
+    cache = ToyCache(make_loader(counter, delay=0.2))
     results = []
     barrier = threading.Barrier(8)
 
@@ -181,7 +198,7 @@ def test_none_never_evicts_and_cpu_models_are_never_moved():
 
 def test_dtype_device_and_offload_mode_are_part_of_the_key():
     counter: dict = {}
-    cache = ModelCache(loaders={"toy": make_loader(counter)})
+    cache = ToyCache(make_loader(counter))
     cache.load(ModelSpec(kind="toy", id="m", dtype="float32"))
     cache.load(ModelSpec(kind="toy", id="m", dtype="float16"))
     assert counter == {"m": 2}
@@ -227,7 +244,7 @@ def test_sequential_offload_of_a_local_llm_hooks_its_model():
 def test_model_offload_moves_the_whole_model_per_use_and_back_after_the_last():
     """accelerate's model-level hook moves the model to the device when it computes; the cache
     sends it back once no `use` scope holds it."""
-    cache = ModelCache(loaders={"toy": make_loader()})
+    cache = ToyCache()
     handle = ModelHandle(cache, spec("m", offload="model"))
     with handle.use() as model:
         assert model.where == "cpu"  # nothing moves before it computes

@@ -73,10 +73,10 @@ def check_offline_loading_through_our_loaders(fake_hub):
     import torch
 
     from nacosae.models.cache import ModelSpec
+    from nacosae.models.embedder import load_embedder
     from nacosae.models.language import load_local_llm
     from nacosae.models.revisions import resolve_revision
     from nacosae.models.text2image import load_pipeline
-    from nacosae.search.controls import load_embedder
 
     revision = resolve_revision("tiny/sd")
     assert revision == fake_hub.repos[("model", "tiny/sd")].commit

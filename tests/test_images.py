@@ -57,7 +57,7 @@ def test_unreadable_image_is_flagged_not_fatal(tmp_path, image_tree):
     shutil.copytree(image_tree, tree)
     (tree / "class_01" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
     listing = list_image_folder(tree)
-    dataset = ControlImages(listing, list(range(len(listing))), DEFAULT)
+    dataset = ControlImages(listing, list(range(len(listing))), DEFAULT.transform(), DEFAULT.size)
     flags = {listing.files[dataset[i][1]]: dataset[i][2] for i in range(len(dataset))}
     assert flags.pop("class_01/broken.jpg") is False
     assert all(flags.values())

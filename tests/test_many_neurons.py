@@ -13,7 +13,7 @@ from PIL import Image
 
 from nacosae.errors import NacosaeError, NeuronOutOfRange
 from nacosae.search.neurons import parse_spec, read_neurons_file, resolve
-from nacosae.store.concepts import ConceptKeys, ConceptStore
+from nacosae.store.concepts import ConceptCache, ConceptKeys
 from tests.chatserver import ChatServer
 from tests.killing import kill_cli_when
 from tests.test_explain import events_of, explain_args, only_run
@@ -45,20 +45,20 @@ def test_neurons_file(tmp_path):
 
 
 def test_concept_cache_keys_any_setting_change_is_a_miss(tmp_path):
-    store = ConceptStore(tmp_path, ConceptKeys(GENERATION, VISION))
+    store = ConceptCache(tmp_path, ConceptKeys(GENERATION, VISION))
     store.save_images("red apple", 0, [Image.new("RGB", (8, 8), "red")] * 2)
     store.save_activations("red apple", np.ones((2, 4), dtype=np.float32))
-    same = ConceptStore(tmp_path, ConceptKeys(dict(GENERATION), dict(VISION)))
+    same = ConceptCache(tmp_path, ConceptKeys(dict(GENERATION), dict(VISION)))
     assert same.image_count("red apple") == 2
     assert same.load_activations("red apple", 2).shape == (2, 4)
     assert same.load_activations("red apple", 3) is None  # fewer stored than needed
     assert same.image_count("Red apple") == 0  # the prompt text differs: another entry
     for key, value in [("num_inference_steps", 4), ("guidance_scale", 1.0), ("seed", 1),
                        ("model_id", "other")]:  # fmt: skip
-        changed = ConceptStore(tmp_path, ConceptKeys({**GENERATION, key: value}, VISION))
+        changed = ConceptCache(tmp_path, ConceptKeys({**GENERATION, key: value}, VISION))
         assert changed.image_count("red apple") == 0, key
     for key, value in [("weights", "w2"), ("layer", "layer3"), ("dtype", "float16")]:
-        other_model = ConceptStore(tmp_path, ConceptKeys(GENERATION, {**VISION, key: value}))
+        other_model = ConceptCache(tmp_path, ConceptKeys(GENERATION, {**VISION, key: value}))
         assert other_model.image_count("red apple") == 2  # same images...
         assert other_model.load_activations("red apple", 2) is None, key  # ...new activations
 
@@ -67,8 +67,8 @@ WRITER = """
 import sys
 import numpy as np
 from PIL import Image
-from nacosae.store.concepts import ConceptKeys, ConceptStore
-store = ConceptStore(sys.argv[1], ConceptKeys({"model_id": "m"}, {"model": "v"}))
+from nacosae.store.concepts import ConceptKeys, ConceptCache
+store = ConceptCache(sys.argv[1], ConceptKeys({"model_id": "m"}, {"model": "v"}))
 for _ in range(30):
     store.save_images("shared concept", 0, [Image.new("RGB", (64, 64), "blue")] * 3)
     store.save_activations("shared concept", np.full((3, 256), 2.0, dtype=np.float32))
@@ -78,7 +78,7 @@ for _ in range(30):
 def test_two_processes_writing_one_entry(tmp_path):
     procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)]) for _ in range(2)]
     assert all(p.wait(timeout=60) == 0 for p in procs)
-    store = ConceptStore(tmp_path, ConceptKeys({"model_id": "m"}, {"model": "v"}))
+    store = ConceptCache(tmp_path, ConceptKeys({"model_id": "m"}, {"model": "v"}))
     assert store.image_count("shared concept") == 3
     assert (store.load_activations("shared concept", 3) == 2.0).all()
     assert [im.getpixel((0, 0)) for im in store.load_images("shared concept", 3)] == [

@@ -78,14 +78,16 @@ def run_actors(ray) -> list[str]:
     ]
 
 
-def interrupting(method, at_call: int):
-    """`method` that raises KeyboardInterrupt (Ctrl-C) on its `at_call`-th call."""
+def interrupting(method, at_call: int, name: str | None = None):
+    """`method` that raises KeyboardInterrupt (Ctrl-C) on its `at_call`-th call (of the side
+    method `name`, for the executor's `call`)."""
     calls = []
 
     def wrapper(self, *args):
-        calls.append(1)
-        if len(calls) == at_call:
-            raise KeyboardInterrupt
+        if name is None or args[0] == name:
+            calls.append(1)
+            if len(calls) == at_call:
+                raise KeyboardInterrupt
         return method(self, *args)
 
     return wrapper
@@ -102,7 +104,7 @@ def test_the_same_events_without_ray_with_one_worker_and_with_two_when_one_dies(
     monkeypatch.setenv("NACOSAE_HOME", str(home))
     settings.cache_clear()
     with monkeypatch.context() as patch:
-        patch.setattr(WorkerPool, "chat_many", interrupting(WorkerPool.chat_many, 2))
+        patch.setattr(WorkerPool, "call", interrupting(WorkerPool.call, 2, "chat_many"))
         stopped = invoke(*SMOKE, "--out", home / "runs", "--ray", "auto", "--ray-workers", "1")
     assert stopped.exit_code == 130 and "--resume" in stopped.output
     assert run_actors(ray_cluster) == []  # Ctrl-C ended the run's worker
@@ -112,16 +114,16 @@ def test_the_same_events_without_ray_with_one_worker_and_with_two_when_one_dies(
     assert resumed.exit_code == 0, resumed.output
     assert json.loads((one / "run.json").read_text())["config"]["ray"] == "local"
 
-    schedule, killed = WorkerPool._schedule, []
+    completed, killed = WorkerPool.completed, []
 
     def kill_worker_1_first(self, method, tasks):
         if not killed:  # a real death: SIGKILL to the actor's process, mid-run
             pid = ray_cluster.get(self.slots[1].actor.pid.remote())
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
-        return schedule(self, method, tasks)
+        return completed(self, method, tasks)
 
-    monkeypatch.setattr(WorkerPool, "_schedule", kill_worker_1_first)
+    monkeypatch.setattr(WorkerPool, "completed", kill_worker_1_first)
     two = explain_in(tmp_path / "two", invoke, monkeypatch, "--ray", "auto", "--ray-workers", "2")
     assert killed
     record = json.loads((two / "run.json").read_text())
@@ -164,7 +166,7 @@ def test_serve_keeps_the_models_warm_for_later_runs(
         scores = [(tmp_path / f / "evaluation.csv").read_text() for f in ("eval-ray", "eval-here")]
         assert scores[0] == scores[1] and scores[0].count("\n") > 4  # header + 4 neurons
         with monkeypatch.context() as patch:  # Ctrl-C leaves serve's workers running
-            patch.setattr(WorkerPool, "chat_many", interrupting(WorkerPool.chat_many, 1))
+            patch.setattr(WorkerPool, "call", interrupting(WorkerPool.call, 1, "chat_many"))
             stopped = invoke(*SMOKE, "--out", home / "more", "--ray", "auto")
         assert stopped.exit_code == 130
         status = invoke("serve", "--status")
@@ -220,25 +222,25 @@ def test_a_worker_releases_its_models_when_idle(invoke, monkeypatch, tmp_path):
     from nacosae.distributed.worker import ModelWorker
     from nacosae.models.cache import shared_cache
     from nacosae.presets import apply_presets, prepare
-    from nacosae.search.model_side import ModelJob
+    from nacosae.search.model_side import ExplainJob
     from nacosae.search.options import ExplainOptions
     from nacosae.search.runner import check_inputs
 
     options = ExplainOptions(["0"], tmp_path / "runs", tmp_path / "nacosae_home" / "controls")
     options = prepare(apply_presets(options, ["smoke"]), shared_cache())
     inputs = check_inputs(options)
-    job = ModelJob(
+    job = ExplainJob(
         options, inputs.versions, inputs.store.index["dtype"], inputs.recipe, inputs.readout
-    ).shippable()
+    )
     worker = ModelWorker(idle_release_s=0.3)
-    worker.prepare(job, with_llm=False)
+    worker.prepare(job, lead=False)
     assert {s.kind for s, _ in worker.cache.loaded()} == {"vision", "t2i"}
     deadline = time.monotonic() + 10
     while not worker.releases and time.monotonic() < deadline:
         time.sleep(0.1)
     assert worker.cache.loaded() == [] and worker.describe()["releases"] == 1
     try:
-        pngs = worker.render_pngs(job.key(), [("apple", 0, 2)], seed=0)
+        pngs = worker.call(job.key(), "render_pngs", [("apple", 0, 2)], 0)
         assert len(pngs) == 2 and worker.loads() == 3  # loaded again when used
     finally:
         worker.close()

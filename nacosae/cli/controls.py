@@ -20,15 +20,6 @@ from nacosae.cli.unit_options import (
 from nacosae.errors import Interrupted
 
 
-def human_bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
-
-
 def list_command() -> None:
     """Print a table of the stores under NACOSAE_HOME/controls."""
     from rich.table import Table
@@ -50,13 +41,13 @@ def list_command() -> None:
             str(r["units"] or "-"),
             str(r["images"] or "-"),
             str(r["dtype"] or "-"),
-            human_bytes(r["bytes"]),
+            progress.human_bytes(r["bytes"]),
             str(r["status"]),
         )
     progress.console.print(table)
 
 
-def list_layers_command(model: str, weights: str, token_pooling: str) -> None:
+def list_layers_command(model: str, weights: str) -> None:
     """Print every layer of `model` with its output shape and unit count."""
     from rich.table import Table
 
@@ -66,7 +57,7 @@ def list_layers_command(model: str, weights: str, token_pooling: str) -> None:
     table = Table(title=f"layers of {model} (output shape for one image)")
     for column in ("layer", "type", "output shape", "units"):
         table.add_column(column, justify="right" if column == "units" else "left")
-    for layer in list_layers(module, token_pooling):  # type: ignore[arg-type]
+    for layer in list_layers(module):
         shape = "x".join(str(d) for d in layer.shape) if layer.shape else "(not run)"
         table.add_row(layer.path, layer.kind, shape, str(layer.units or "-"))
     progress.console.print(table)
@@ -128,7 +119,7 @@ def controls(
         list_command()
         return
     if list_layers:
-        list_layers_command(model, weights, token_pooling)
+        list_layers_command(model, weights)
         return
     from nacosae.config import settings
     from nacosae.controls import ControlsRequest, build_controls

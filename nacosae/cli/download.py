@@ -102,9 +102,9 @@ def models(
     from rich.table import Table
 
     from nacosae import hub
-    from nacosae.cli.controls import human_bytes
     from nacosae.config import writable_folder
     from nacosae.models import downloads as dl
+    from nacosae.progress import human_bytes
 
     writable_folder(Path(hub.cache_dir() or hub.default_cache_dir()), "the HF cache", False)
     hf_token = _token(token)

@@ -11,12 +11,11 @@ from nacosae import progress
 from nacosae.cli.given import options_given
 from nacosae.cli.ray_options import RayOption, RayWorkersOption
 from nacosae.cli.unit_options import SaeOption, TokenPoolingOption
+from nacosae.distributed.cluster import check_ray_options
 from nacosae.errors import Interrupted, NacosaeError
 from nacosae.evaluation.job import COSY_IMAGES, COSY_PROMPT, COSY_SEED, COSY_T2I
 from nacosae.evaluation.novelty import DEFAULT_THRESHOLD
 from nacosae.models.downloads import DEFAULT_EMBEDDER
-
-SMOKE_ONLY = ("model", "layer", "weights", "t2i_model", "num_inf_steps", "guidance_scale", "device")
 
 
 def evaluate(
@@ -108,44 +107,22 @@ def evaluate(
             "give one explanations CSV or run directory (or --compare / --novelty)",
             param_hint="--explanations",
         )
-    if ray_workers is not None and (ray is None or ray_workers < 1):
-        raise typer.BadParameter(
-            "give a count of at least 1, with --ray", param_hint="--ray-workers"
-        )
+    try:
+        check_ray_options(ray, ray_workers)
+    except NacosaeError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--ray-workers") from None
     if preset not in (None, "smoke"):
         raise typer.BadParameter(f"{preset!r} is not one of smoke", param_hint="--preset")
     params = dict(context.params)
     controls_root = config.controls_dir
     if preset == "smoke":
-        controls_root = _smoke(context, params)
+        from nacosae.models.cache import shared_cache
+        from nacosae.presets import smoke_evaluation
+
+        given = options_given(context)
+        controls_root = smoke_evaluation(params, given, config.nacosae_home, shared_cache())
     request = _request(params, paths[0], controls_root, out, config.save_dir)
     _run(request)
-
-
-def _smoke(context: typer.Context, params: dict[str, Any]) -> Path:
-    """Apply the smoke preset's models where the user gave no value; build them once."""
-    from nacosae.config import settings
-    from nacosae.models.cache import shared_cache
-    from nacosae.presets import SMOKE_T2I, build_smoke_parts
-
-    home = settings().controls_dir.parent / "smoke"
-    values = {
-        "model": "tiny_cnn",
-        "layer": "avgpool",
-        "weights": "none",
-        "t2i_model": str(home / "models" / SMOKE_T2I),
-        "num_inf_steps": 2,
-        "guidance_scale": 0.0,
-        "device": "cpu",
-    }
-    given = options_given(context)
-    for name in SMOKE_ONLY:
-        if name not in given:
-            params[name] = values[name]
-    progress.calm_libraries()
-    controls_root = build_smoke_parts(home, shared_cache())
-    progress.warn("--preset smoke uses tiny random models: its results mean nothing")
-    return controls_root
 
 
 def _request(
@@ -247,7 +224,7 @@ def _novelty(
     from nacosae.evaluation.novelty import novelty as novelty_rows
     from nacosae.evaluation.novelty import read_vocabulary, to_csv
     from nacosae.models.cache import ModelHandle, ModelSpec, shared_cache
-    from nacosae.search.controls import embedding_function, load_embedder
+    from nacosae.models.embedder import embedding_function, load_embedder
     from nacosae.store.atomic import atomic_write_text
 
     if not paths:

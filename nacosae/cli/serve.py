@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
@@ -12,6 +12,9 @@ from nacosae.cli.given import options_given
 from nacosae.cli.unit_options import SaeOption, TokenPoolingOption
 from nacosae.distributed.service import DEFAULT_IDLE_RELEASE_S
 from nacosae.models.downloads import DEFAULT_EMBEDDER, DEFAULT_LANGUAGE_MODEL, DEFAULT_T2I_MODEL
+
+if TYPE_CHECKING:
+    from nacosae.search.model_side import ExplainJob
 
 
 def serve(
@@ -91,12 +94,12 @@ def serve(
         cluster.close()
 
 
-def _job(context: typer.Context, presets: list[str]):  # noqa: ANN202 - a ModelJob
+def _job(context: typer.Context, presets: list[str]) -> ExplainJob:
     """The models `explain` with these options would load, as a job for the workers."""
     from nacosae.config import settings
     from nacosae.models.cache import shared_cache
     from nacosae.presets import apply_presets, prepare
-    from nacosae.search.model_side import ModelJob
+    from nacosae.search.model_side import ExplainJob
     from nacosae.search.options import ExplainOptions
     from nacosae.search.runner import check_inputs
 
@@ -112,7 +115,7 @@ def _job(context: typer.Context, presets: list[str]):  # noqa: ANN202 - a ModelJ
     options.sae = str(Path(params["sae"]).expanduser().resolve()) if params["sae"] else None
     options = prepare(apply_presets(options, presets, options_given(context)), shared_cache())
     inputs = check_inputs(options)
-    return ModelJob(
+    return ExplainJob(
         options, inputs.versions, inputs.store.index["dtype"], inputs.recipe, inputs.readout
     )
 

@@ -1,29 +1,14 @@
-"""The control activation store of a model's layer: building it and opening it."""
+"""Control activation stores: building one (`nacosae controls`, here or on Ray workers) and
+opening a complete one for reading."""
 
-from nacosae.controls.build import (
-    ControlsRequest,
-    ControlsResult,
-    build_controls,
-    open_controls,
-)
-from nacosae.controls.model_side import (
-    compute_dtype,
-    default_workers,
-    load_vision,
-    model_preprocessing,
-    resolve_device,
-    vision_spec,
-)
+from nacosae.controls.build import ControlsResult, build_controls, open_controls
+from nacosae.controls.model_side import default_workers
+from nacosae.controls.request import ControlsRequest
 
 __all__ = [
     "ControlsRequest",
     "ControlsResult",
     "build_controls",
-    "compute_dtype",
     "default_workers",
-    "load_vision",
-    "model_preprocessing",
     "open_controls",
-    "resolve_device",
-    "vision_spec",
 ]

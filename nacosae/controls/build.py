@@ -19,49 +19,21 @@ from nacosae.config import writable_folder
 from nacosae.controls.model_side import (
     ControlsFacts,
     ControlsJob,
-    ControlsModel,
-    DType,
     ShardActivations,
     default_workers,
 )
+from nacosae.controls.request import ControlsRequest
 from nacosae.data.images import ImageFolderListing, list_image_folder
 from nacosae.errors import ImagesNotFound, NacosaeError
 from nacosae.models.cache import ModelCache
-from nacosae.models.preprocessing import Triple
-from nacosae.models.units import Readout, TokenPooling, make_readout
+from nacosae.models.preprocessing import check_image_size
+from nacosae.models.sides import InProcess
+from nacosae.models.units import Readout
 from nacosae.store.activations import ControlStore, StoreBuilder, shard_spans, store_dir
 
 if TYPE_CHECKING:
     from nacosae.distributed.pool import WorkerPool
-
-DEFAULT_SHARD_SIZE = 4096
-
-
-@dataclass(frozen=True)
-class ControlsRequest:
-    """What `nacosae controls` was asked to build."""
-
-    model: str
-    layer: str
-    images: Path
-    controls_root: Path
-    weights: str = "default"
-    batch_size: int = 64
-    workers: int | None = None
-    device: str = "auto"
-    dtype: DType = "float32"
-    overwrite: bool = False
-    shard_size: int = DEFAULT_SHARD_SIZE
-    token_pooling: TokenPooling = "cls"
-    sae: Path | None = None
-    image_size: int | None = None
-    mean: Triple | None = None
-    std: Triple | None = None
-    ray: str | None = None  # a Ray cluster: local, auto or an address (None: this process)
-    ray_workers: int | None = None
-
-    def readout(self) -> Readout:
-        return make_readout(self.token_pooling, self.sae)
+    from nacosae.models.sides import Executor
 
 
 @dataclass
@@ -76,19 +48,19 @@ def build_controls(request: ControlsRequest, cache: ModelCache) -> ControlsResul
     """Build (or resume, or keep) the store for `request.model` / `request.layer`: here, or
     with `request.ray` on the workers of a Ray cluster (shards computed where a worker is free,
     written here in order)."""
+    from nacosae.distributed.cluster import check_ray_options
+
     if request.batch_size < 1:
         raise NacosaeError("--batch-size must be at least 1")
     if request.shard_size < 1:
         raise NacosaeError("--shard-size must be at least 1")
-    if request.image_size is not None and request.image_size < 8:
-        raise NacosaeError("--image-size must be at least 8 pixels")
-    if request.ray_workers is not None and (request.ray is None or request.ray_workers < 1):
-        raise NacosaeError("--ray-workers needs --ray and a count of at least 1")
+    check_image_size(request.image_size)
+    check_ray_options(request.ray, request.ray_workers)
     writable_folder(request.controls_root, "the control store folder (NACOSAE_HOME/controls)")
     listing = list_image_folder(request.images)
     job = ControlsJob(request, listing, shard_spans(len(listing), request.shard_size))
-    with _model_side(job, cache) as side:
-        builder = _store_builder(request, listing, job.spans, side.facts())
+    with _executor(job, cache) as executor:
+        builder = _store_builder(request, listing, job.spans, executor.facts())
         done = builder.begin(overwrite=request.overwrite)
         if builder.complete:
             return ControlsResult(builder.directory, builder.index, True, 0)
@@ -96,7 +68,7 @@ def build_controls(request: ControlsRequest, cache: ModelCache) -> ControlsResul
             progress.info(f"resuming: {done} of {len(job.spans)} shards already written")
         processed = 0
         if done < len(job.spans):  # else it was killed while writing the last files
-            processed = _write_shards(request, builder, side, done)
+            processed = _write_shards(request, builder, executor, done)
     if builder.next_row() == 0:
         builder.abandon()
         raise ImagesNotFound(
@@ -114,12 +86,12 @@ def build_controls(request: ControlsRequest, cache: ModelCache) -> ControlsResul
 
 
 @contextmanager
-def _model_side(job: ControlsJob, cache: ModelCache) -> Iterator[ControlsModel | WorkerPool]:
+def _executor(job: ControlsJob, cache: ModelCache) -> Iterator[Executor]:
     """The model here, or on the workers of a Ray cluster (reached before any folder is made;
     ended afterwards, unless they belong to `nacosae serve`)."""
     request = job.request
     if request.ray is None:
-        yield job.build(cache)
+        yield InProcess(job, cache)
         return
     from nacosae.distributed.cluster import connect
     from nacosae.distributed.pool import WorkerPool
@@ -169,7 +141,7 @@ def _store_builder(
 
 
 def _write_shards(
-    request: ControlsRequest, builder: StoreBuilder, side: ControlsModel | WorkerPool, first: int
+    request: ControlsRequest, builder: StoreBuilder, executor: Executor, first: int
 ) -> int:
     """Compute shards `first`.. (here, or on the Ray workers, which finish in any order) and
     write each as soon as the shards before it are written; returns the images run."""
@@ -177,12 +149,13 @@ def _write_shards(
     total, start = spans[-1][1], spans[first][0]
     with progress.progress_bar("img") as bar:
         task = bar.add_task(f"{request.model} {request.layer}", total=total, completed=start)
-        here = isinstance(side, ControlsModel)  # progress by batch here, else by shard written
-        if here:
+        here = isinstance(executor, InProcess)  # progress by batch here, else by shard written
+        if isinstance(executor, InProcess):  # one loader over every shard: decoding never waits
             decoders = default_workers() if request.workers is None else request.workers
-            results = side.shards(first, len(spans), decoders, lambda n: bar.advance(task, n))
+            advance = lambda n: bar.advance(task, n)  # noqa: E731
+            results = executor.side.shards(first, len(spans), decoders, advance)
         else:
-            results = _shards_on_workers(side, request, first, len(spans))
+            results = _shards_on_workers(executor, request, first, len(spans))  # type: ignore[arg-type]
         waiting: dict[int, ShardActivations] = {}
         written = first
         for shard, result in results:

@@ -1,9 +1,10 @@
 """The model side of a control store build: the explained model and the activations of shards.
 
-`ControlsModel` loads the model through a ModelCache and computes one or more shards of the
+`ControlsSide` loads the model through a ModelCache and computes one or more shards of the
 image listing. `nacosae controls` uses it in-process; with `--ray` every worker actor holds one
-(built from the picklable `ControlsJob`) and computes whole shards, which the driver writes in
-order. A shard is cut into the same batches either way, so its activations are the same.
+(built from the picklable `ControlsJob`, models/sides.py) and computes whole shards, which the
+driver writes in order. A shard is cut into the same batches either way, so its activations are
+the same.
 """
 
 from __future__ import annotations
@@ -11,84 +12,23 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar
 
 from nacosae.errors import NacosaeError
-from nacosae.models.cache import ModelCache, ModelHandle, ModelSpec
-from nacosae.models.preprocessing import Preprocessing, Triple
-from nacosae.models.residency import OffloadMode
+from nacosae.models.cache import ModelCache, ModelHandle
+from nacosae.models.preprocessing import Preprocessing
 
 if TYPE_CHECKING:
     import torch
-    from torch import nn
 
-    from nacosae.controls.build import ControlsRequest
+    from nacosae.controls.request import ControlsRequest
     from nacosae.data.images import ImageFolderListing
     from nacosae.models.units import Readout
 
-DType = Literal["float16", "float32"]
-
-
-def resolve_device(device: str) -> str:
-    """`auto` -> cuda, then mps, then cpu; an unavailable explicit choice is an error."""
-    import torch
-
-    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
-    if device == "auto":
-        return "cuda" if cuda else "mps" if mps else "cpu"
-    if device.startswith("cuda") and not cuda:
-        raise NacosaeError("CUDA is not available on this machine: use --device cpu or auto")
-    if device == "mps" and not mps:
-        raise NacosaeError("Apple MPS is not available on this machine: use --device cpu or auto")
-    if device not in ("cpu", "mps") and not device.startswith("cuda"):
-        raise NacosaeError(f"unknown device {device!r}: use auto, cuda, cuda:N, mps or cpu")
-    return device
-
 
 def default_workers() -> int:
+    """Decoding processes beside the model: one per core but one, at most 8."""
     return max(1, min(8, (os.cpu_count() or 2) - 1))
-
-
-def compute_dtype(dtype: DType, device: str) -> str:
-    """float16 runs on accelerators; on the CPU the model computes in float32 and stores float16."""
-    return "float16" if dtype == "float16" and device != "cpu" else "float32"
-
-
-def load_vision(spec: ModelSpec) -> nn.Module:
-    """ModelCache loader for kind 'vision' (weights in `spec.options`)."""
-    import torch
-
-    from nacosae.models.vision import load_vision_model
-
-    model, weights_id = load_vision_model(spec.id, dict(spec.options).get("weights", "default"))
-    model = model.to(getattr(torch, spec.dtype))
-    model.nacosae_weights_id = weights_id
-    return model
-
-
-def vision_spec(
-    model: str, weights: str, device: str, dtype: str, offload: OffloadMode = "none"
-) -> ModelSpec:
-    return ModelSpec(
-        kind="vision",
-        id=model,
-        dtype=dtype,
-        device=device,
-        offload=offload,
-        options=(("weights", weights),),
-    )
-
-
-def model_preprocessing(
-    model: nn.Module,
-    image_size: int | None = None,
-    mean: Triple | None = None,
-    std: Triple | None = None,
-) -> Preprocessing:
-    """The model's own input recipe with the user's overrides."""
-    from nacosae.models.vision import own_preprocessing
-
-    return own_preprocessing(model).overridden(image_size, mean, std)
 
 
 def shard_batches(
@@ -112,10 +52,7 @@ class ControlsJob:
     request: ControlsRequest
     listing: ImageFolderListing
     spans: list[tuple[int, int]]
-    needs_llm = False
-
-    def shippable(self) -> ControlsJob:
-        return self
+    lead_methods: ClassVar[tuple[str, ...]] = ()
 
     def key(self) -> str:
         """The same for two builds that compute the same activations of the same files."""
@@ -126,8 +63,10 @@ class ControlsJob:
             settings.pop(per_run)
         return content_key({"controls": settings, "files": self.listing.files, "spans": self.spans})
 
-    def build(self, cache: ModelCache, with_llm: bool = False) -> ControlsModel:
-        return ControlsModel(self, cache, resolve_device(self.request.device))
+    def build(self, cache: ModelCache) -> ControlsSide:
+        from nacosae.models.devices import resolve_device
+
+        return ControlsSide(self, cache, resolve_device(self.request.device))
 
 
 @dataclass(frozen=True)
@@ -155,13 +94,20 @@ class ShardActivations:
     skipped: list[str]
 
 
-class ControlsModel:
+class ControlsSide:
     """The explained model of a build on `device`, with its input recipe and unit readout."""
 
     def __init__(self, job: ControlsJob, cache: ModelCache, device: str) -> None:
         import torch
 
-        from nacosae.models.vision import count_units, resolve_layer
+        from nacosae.models.devices import compute_dtype
+        from nacosae.models.vision import (
+            count_units,
+            load_vision,
+            model_preprocessing,
+            resolve_layer,
+            vision_spec,
+        )
 
         request = job.request
         if not job.listing.root.is_dir():  # a Ray node without the images
@@ -172,7 +118,7 @@ class ControlsModel:
             )
         self.job, self.device = job, device
         self.readout: Readout = request.readout()
-        run_dtype = compute_dtype(request.dtype, device)
+        run_dtype = compute_dtype("vision", device, request.dtype)
         self.dtype = getattr(torch, run_dtype)
         spec = vision_spec(request.model, request.weights, device, run_dtype)
         self.vision = ModelHandle(cache, spec, load_vision)
@@ -181,9 +127,6 @@ class ControlsModel:
             self.recipe = model_preprocessing(model, request.image_size, request.mean, request.std)
             self.weights_id: str = model.nacosae_weights_id
             self.n_units = count_units(model, request.layer, device, self.dtype, self.readout)
-
-    def load_llm(self) -> None:
-        """A control store build has no LLM."""
 
     def facts(self) -> ControlsFacts:
         return ControlsFacts(self.weights_id, self.recipe, self.n_units, self.device)
@@ -210,7 +153,7 @@ class ControlsModel:
         request, listing, spans = self.job.request, self.job.listing, self.job.spans
         positions = list(range(spans[first][0], spans[stop - 1][1]))
         loader = DataLoader(
-            ControlImages(listing, positions, self.recipe),
+            ControlImages(listing, positions, self.recipe.transform(), self.recipe.size),
             batch_sampler=shard_batches(spans, first, stop, request.batch_size),
             num_workers=decoders,
             pin_memory=self.device.startswith("cuda"),

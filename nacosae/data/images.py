@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,8 +19,6 @@ from nacosae.errors import ImagesNotFound
 
 if TYPE_CHECKING:
     import torch
-
-    from nacosae.models.preprocessing import Preprocessing
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif"}
@@ -141,16 +140,21 @@ def open_rgb(path: Path) -> Any:
 
 
 class ControlImages:
-    """Map-style dataset over a listing: (image tensor, position, ok)."""
+    """Map-style dataset over a listing: (image tensor, position, ok). `transform` is the
+    model's input recipe (PIL image -> `[3, side, side]` tensor; models/preprocessing.py)."""
 
     def __init__(
-        self, listing: ImageFolderListing, positions: list[int], recipe: Preprocessing
+        self,
+        listing: ImageFolderListing,
+        positions: list[int],
+        transform: Callable[[Any], torch.Tensor],
+        side: int,
     ) -> None:
         self.root = listing.root
         self.files = listing.files
         self.positions = positions
-        self.side = recipe.size
-        self.transform = recipe.transform()
+        self.side = side
+        self.transform = transform
 
     def __len__(self) -> int:
         return len(self.positions)

@@ -1,2 +1,3 @@
-"""Explain on a Ray cluster: worker actors own the models (one ModelCache each), the driver owns
-the search. Ray is an optional extra, imported only by `--ray` and `nacosae serve`."""
+"""Ray: a generic executor for any command's job (models/sides.py) on worker actors, each with
+its own ModelCache; the driver keeps the command's state. Ray is an optional extra, imported
+only by `--ray` and `nacosae serve`; nothing here knows which command it runs."""

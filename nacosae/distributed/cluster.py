@@ -19,6 +19,17 @@ SERVE_PREFIX = "serve-"  # named actors of `nacosae serve`, kept between command
 SHARED_ENVIRONMENT = ("NACOSAE_HOME", "SAVE_DIR", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE")
 
 
+def check_ray_options(ray: str | None, ray_workers: int | None) -> None:
+    """`--ray-workers` counts the workers of a `--ray` cluster (one rule for every command)."""
+    if ray_workers is not None and ray is None:
+        raise NacosaeError(
+            "--ray-workers needs --ray: it counts the workers started with --ray (local, auto "
+            "or a cluster address)"
+        )
+    if ray_workers is not None and ray_workers < 1:
+        raise NacosaeError("--ray-workers must be at least 1")
+
+
 def import_ray() -> Any:
     """Ray, or one clear error naming the extra that installs it."""
     try:

@@ -1,12 +1,13 @@
-"""The driver's side of a Ray run: worker actors that offer the model side's methods.
+"""The driver's side of a Ray run: an `Executor` (models/sides.py) over worker actors.
 
-Rendering is scheduled by concept: a phase's missing concepts are cut into tasks of about one
-text-to-image batch each and handed to whichever worker is free, so each concept is rendered
-once across the cluster. Workers send back PNG bytes and activations; the driver alone writes
-the concept cache and the run directory, so no shared filesystem is needed. The LLM batch of a
-phase goes whole to worker 0 (a chat's reply depends on its seed, not its batch, but one batch
-keeps the calls as few as without Ray). A control store build (`controls --ray`) sends whole
-shards the same way (`completed`). A worker that dies is replaced and its task retried.
+Every worker builds the command's job (any `Job`: explain's, an evaluation's, a control store
+build's) into a model side through its own ModelCache; the pool then calls the side's methods by
+name. `completed` hands each task to whichever worker is free (explain and evaluate send their
+text-to-image calls and measurements this way, `controls --ray` its shards), and `call` runs a
+method on worker 0, the lead (explain's LLM batches). What travels is plain data (PNG bytes,
+arrays); the driver alone writes the concept cache, the run directory or the store, so no shared
+filesystem is needed. A worker that dies is replaced and its task retried. The pool knows no
+command: what a method does is the side's business.
 """
 
 from __future__ import annotations
@@ -24,11 +25,9 @@ from nacosae.distributed.cluster import NAMESPACE, SERVE_PREFIX, Cluster, worker
 from nacosae.errors import NacosaeError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
 
-    import numpy as np
-
-    from nacosae.search.model_side import ModelFacts, ModelJob, Request
+    from nacosae.models.sides import Facts, Job
 
 RETRIES = 3  # replacements per task before the run fails
 
@@ -71,8 +70,10 @@ class Slot:
 
 @dataclass
 class WorkerPool:
+    """An `Executor` whose sides live on Ray worker actors, one per slot."""
+
     cluster: Cluster
-    job: ModelJob
+    job: Job
     slots: list[Slot]
     key: str = ""
     replaced_loads: int = 0
@@ -84,11 +85,10 @@ class WorkerPool:
     threads: int = field(default_factory=lambda: _driver_threads())  # defined below
 
     @classmethod
-    def start(cls, cluster: Cluster, job: ModelJob, workers: int | None = None) -> WorkerPool:
+    def start(cls, cluster: Cluster, job: Job, workers: int | None = None) -> WorkerPool:
         """Use `nacosae serve`'s warm workers when the cluster has them (and `workers` is not
         given), else start `workers` (default: one per GPU, or per CPU slot) for this run."""
         ray = cluster.ray
-        job = job.shippable()
         served = served_workers(ray) if workers is None else []
         if served:
             slots = [Slot(actor, name, owned=False) for name, actor in served]
@@ -111,7 +111,7 @@ class WorkerPool:
     @classmethod
     @contextmanager
     def running(
-        cls, cluster: Cluster, job: Any, workers: int | None = None
+        cls, cluster: Cluster, job: Job, workers: int | None = None
     ) -> Iterator[WorkerPool]:
         """`start`ed for a command's block; its own workers end (and the cluster is left) when
         the block ends, also when they fail to start."""
@@ -125,67 +125,29 @@ class WorkerPool:
         finally:
             pool.close()
 
-    # ------------------------------------------------------------ what LocalModels offers
+    # ------------------------------------------------------------ the Executor protocol
 
-    def facts(self) -> ModelFacts:
-        """Every worker builds the run's models (worker 0 with the LLM); their facts must agree."""
-        with_llm = self.job.needs_llm
+    @property
+    def width(self) -> int:
+        return len(self.slots)
+
+    def facts(self) -> Facts:
+        """Every worker builds the job's side (the lead also runs the job's lead methods);
+        their facts must agree."""
         pending = [
-            s.actor.prepare.remote(self.job, with_llm and k == 0, self.threads)
-            for k, s in enumerate(self.slots)
+            s.actor.prepare.remote(self.job, k == 0, self.threads) for k, s in enumerate(self.slots)
         ]
         found = self._gather(pending, "load the models")
         first = found[0]
         for other in found[1:]:
             if other.keys != first.keys:
                 raise NacosaeError(
-                    "the Ray workers disagree on the run's settings (one renders on "
+                    "the Ray workers disagree on the run's settings (one computes on "
                     f"{first.device}, another on {other.device}): give --device explicitly"
                 )
         return first
 
-    def render_concepts(
-        self,
-        requests: list[Request],
-        existing: dict[str, list[bytes]],
-        seed: int,
-        t2i_batch: int,
-        one_concept_per_call: bool = False,
-    ) -> dict[str, tuple[list[bytes], np.ndarray]]:
-        """Per concept: its new images (PNG bytes) and the activations of all its images.
-        Rendered in the same text-to-image calls as without Ray (so the pixels are the same:
-        explain's calls mix concepts, evaluate's hold one each), each call on whichever worker
-        is free; then the activations, a few concepts per task."""
-        from nacosae.search.model_side import chunked
-
-        rendered = [r for r in requests if r[2] > 0]
-        if one_concept_per_call:
-            calls = [call for r in rendered for call in chunked([r], t2i_batch)]
-        else:
-            calls = chunked(rendered, t2i_batch)
-        rendered = self._schedule("render_pngs", [(c, seed) for c in calls])
-        new: dict[str, list[bytes]] = {c: [] for c, _, _ in requests}
-        for call, pngs in zip(calls, rendered, strict=True):
-            images = iter(pngs)
-            for concept, _first, count in call:
-                new[concept] += [next(images) for _ in range(count)]
-        everything = {c: [*existing.get(c, []), *new[c]] for c, _, _ in requests}
-        groups = _groups(list(everything), len(self.slots))
-        measured: dict[str, np.ndarray] = {}
-        for part in self._schedule(
-            "activations_of_pngs", [({c: everything[c] for c in g},) for g in groups]
-        ):
-            measured.update(part)
-        return {c: (new[c], measured[c]) for c, _, _ in requests}
-
-    def _schedule(self, method: str, tasks: list[tuple[Any, ...]]) -> list[Any]:
-        """`completed`'s results in task order."""
-        results: list[Any] = [None] * len(tasks)
-        for index, result in self.completed(method, tasks):
-            results[index] = result
-        return results
-
-    def completed(self, method: str, tasks: list[tuple[Any, ...]]) -> Iterator[tuple[int, Any]]:
+    def completed(self, method: str, tasks: Sequence[tuple[Any, ...]]) -> Iterator[tuple[int, Any]]:
         """Run `method(key, *task)` for every task on whichever worker is free; (task index,
         result) as each finishes. A task whose worker dies goes back to the queue (the next
         free worker takes it) while a replacement starts; the replacement joins when its
@@ -200,7 +162,7 @@ class WorkerPool:
                 index, tries = queue.popleft()
                 k = free.pop(0)
                 actor = self.slots[k].actor
-                ref = getattr(actor, method).remote(self.key, *tasks[index])
+                ref = actor.call.remote(self.key, method, *tasks[index])
                 running[ref] = (k, index, tries)
                 self.tasks_sent += 1
             self.schedule_seconds += time.perf_counter() - started
@@ -223,11 +185,17 @@ class WorkerPool:
             self.schedule_seconds += time.perf_counter() - started
             yield index, result
 
-    def chat_many(self, requests: list[tuple[list[dict[str, str]], int]]) -> list[str]:
-        return self._call_first("chat_many", requests)
-
-    def embed(self, texts: list[str]) -> np.ndarray:
-        return self._call_first("embed", texts)
+    def call(self, method: str, *args: Any) -> Any:
+        """`method(*args)` on worker 0, the lead (a worker that dies is replaced first)."""
+        ray = self.cluster.ray
+        for tries in range(RETRIES + 1):
+            try:
+                return self._gather(
+                    [self.slots[0].actor.call.remote(self.key, method, *args)], f"run {method}"
+                )[0]
+            except ray.exceptions.RayActorError as exc:
+                self._gather([self._replace(0, tries, exc)], "load the models")
+        raise AssertionError("unreachable")
 
     # ------------------------------------------------------------ bookkeeping
 
@@ -265,15 +233,6 @@ class WorkerPool:
                 ray.kill(slot.actor)
         self.cluster.close()
 
-    def _call_first(self, method: str, *args: Any) -> Any:
-        ray = self.cluster.ray
-        for tries in range(RETRIES + 1):
-            try:
-                return ray.get(getattr(self.slots[0].actor, method).remote(self.key, *args))
-            except ray.exceptions.RayActorError as exc:
-                self._gather([self._replace(0, tries, exc)], "load the models")
-        raise AssertionError("unreachable")
-
     def _gather(self, refs: list[Any], what: str) -> list[Any]:
         ray = self.cluster.ray
         try:
@@ -297,8 +256,7 @@ class WorkerPool:
         progress.warn(f"ray: worker {old.name} died; a new one takes over its work")
         self.retries += 1
         self.slots[k] = _new_slot(self.cluster, len(self.slots) + self.retries)
-        with_llm = k == 0 and self.job.needs_llm
-        return self.slots[k].actor.prepare.remote(self.job, with_llm, self.threads)
+        return self.slots[k].actor.prepare.remote(self.job, k == 0, self.threads)
 
 
 def _driver_threads() -> int:
@@ -329,9 +287,3 @@ def start_worker(
 def _new_slot(cluster: Cluster, k: int) -> Slot:
     name = f"run-{os.getpid()}-{k}"
     return Slot(start_worker(cluster, name), name, owned=True)
-
-
-def _groups(concepts: list[str], workers: int) -> list[list[str]]:
-    """Concepts in about four tasks per worker (fewer round trips, still balanced)."""
-    size = max(1, -(-len(concepts) // (4 * workers)))
-    return [concepts[start : start + size] for start in range(0, len(concepts), size)]

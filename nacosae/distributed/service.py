@@ -17,16 +17,17 @@ from nacosae.distributed.pool import default_worker_count, served_workers, start
 from nacosae.errors import NacosaeError
 
 if TYPE_CHECKING:
-    from nacosae.search.model_side import ModelJob
+    from nacosae.models.sides import Job
 
 DEFAULT_IDLE_RELEASE_S = 600.0
 
 
 def start_service(
-    cluster: Cluster, job: ModelJob, workers: int | None, idle_release_s: float | None
+    cluster: Cluster, job: Job, workers: int | None, idle_release_s: float | None
 ) -> list[dict[str, Any]]:
-    """Start the workers and load `job`'s models on each (the LLM on worker 0); returns their
-    descriptions. A cluster that already has `nacosae serve` workers is an error."""
+    """Start the workers and build `job`'s side on each (worker 0, the lead, runs the job's
+    lead methods: explain's loads its LLM there); returns their descriptions. A cluster that
+    already has `nacosae serve` workers is an error."""
     ray = cluster.ray
     if served_workers(ray):
         raise NacosaeError(
@@ -38,10 +39,8 @@ def start_service(
         start_worker(cluster, f"{SERVE_PREFIX}{k}", detached=True, idle_release_s=idle_release_s)
         for k in range(count)
     ]
-    shipped = job.shippable()
-    with_llm = shipped.needs_llm
     try:
-        ray.get([a.prepare.remote(shipped, with_llm and k == 0) for k, a in enumerate(actors)])
+        ray.get([a.prepare.remote(job, k == 0) for k, a in enumerate(actors)])
     except Exception:
         for actor in actors:
             ray.kill(actor)

@@ -1,10 +1,10 @@
 """The worker actor: one per GPU (or CPU slot), holding one ModelCache for every run it serves.
 
-Each run sends its job once (`prepare`: an explain `ModelJob`, an evaluation's or a control
-store build's job); the worker builds the job's models through its cache, so models another run
-(or `nacosae serve`) already loaded are reused, not loaded again. Every method is plain Python,
-so the class also runs (and is tested) without Ray. Idle for `idle_release_s`, the worker
-forgets its models (GPU memory is released) and loads them again when asked.
+Each run sends its job once (`prepare`, any `Job` of models/sides.py); the worker builds the
+job's model side through its cache, so models another run (or `nacosae serve`) already loaded
+are reused, not loaded again, and later `call`s name the side by the job's key. Every method is
+plain Python, so the class also runs (and is tested) without Ray. Idle for `idle_release_s`, the
+worker forgets its models (GPU memory is released) and loads them again when asked.
 """
 
 from __future__ import annotations
@@ -15,13 +15,12 @@ import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from nacosae.models.devices import empty_device_cache
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    import numpy as np
-
-    from nacosae.controls.model_side import ShardActivations
-    from nacosae.search.model_side import ModelFacts, ModelJob, Request
+    from nacosae.models.sides import Facts, Job
 
 
 class ModelWorker:
@@ -32,7 +31,8 @@ class ModelWorker:
         progress.configure(quiet=True)
         progress.calm_libraries()
         self.cache = ModelCache()
-        self.sides: dict[str, Any] = {}  # job key -> LocalModels, EvaluationModels, ControlsModel
+        self.sides: dict[str, Any] = {}  # job key -> the job's model side
+        self.leading: set[str] = set()  # job keys whose lead methods ran here
         self.lock = threading.Lock()
         self.last_used = time.monotonic()
         self.idle_release_s = idle_release_s
@@ -67,14 +67,15 @@ class ModelWorker:
                 try:
                     self.cache.clear()
                     self.releases += 1
-                    _empty_accelerator_cache()
+                    empty_device_cache()
                 finally:
                     self.lock.release()
 
-    def prepare(self, job: ModelJob, with_llm: bool, threads: int | None = None) -> ModelFacts:
-        """Build (through the cache) the models of `job`; their facts for the driver. Later
-        calls name the job by `job.key()` (the job, an SAE included, is sent once). `threads`:
-        the driver's CPU threads, so that CPU results equal a run without Ray bit for bit."""
+    def prepare(self, job: Job, lead: bool, threads: int | None = None) -> Facts:
+        """Build (through the cache) the side of `job`, the lead's methods too when `lead`;
+        its facts for the driver. Later calls name the side by `job.key()` (the job, an SAE
+        included, is sent once). `threads`: the driver's CPU threads, so that CPU results equal
+        a run without Ray bit for bit."""
         import torch
 
         if threads:
@@ -82,30 +83,17 @@ class ModelWorker:
         with self._busy():
             key = job.key()
             if key not in self.sides:
-                self.sides[key] = job.build(self.cache, with_llm)
-            elif with_llm:
-                self.sides[key].load_llm()
+                self.sides[key] = job.build(self.cache)
+            if lead and key not in self.leading:
+                for method in job.lead_methods:
+                    getattr(self.sides[key], method)()
+                self.leading.add(key)
             return self.sides[key].facts()
 
-    def render_pngs(self, key: str, calls: list[Request], seed: int) -> list[bytes]:
+    def call(self, key: str, method: str, *args: Any) -> Any:
+        """`method(*args)` on the side of the job with `key`."""
         with self._busy():
-            return self.sides[key].render_pngs(calls, seed)
-
-    def activations_of_pngs(self, key: str, pngs: dict[str, list[bytes]]) -> dict[str, np.ndarray]:
-        with self._busy():
-            return self.sides[key].activations_of_pngs(pngs)
-
-    def activations_of_shard(self, key: str, shard: int, decoders: int) -> ShardActivations:
-        with self._busy():
-            return self.sides[key].activations_of_shard(shard, decoders)
-
-    def chat_many(self, key: str, requests: list[tuple[list[dict[str, str]], int]]) -> list[str]:
-        with self._busy():
-            return self.sides[key].chat_many(requests)
-
-    def embed(self, key: str, texts: list[str]) -> np.ndarray:
-        with self._busy():
-            return self.sides[key].embed(texts)
+            return getattr(self.sides[key], method)(*args)
 
     def loads(self) -> int:
         return self.cache.stats.loads
@@ -139,13 +127,3 @@ def _resident_bytes() -> int:
         import resource
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _empty_accelerator_cache() -> None:
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

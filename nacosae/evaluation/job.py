@@ -16,15 +16,30 @@ import io
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from nacosae import progress
-from nacosae.distributed.shipped import ShippedImages
 from nacosae.errors import NacosaeError, NeuronOutOfRange
 from nacosae.evaluation.explanations import Explanation, ReadResult, read_csv, read_run
 from nacosae.models.cache import ModelCache, ModelHandle, ModelSpec
+from nacosae.models.concept_images import (
+    FillCounts,
+    FillSettings,
+    ImageSide,
+    Request,
+    fill_concept_cache,
+)
+from nacosae.store.concepts import ConceptKeys
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from nacosae.distributed.cluster import Cluster
+    from nacosae.models.preprocessing import Preprocessing
+    from nacosae.models.sides import Executor
+    from nacosae.models.units import Readout
 
 COSY_T2I = "stabilityai/stable-diffusion-xl-base-1.0"
 COSY_PROMPT = "realistic photo of a close up of {concept}"
@@ -35,6 +50,7 @@ CSV_COLUMNS = ("neuron", "concept", "AUC", "U1", "p", "MAD", "source", "rank")
 # then could not be reproduced, so they are not reused)
 STEP_NOISE = "per-image-v2"
 SEARCH_PROMPT_FORMS = {"varied": "a realistic photo of a", "line": "a realstic photo of a"}
+ROUND_CONCEPTS = 4  # concepts rendered per side before the round is saved
 
 
 @dataclass
@@ -61,7 +77,6 @@ class EvaluateRequest:
     device: str = "auto"
     ray: str | None = None  # a Ray cluster: local, auto or an address (None: this process)
     ray_workers: int | None = None
-    preset: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -103,11 +118,15 @@ def held_out(request: EvaluateRequest) -> tuple[bool, str]:
 def evaluate(request: EvaluateRequest, cache: ModelCache) -> EvaluateResult:
     """Evaluate every explanation of `request` (see the module docstring)."""
     from nacosae.config import writable_folder
-    from nacosae.controls import open_controls, resolve_device
+    from nacosae.controls import open_controls
+    from nacosae.distributed.cluster import check_ray_options
+    from nacosae.models.concept_images import check_num_img
+    from nacosae.models.devices import resolve_device
+    from nacosae.models.preprocessing import Preprocessing
     from nacosae.models.units import make_readout
 
-    if request.num_img < 2:
-        raise NacosaeError("--num-img must be at least 2 (scores compare image sets)")
+    check_num_img(request.num_img)
+    check_ray_options(request.ray, request.ray_workers)
     if "{concept}" not in request.image_prompt:
         raise NacosaeError("--image-prompt must contain {concept}")
     found = read_explanations(request)
@@ -120,17 +139,15 @@ def evaluate(request: EvaluateRequest, cache: ModelCache) -> EvaluateResult:
     if request.ray:  # the workers resolve the device: the driver may have no GPU
         from nacosae.distributed.cluster import connect
 
-        device, cluster = request.device, connect(request.ray)
+        cluster = connect(request.ray)
     else:
-        device = resolve_device(request.device)
+        resolve_device(request.device)  # an unavailable device is an error before any work
     is_held_out, why = held_out(request)
     notes = list(found.notes)
     if not is_held_out:
         progress.warn(why)
         notes.append(why)
     started = time.perf_counter()
-    from nacosae.models.preprocessing import Preprocessing
-
     job = EvaluationJob(
         request,
         store.index["dtype"],
@@ -139,9 +156,9 @@ def evaluate(request: EvaluateRequest, cache: ModelCache) -> EvaluateResult:
         readout,
     )
     concepts = list(dict.fromkeys(e.concept for e in found.explanations))
-    with _models(job, cache, device, cluster) as models:
-        images = ConceptImages(job, models)
-        activations = images.activations_of(concepts)
+    counts = FillCounts()
+    with _executor(job, cache, cluster) as executor:
+        activations = concept_activations(request, executor, concepts, counts)
     rows = score_rows(found.explanations, activations, controls)
     summary = {
         "explanations": str(request.explanations),
@@ -155,7 +172,7 @@ def evaluate(request: EvaluateRequest, cache: ModelCache) -> EvaluateResult:
         "rows": len(rows),
         "neurons": len({e.neuron for e in found.explanations}),
         "distinct_concepts": len(concepts),
-        "counts": images.counts,
+        "counts": asdict(counts),
         "seconds": round(time.perf_counter() - started, 3),
         **_summaries(rows),
         "notes": notes,
@@ -165,16 +182,43 @@ def evaluate(request: EvaluateRequest, cache: ModelCache) -> EvaluateResult:
 
 
 @contextmanager
-def _models(job: EvaluationJob, cache: ModelCache, device: str, cluster: Any) -> Iterator[Any]:
+def _executor(job: EvaluationJob, cache: ModelCache, cluster: Cluster | None) -> Iterator[Executor]:
     """The evaluation's models here, or on the workers of a Ray cluster (ended afterwards,
     unless they belong to `nacosae serve`)."""
+    from nacosae.models.sides import InProcess
+
     if cluster is None:
-        yield EvaluationModels(job, cache, device)
+        yield InProcess(job, cache)
         return
     from nacosae.distributed.pool import WorkerPool
 
     with WorkerPool.running(cluster, job, job.request.ray_workers) as pool:
         yield pool
+
+
+def concept_activations(
+    request: EvaluateRequest, executor: Executor, concepts: list[str], counts: FillCounts
+) -> dict[str, np.ndarray]:
+    """[num_img, units] activations per concept, from the concept cache when every generation
+    setting matches, else rendered once each (one concept per call) in rounds of a few concepts
+    per side, each round saved before the next (a killed evaluation continues from there)."""
+    from nacosae.store.concepts import ConceptCache
+
+    cache = ConceptCache(Path(request.controls_root).parent / "concepts", executor.facts().keys)
+    fill = FillSettings(
+        request.num_img, request.seed, max(1, request.t2i_batch), one_concept_per_call=True
+    )
+    with progress.progress_bar("concepts") as bar:
+        task = bar.add_task("evaluating", total=len(concepts))
+        return fill_concept_cache(
+            cache,
+            executor,
+            concepts,
+            fill,
+            counts,
+            round_size=ROUND_CONCEPTS * executor.width,
+            on_round=lambda done: bar.advance(task, done),
+        )
 
 
 def _control_store(request: EvaluateRequest, store: Any) -> Any:
@@ -210,12 +254,9 @@ class EvaluationJob:
     request: EvaluateRequest
     store_dtype: str
     store_weights: str
-    recipe: Any  # models.preprocessing.Preprocessing of the control store
-    readout: Any  # models.units.Readout
-    needs_llm = False
-
-    def shippable(self) -> EvaluationJob:
-        return self
+    recipe: Preprocessing  # of the control store
+    readout: Readout
+    lead_methods: ClassVar[tuple[str, ...]] = ()
 
     def key(self) -> str:
         from nacosae.store.concepts import content_key
@@ -232,24 +273,24 @@ class EvaluationJob:
             }
         )
 
-    def build(self, cache: ModelCache, with_llm: bool = False) -> EvaluationModels:
-        from nacosae.controls import resolve_device
+    def build(self, cache: ModelCache) -> EvaluationSide:
+        from nacosae.models.devices import resolve_device
 
-        return EvaluationModels(self, cache, resolve_device(self.request.device))
+        return EvaluationSide(self, cache, resolve_device(self.request.device))
 
 
 @dataclass(frozen=True)
 class EvaluationFacts:
-    keys: Any  # store.concepts.ConceptKeys
+    keys: ConceptKeys
     device: str
 
 
-class EvaluationModels(ShippedImages):
+class EvaluationSide(ImageSide):
     """The evaluation's text-to-image pipeline and explained model, built through `cache`: in
-    this process, or on each Ray worker (the same methods as `search.model_side.LocalModels`)."""
+    this process, or on each Ray worker."""
 
     def __init__(self, job: EvaluationJob, cache: ModelCache, device: str) -> None:
-        from nacosae.controls import compute_dtype, load_vision, vision_spec
+        from nacosae.models.devices import compute_dtype
         from nacosae.models.revisions import resolve_revision
         from nacosae.models.text2image import (
             GenerationSettings,
@@ -257,7 +298,7 @@ class EvaluationModels(ShippedImages):
             default_generation,
             load_pipeline,
         )
-        from nacosae.search.components import vision_activations
+        from nacosae.models.vision import load_vision, vision_activations, vision_spec
 
         request = self.request = job.request
         self.job, self.device = job, device
@@ -266,13 +307,14 @@ class EvaluationModels(ShippedImages):
             what="text-to-image model",
             download_option=f" --t2i-model {request.t2i_model}",
         )
-        t2i_dtype = "float16" if device != "cpu" else "float32"
         self.t2i = ModelHandle(
             cache,
-            ModelSpec("t2i", request.t2i_model, revision, t2i_dtype, device, "cpu"),
+            ModelSpec(
+                "t2i", request.t2i_model, revision, compute_dtype("t2i", device), device, "cpu"
+            ),
             load_pipeline,
         )
-        vision_dtype = compute_dtype(job.store_dtype, device)
+        vision_dtype = compute_dtype("vision", device, job.store_dtype)
         self.vision = ModelHandle(
             cache,
             vision_spec(request.model, request.weights, device, vision_dtype, "cpu"),
@@ -290,18 +332,15 @@ class EvaluationModels(ShippedImages):
         self.renderer = TextToImage(self.t2i, self.generation)
         self.activations = vision_activations(self.vision, request.layer, job.recipe, job.readout)
 
-    def load_llm(self) -> None:
-        """An evaluation has no LLM."""
-
     def facts(self) -> EvaluationFacts:
         """The concept-cache keys of the evaluation's settings, once the weights are checked."""
-        from nacosae.search.components import generation_key, t2i_facts, vision_key
-        from nacosae.store.concepts import ConceptKeys
+        from nacosae.models.concept_images import generation_key, vision_key
+        from nacosae.models.text2image import t2i_facts
+        from nacosae.models.vision import weights_id_of
 
         request = self.request
         variant, _side = t2i_facts(self.t2i)
-        with self.vision.use() as model:
-            weights_id = model.nacosae_weights_id
+        weights_id = weights_id_of(self.vision)
         if weights_id != self.job.store_weights:
             raise NacosaeError(
                 f"the control store was built with weights {self.job.store_weights}, not "
@@ -327,100 +366,8 @@ class EvaluationModels(ShippedImages):
         )
         return EvaluationFacts(keys, self.device)
 
-    def render_many(self, calls: list[tuple[str, int, int]], seed: int) -> list[Any]:
+    def render_many(self, calls: list[Request], seed: int) -> list[Any]:
         return self.renderer.render_many(calls, seed)
-
-
-class ConceptImages:
-    """The evaluation's images and activations of concepts: from the concept cache when every
-    generation setting matches, else rendered once each in batches, here or on Ray workers."""
-
-    def __init__(self, job: EvaluationJob, models: Any) -> None:
-        self.request = job.request
-        self.models = models  # EvaluationModels, or a Ray WorkerPool offering the same
-        self.counts = {
-            "concepts_rendered": 0,
-            "images_rendered": 0,
-            "cache_hits": 0,
-            "vision_forward_passes": 0,
-        }
-
-    def activations_of(self, concepts: list[str]) -> dict[str, Any]:
-        """[num_img, units] activations per concept."""
-        from nacosae.store.concepts import ConceptStore
-
-        n = self.request.num_img
-        store = ConceptStore(
-            Path(self.request.controls_root).parent / "concepts", self.models.facts().keys
-        )
-        found: dict[str, Any] = {}
-        for concept in concepts:
-            cached = store.load_activations(concept, n)
-            if cached is not None:
-                found[concept] = cached
-                self.counts["cache_hits"] += 1
-        missing = [c for c in concepts if c not in found]
-        if not missing:
-            return found
-        with progress.progress_bar("concepts") as bar:
-            task = bar.add_task("evaluating", total=len(concepts), completed=len(found))
-            if isinstance(self.models, EvaluationModels):
-                self._here(store, missing, found, lambda: bar.advance(task))
-            else:
-                self._on_workers(store, missing, found, lambda k: bar.advance(task, k))
-        return found
-
-    def _here(self, store: Any, missing: list[str], found: dict, advance: Any) -> None:
-        from nacosae.search.components import VISION_BATCH
-
-        for concept in missing:
-            images = self._images(store, concept)
-            self.counts["vision_forward_passes"] += -(-len(images) // VISION_BATCH)
-            found[concept] = self.models.activations(images)
-            store.save_activations(concept, found[concept])
-            advance()
-
-    def _on_workers(self, store: Any, missing: list[str], found: dict, advance: Any) -> None:
-        """Rounds of a few concepts per worker, each saved before the next (so a killed
-        evaluation continues from the last round)."""
-        from nacosae.search.components import VISION_BATCH
-
-        n, step = self.request.num_img, 4 * len(self.models.slots)
-        for start in range(0, len(missing), step):
-            chunk = missing[start : start + step]
-            have = {c: min(store.image_count(c), n) for c in chunk}
-            requests = [(c, have[c], n - have[c]) for c in chunk]
-            existing = {c: store.encoded_images(c, have[c]) for c in chunk if have[c]}
-            results = self.models.render_concepts(
-                requests,
-                existing,
-                self.request.seed,
-                max(1, self.request.t2i_batch),
-                one_concept_per_call=True,  # as `_images` renders here
-            )
-            for concept in chunk:
-                pngs, found[concept] = results[concept]
-                store.save_encoded(concept, have[concept], pngs)
-                store.save_activations(concept, found[concept])
-                self.counts["images_rendered"] += len(pngs)
-                self.counts["concepts_rendered"] += bool(pngs)
-                self.counts["vision_forward_passes"] += -(-n // VISION_BATCH)
-            advance(len(chunk))
-
-    def _images(self, store: Any, concept: str) -> list[Any]:
-        n, batch = self.request.num_img, max(1, self.request.t2i_batch)
-        have = min(store.image_count(concept), n)
-        images = store.load_images(concept, have)
-        if have < n:
-            self.counts["concepts_rendered"] += 1
-        while have < n:
-            count = min(batch, n - have)
-            rendered = self.models.render_many([(concept, have, count)], self.request.seed)
-            store.save_images(concept, have, rendered)
-            images.extend(rendered)
-            have += count
-            self.counts["images_rendered"] += count
-        return images
 
 
 def score_rows(

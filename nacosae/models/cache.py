@@ -19,7 +19,6 @@ On the CPU every mode is `none`: there is nowhere else to put the weights.
 
 from __future__ import annotations
 
-import gc
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -29,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from nacosae import progress
+from nacosae.models.devices import empty_device_cache
 from nacosae.models.residency import (
     OFFLOAD_MODES,
     OffloadMode,
@@ -37,6 +37,7 @@ from nacosae.models.residency import (
     object_nbytes,
     place,
 )
+from nacosae.progress import human_bytes
 
 Loader = Callable[["ModelSpec"], Any]
 
@@ -127,22 +128,12 @@ def default_budget(device: str) -> float:
     return float("inf")
 
 
-def _empty_device_cache(device: str) -> None:
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.empty_cache()
-
-
 class ModelCache:
     """The process-wide model cache. See the module docstring for the protocol."""
 
-    def __init__(
-        self, budget_bytes: float | None = None, loaders: dict[str, Loader] | None = None
-    ) -> None:
+    def __init__(self, budget_bytes: float | None = None) -> None:
         self._budget_override = budget_bytes
         self._budgets: dict[str, float] = {}
-        self._loaders: dict[str, Loader] = dict(loaders or {})
         self._entries: OrderedDict[ModelSpec, _Entry] = OrderedDict()  # LRU first
         self._cond = threading.Condition(threading.RLock())
         self._load_locks: dict[ModelSpec, threading.Lock] = {}
@@ -150,11 +141,6 @@ class ModelCache:
         self.stats = CacheStats()
 
     # ------------------------------------------------------------ configuration
-
-    def register(self, kind: str, loader: Loader) -> None:
-        """Set the loader used for specs of `kind`."""
-        with self._cond:
-            self._loaders[kind] = loader
 
     def set_budget(self, budget_bytes: float | None) -> None:
         """Bytes of whole models allowed on each accelerator (None: free memory less a margin)."""
@@ -214,11 +200,10 @@ class ModelCache:
                 if spec in self._entries:  # another thread finished loading it meanwhile
                     self.stats.hits += 1
                     return self._entries[spec]
-                load = loader or self._loaders.get(spec.kind)
-            if load is None:
-                raise KeyError(f"no loader registered for model kind {spec.kind!r}")
+            if loader is None:
+                raise KeyError(f"{spec.label()} is not loaded and no loader was given")
             started = time.perf_counter()
-            obj = load(spec)
+            obj = loader(spec)
             seconds = time.perf_counter() - started
             release = None
             if spec.residency in ("model", "sequential"):
@@ -241,8 +226,7 @@ class ModelCache:
             if not self._entries[other].pins:
                 dropped_placed |= self._entries.pop(other).placed
         if dropped_placed:
-            gc.collect()  # pipelines hold reference cycles; free their device memory now
-            _empty_device_cache(spec.device)
+            empty_device_cache(spec.device)  # pipelines hold reference cycles: collected first
 
     # ------------------------------------------------------------ the residency protocol
 
@@ -316,7 +300,7 @@ class ModelCache:
             self.stats.evictions += 1
             evicted = True
         if evicted:
-            _empty_device_cache(spec.device)
+            empty_device_cache(spec.device)
         return self._placed_bytes(spec.device) + needed <= budget
 
     def _warn_over_budget(self, spec: ModelSpec) -> None:
@@ -339,7 +323,7 @@ class ModelCache:
                 swapped_total[spec.device] = swapped_total.get(spec.device, 0) + self.nbytes(spec)
         phrases = []
         for spec in specs:
-            size = _human_bytes(self.nbytes(spec))
+            size = human_bytes(self.nbytes(spec))
             where = {
                 "none": f"on {spec.device}",
                 "model": f"in CPU memory, moved whole to {spec.device} while it computes",
@@ -348,11 +332,11 @@ class ModelCache:
             if where is None:
                 budget = self.budget(spec.device)
                 if swapped_total[spec.device] <= budget:
-                    where = f"on {spec.device} (all fit the {_human_bytes(budget)} budget)"
+                    where = f"on {spec.device} (all fit the {human_bytes(budget)} budget)"
                 else:
                     where = (
                         f"on {spec.device} while in use, swapped to CPU memory when the "
-                        f"{_human_bytes(budget)} budget needs room"
+                        f"{human_bytes(budget)} budget needs room"
                     )
             phrases.append(f"{spec.kind} {spec.id} {size} {where}")
         return phrases
@@ -363,15 +347,6 @@ class ModelCache:
             for spec in [s for s, e in self._entries.items() if not e.pins]:
                 del self._entries[spec]
                 self._load_locks.pop(spec, None)
-
-
-def _human_bytes(n: float) -> str:
-    if n == float("inf"):
-        return "unlimited"
-    for unit, size in (("GiB", GIB), ("MiB", 1024**2), ("KiB", 1024)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{int(n)} B"
 
 
 _shared: ModelCache | None = None

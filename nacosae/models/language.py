@@ -83,15 +83,23 @@ class LLMBundle:
     def __init__(self, model: Any, tokenizer: Any) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.components = {"model": model}
-        self._json_constraint: Any = None
+        self._constraints: dict[str, Any] = {}
 
-    def json_constraint(self) -> Any:
-        """The JSON-answer constraint for this tokenizer (built once: it decodes the vocabulary)."""
-        if self._json_constraint is None:
-            from nacosae.models.structured import json_answer_constraint, tokenizer_data
+    def constraint(self, name: str) -> Any:
+        """A decoding constraint for this tokenizer, built once: `json` (the answer schema; it
+        decodes the vocabulary) or one of `tiny.ANSWER_CONSTRAINTS` (the smoke LLM's tags)."""
+        if name not in self._constraints:
+            if name == "json":
+                from nacosae.models.structured import json_answer_constraint, tokenizer_data
 
-            self._json_constraint = json_answer_constraint(tokenizer_data(self.tokenizer))
-        return self._json_constraint
+                self._constraints[name] = json_answer_constraint(tokenizer_data(self.tokenizer))
+            else:
+                from nacosae.models.tiny import ANSWER_CONSTRAINTS
+
+                if name not in ANSWER_CONSTRAINTS:
+                    raise NacosaeError(f"unknown LLM constraint {name!r}")
+                self._constraints[name] = ANSWER_CONSTRAINTS[name](self.tokenizer)
+        return self._constraints[name]
 
 
 def pad_token_id(tokenizer: Any) -> int:
@@ -130,15 +138,15 @@ def row_sampler(seeds: list[int], temperature: float = TEMPERATURE, top_p: float
 
 
 class LocalLLM:
-    """`constraint`, if given, maps the prompt length to a `prefix_allowed_tokens_fn` for
-    `generate` (the smoke preset uses it to keep a random model's replies well-formed);
-    `json_answers` constrains every reply to the JSON answer schema instead."""
+    """`constraint` names a decoding constraint of `LLMBundle.constraint` (the smoke preset's
+    "smoke-tags" keeps a random model's replies well-formed); `json_answers` constrains every
+    reply to the JSON answer schema instead."""
 
     def __init__(
         self,
         model: ModelHandle,
         max_new_tokens: int = MAX_NEW_TOKENS,
-        constraint: Any = None,
+        constraint: str | None = None,
         batch_size: int = LOCAL_BATCH,
         json_answers: bool = False,
     ) -> None:
@@ -179,9 +187,10 @@ class LocalLLM:
             self.device
         )
         extra: dict[str, Any] = {}
-        constraint = bundle.json_constraint() if self.json_answers else self.constraint
-        if constraint is not None:
-            extra["prefix_allowed_tokens_fn"] = constraint(inputs["input_ids"].shape[1])
+        name = "json" if self.json_answers else self.constraint
+        if name is not None:
+            factory = bundle.constraint(name)
+            extra["prefix_allowed_tokens_fn"] = factory(inputs["input_ids"].shape[1])
         config = GenerationConfig(
             do_sample=False,  # the row sampler draws; greedy takes the one token it leaves
             max_new_tokens=self.max_new_tokens,

@@ -168,6 +168,12 @@ def from_image_processor(config: dict[str, Any], name: str) -> Preprocessing:
     )
 
 
+def check_image_size(image_size: int | None) -> None:
+    """`--image-size` is a side in pixels: a model needs at least a few."""
+    if image_size is not None and image_size < 8:
+        raise NacosaeError("--image-size must be at least 8 pixels")
+
+
 def parse_triple(text: str | None, option: str) -> Triple | None:
     """`0.5,0.5,0.5` -> (0.5, 0.5, 0.5); a one-line error for anything else."""
     if text is None:

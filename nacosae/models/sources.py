@@ -15,13 +15,13 @@ from nacosae import hub
 from nacosae.errors import UnknownModel, WeightsUnavailable
 from nacosae.models import preprocessing
 from nacosae.models.preprocessing import Preprocessing
+from nacosae.models.weights import load_state_dict_file, seeded_random_init
 
 if TYPE_CHECKING:
     from torch import nn
 
 TIMM = "timm:"
 HF = "hf:"
-RANDOM_INIT_SEED = 0
 Loaded = tuple["nn.Module", str, Preprocessing]
 
 
@@ -30,12 +30,6 @@ def is_external(name: str) -> bool:
 
 
 # ---------------------------------------------------------------- timm
-
-
-def timm_model_names() -> list[str]:
-    import timm
-
-    return timm.list_models()
 
 
 def build_timm(name: str, pretrained: bool = False) -> nn.Module:
@@ -63,14 +57,9 @@ def build_timm(name: str, pretrained: bool = False) -> nn.Module:
 
 
 def load_timm(name: str, weights: str) -> Loaded:
-    import torch
-
-    from nacosae.models.vision import load_state_dict_file
-
     if weights in ("none", "random"):
-        torch.manual_seed(RANDOM_INIT_SEED)
+        weights_id = seeded_random_init()
         model = build_timm(name)
-        weights_id = f"random-init:seed={RANDOM_INIT_SEED}"
     elif weights == "default":
         model = build_timm(name, pretrained=True)
         tag = model.pretrained_cfg.get("hf_hub_id") or model.pretrained_cfg.get("tag") or name
@@ -113,11 +102,8 @@ def hf_model_class(config: Any) -> Any:
 
 
 def load_hf(repo: str, weights: str) -> Loaded:
-    import torch
-
     from nacosae import progress
     from nacosae.models.revisions import from_pretrained_kwargs, resolve_revision
-    from nacosae.models.vision import load_state_dict_file
 
     progress.calm_libraries()
     if repo.startswith(("/", ".", "~")) and not Path(repo).expanduser().is_dir():
@@ -131,11 +117,9 @@ def load_hf(repo: str, weights: str) -> Loaded:
     if model_class.__name__ in ("CLIPVisionModel", "SiglipVisionModel"):
         config = config.vision_config
     if weights != "default":  # random init, then a state-dict file unless none/random
-        torch.manual_seed(RANDOM_INIT_SEED)
+        weights_id = seeded_random_init()
         model = model_class.from_config(config)
-        if weights in ("none", "random"):
-            weights_id = f"random-init:seed={RANDOM_INIT_SEED}"
-        else:
+        if weights not in ("none", "random"):
             weights_id = load_state_dict_file(model, weights, f"hf:{repo}")
     else:
         try:

@@ -215,3 +215,11 @@ class TextToImage:
         noise = torch.randn((last, channels, height, width), generator=generator)
         rows = [noise[first : first + n] for _concept, first, n in requests]
         return torch.cat(rows).to(self.device, dtype=dtype)
+
+
+def t2i_facts(t2i: ModelHandle) -> tuple[str, int]:
+    """(weight variant loaded, native image side in pixels) of the text-to-image pipeline."""
+    with t2i.use() as pipeline:
+        variant = getattr(pipeline, "nacosae_variant", "default")
+        side = pipeline.unet.config.sample_size * getattr(pipeline, "vae_scale_factor", 8)
+    return variant, int(side)

@@ -234,6 +234,10 @@ def smoke_answer_constraint(tokenizer: Any) -> Any:
     return for_prompt
 
 
+SMOKE_CONSTRAINT = "smoke-tags"
+ANSWER_CONSTRAINTS = {SMOKE_CONSTRAINT: smoke_answer_constraint}  # name -> f(tokenizer)
+
+
 # ---------------------------------------------------------------- sentence embedder
 
 

@@ -18,17 +18,25 @@ from typing import TYPE_CHECKING, Any
 from nacosae.errors import UnknownLayer, UnknownModel, WeightsUnavailable
 from nacosae.hub import offline
 from nacosae.models import preprocessing
-from nacosae.models.preprocessing import Preprocessing
-from nacosae.models.units import Readout, TokenPooling
-from nacosae.store.atomic import sha256_file
+from nacosae.models.cache import ModelHandle, ModelSpec
+from nacosae.models.preprocessing import Preprocessing, Triple
+from nacosae.models.residency import OffloadMode
+from nacosae.models.units import Readout
+from nacosae.models.weights import (
+    load_exactly,
+    load_state_dict_file,
+    read_state_dict,
+    seeded_random_init,
+)
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
+    from PIL.Image import Image
     from torch import nn
 
 PLACES365_URL = "http://places2.csail.mit.edu/models_places365/resnet50_places365.pth.tar"
 PLACES365_FILE = "resnet50_places365.pth.tar"
-RANDOM_INIT_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -113,31 +121,6 @@ def torch_hub_checkpoints() -> Path:
     import torch
 
     return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-def _strip_prefix(state: dict[str, torch.Tensor], prefix: str = "module.") -> dict:
-    return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in state.items()}
-
-
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from `.safetensors` or a `.pt/.pth/.pth.tar` file, never unpickling code."""
-    import torch
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise WeightsUnavailable(f"weights file {path} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            state = load_file(str(path))
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any reader failure means the file is unusable
-        raise WeightsUnavailable(f"cannot read weights {path}: {exc}".splitlines()[0]) from exc
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsUnavailable(f"{path} does not hold a state dict of tensors")
-    return _strip_prefix(state)
 
 
 def _download_command(name: str) -> str:
@@ -226,8 +209,6 @@ def load_vision_model(name: str, weights: str = "default") -> tuple[nn.Module, s
     local file's sha256, or seeded random init) so stores can refuse mismatched requests. The
     model's own preprocessing recipe is attached as `model.nacosae_preprocessing`.
     """
-    import torch
-
     from nacosae.models import sources
 
     if sources.is_external(name):
@@ -238,19 +219,18 @@ def load_vision_model(name: str, weights: str = "default") -> tuple[nn.Module, s
     choice = info.default_weights if weights == "default" else weights
     recipe = preprocessing.DEFAULT
     if choice in ("none", "random"):
-        torch.manual_seed(RANDOM_INIT_SEED)
+        weights_id = seeded_random_init()
         model = info.builder()
-        weights_id = f"random-init:seed={RANDOM_INIT_SEED}"
     elif choice == "places365":
         model = info.builder()
         state = read_state_dict(places365_safetensors())
-        _load_exactly(model, state, PLACES365_FILE, name)
+        load_exactly(model, state, PLACES365_FILE, name)
         weights_id = "places365:resnet50_places365.pth.tar"
         recipe = PLACES365_PREPROCESSING
     elif (tv := _torchvision_weights(_arch(info), choice)) is not None:
         model = info.builder()
         state = read_state_dict(torchvision_weights_file(info.name, tv))
-        _load_exactly(model, state, Path(tv.url).name, name)
+        load_exactly(model, state, Path(tv.url).name, name)
         weights_id = f"torchvision:{tv}"
         recipe = preprocessing.from_torchvision(tv)
     else:
@@ -267,70 +247,6 @@ def load_vision_model(name: str, weights: str = "default") -> tuple[nn.Module, s
 
 # the Places365 project's own demo: squash to 256 x 256, then center crop 224
 PLACES365_PREPROCESSING = Preprocessing(size=224, resize=256, squash=True, source="Places365 demo")
-
-
-def load_state_dict_file(model: nn.Module, path_text: str, name: str) -> str:
-    """Load a state-dict file into `model`; returns its weights id.
-
-    Key names must match, except that a file whose names all differ but whose tensors match the
-    model's one for one in order and shape (the same network exported by another library, e.g.
-    the original EfficientNet-Lite code for timm's `tf_efficientnet_lite0`) is loaded by
-    position, with a warning; the id then says `by-position`.
-    """
-    from nacosae import progress
-
-    path = Path(path_text).expanduser()
-    state = read_state_dict(path)
-    weights_id = f"file:{path.name}:sha256={sha256_file(path)}"
-    if state_dict_mismatch(model, state) and (renamed := by_position(model, state)) is not None:
-        progress.warn(
-            f"the key names in {path.name} differ from {name}'s, but all {len(state)} tensors "
-            "match in order and shape: loaded by position"
-        )
-        state, weights_id = renamed, weights_id + ":by-position"
-    _load_exactly(model, state, path.name, name)
-    return weights_id
-
-
-def by_position(model: nn.Module, state: dict[str, torch.Tensor]) -> dict | None:
-    """`state` renamed to the model's keys by position, when every name differs and every
-    shape matches in order; None otherwise."""
-    expected = model.state_dict()
-    if len(expected) != len(state) or set(expected) & set(state):
-        return None
-    pairs = list(zip(expected.items(), state.values(), strict=True))
-    if any(tuple(mine.shape) != tuple(theirs.shape) for (_, mine), theirs in pairs):
-        return None
-    return {key: theirs for (key, _), theirs in pairs}
-
-
-def _load_exactly(model: nn.Module, state: dict[str, torch.Tensor], file: str, name: str) -> None:
-    mismatch = state_dict_mismatch(model, state)
-    if mismatch:
-        raise WeightsUnavailable(
-            f"the weights in {file} do not fit {name}: {mismatch}; are they for another "
-            "architecture (--model)?"
-        )
-    model.load_state_dict(state, strict=True)
-
-
-def state_dict_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
-    """What keeps `state` from loading into `model`: counts and a few examples each of the
-    missing, unexpected and mis-shaped keys; None when it fits."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [
-        f"{k} (file {list(state[k].shape)}, model {list(v.shape)})"
-        for k, v in expected.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    parts = []
-    for what, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes)):
-        if keys:
-            shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
-            parts.append(f"{len(keys)} {what} (e.g. {shown})")
-    return "; ".join(parts) or None
 
 
 # ---------------------------------------------------------------- layers and pooling
@@ -430,7 +346,7 @@ class LayerInfo:
     units: int | None  # values per image after pooling
 
 
-def list_layers(model: nn.Module, tokens: TokenPooling = "cls") -> list[LayerInfo]:
+def list_layers(model: nn.Module) -> list[LayerInfo]:
     """Every named module with its output shape on one image (one forward pass with hooks)."""
     import torch
 
@@ -466,3 +382,78 @@ def list_layers(model: nn.Module, tokens: TokenPooling = "cls") -> list[LayerInf
             units = shape[1] if len(shape) in (2, 4) else shape[2]
         layers.append(LayerInfo(path, type(module).__name__, shape, units))
     return layers
+
+
+# ---------------------------------------------------------------- in the model cache
+
+VISION_BATCH = 64  # images per forward pass of the explained model on generated images
+
+
+def vision_spec(
+    model: str, weights: str, device: str, dtype: str, offload: OffloadMode = "none"
+) -> ModelSpec:
+    """The cache key of an explained model: name, weights, device, dtype and offload mode."""
+    return ModelSpec(
+        kind="vision",
+        id=model,
+        dtype=dtype,
+        device=device,
+        offload=offload,
+        options=(("weights", weights),),
+    )
+
+
+def load_vision(spec: ModelSpec) -> nn.Module:
+    """ModelCache loader for kind 'vision' (weights in `spec.options`)."""
+    import torch
+
+    model, weights_id = load_vision_model(spec.id, dict(spec.options).get("weights", "default"))
+    model = model.to(getattr(torch, spec.dtype))
+    model.nacosae_weights_id = weights_id
+    return model
+
+
+def model_preprocessing(
+    model: nn.Module,
+    image_size: int | None = None,
+    mean: Triple | None = None,
+    std: Triple | None = None,
+) -> Preprocessing:
+    """The model's own input recipe with the user's overrides."""
+    return own_preprocessing(model).overridden(image_size, mean, std)
+
+
+def vision_activations(
+    vision: ModelHandle,
+    layer: str,
+    recipe: Preprocessing,
+    readout: Readout,
+    batch_size: int = VISION_BATCH,
+) -> Callable[[list[Image]], np.ndarray]:
+    """Images -> [n, units] activations of every unit of `layer` (with the control store's
+    preprocessing and readout), the model taken from the cache per call."""
+    import numpy as np
+    import torch
+
+    transform = recipe.transform()
+    dtype = getattr(torch, vision.spec.dtype)
+
+    def activations(images: list[Image]) -> np.ndarray:
+        chunks = []
+        with vision.use() as model:
+            for start in range(0, len(images), batch_size):
+                batch = torch.stack(
+                    [transform(im.convert("RGB")) for im in images[start : start + batch_size]]
+                )
+                batch = batch.to(vision.spec.device, dtype=dtype)
+                units = layer_activations(model, layer, batch, readout)
+                chunks.append(units.float().cpu().numpy())
+        return np.concatenate(chunks)
+
+    return activations
+
+
+def weights_id_of(vision: ModelHandle) -> str:
+    """What `load_vision` loaded (the id control stores are checked against)."""
+    with vision.use() as model:
+        return model.nacosae_weights_id

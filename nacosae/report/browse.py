@@ -230,13 +230,6 @@ def image_activations(
     return unknown
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def layer_rows(run: RunView) -> list[dict[str, Any]]:
     """One row per unit: best concept, its score under the run's metric, the held-out AUC when
     an evaluation exists, and where the concept came from."""

@@ -9,14 +9,10 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from nacosae.models.cache import ModelHandle
 
 STRATEGIES = ("full", "dissimilar-class")
 
@@ -62,35 +58,3 @@ class ControlSelector:
             "images": int(stop - start),
         }
         return values[start:stop], info
-
-
-def load_embedder(spec: Any) -> Any:
-    """ModelCache loader for kind 'embedder' (a sentence-transformers id or local folder)."""
-    from pathlib import Path
-
-    from sentence_transformers import SentenceTransformer
-
-    from nacosae import hub
-
-    try:
-        if Path(spec.id).is_dir():
-            return SentenceTransformer(spec.id, device="cpu")
-        return SentenceTransformer(
-            spec.id, device="cpu", cache_folder=hub.cache_dir(), local_files_only=hub.offline()
-        )
-    except Exception as exc:  # noqa: BLE001
-        raise hub.HubError(
-            f"cannot load the sentence embedder {spec.id}: run `nacosae download models "
-            f"--embedder {spec.id}` with network access first"
-        ) from exc
-
-
-def embedding_function(embedder: ModelHandle) -> Callable[[list[str]], np.ndarray]:
-    """Texts -> unit-length sentence embeddings, the embedder taken from the cache per call."""
-
-    def embed(texts: list[str]) -> np.ndarray:
-        with embedder.use() as model:
-            vectors = model.encode(texts, normalize_embeddings=True)
-        return np.asarray(vectors, dtype=np.float64)
-
-    return embed

@@ -25,21 +25,27 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from nacosae.errors import ConceptParseError, NacosaeError
+from nacosae.errors import ConceptParseError
+from nacosae.models.concept_images import FillCounts, FillSettings, fill_concept_cache
 from nacosae.search.controls import ControlSelector, stored_class_concept
 from nacosae.search.history import History, Scored, normalise
-from nacosae.search.model_side import chunked
 from nacosae.search.prompts import PromptValues, Proposal, Template, parse_answer
 from nacosae.search.scoring import score_all
 from nacosae.seeds import stable_seed
-from nacosae.store.concepts import ConceptStore
 from nacosae.store.runs import RunWriter
 
+if TYPE_CHECKING:
+    from nacosae.models.sides import Executor
+    from nacosae.store.concepts import ConceptCache
+
 PHASES = ("llm", "t2i", "vision", "scoring", "io")
+# concepts rendered and measured per round of the concept cache: bounds the PNG bytes held in
+# memory (a phase of 100 neurons needs about 500 concepts) while filling text-to-image calls
+ROUND_CONCEPTS = 32
 Message = dict[str, str]
 
 
@@ -80,18 +86,14 @@ class SearchSettings:
 class SearchParts:
     """What the search needs, however it was built (CLI, smoke preset or the Python API)."""
 
-    render_many: Callable[[list[tuple[str, int, int]], int], list[Any]] | None
-    activations: Callable[[list[Any]], np.ndarray] | None  # PIL images -> [n, units]
+    executor: Executor  # the model side's render_pngs / activations_of_pngs, here or on Ray
     chat_many: Callable[[list[tuple[list[Message], int]]], list[str]]
     class_means: np.ndarray  # [classes, units]
     classes: list[dict[str, Any]]
     controls: ControlSelector
     main_template: Template
     summary_template: Template
-    concept_store: ConceptStore
-    # with Ray: requests, existing PNGs, seed, batch -> per concept (new PNGs, activations);
-    # it replaces render_many and activations
-    render_concepts: Callable[..., dict[str, tuple[list[bytes], np.ndarray]]] | None = None
+    concept_cache: ConceptCache
 
 
 @dataclass
@@ -101,107 +103,6 @@ class Counters:
     cache_hits: int = 0
     llm_calls: int = 0
     parse_retries: int = 0
-
-
-class ConceptCache:
-    """Each concept's images and all-unit activations, from memory, disk, or rendered once."""
-
-    def __init__(
-        self, parts: SearchParts, settings: SearchSettings, timer: PhaseTimer, counters: Counters
-    ) -> None:
-        self.parts, self.settings, self.timer, self.counters = parts, settings, timer, counters
-        self.store = parts.concept_store
-        self.entries: dict[str, np.ndarray] = {}
-
-    def ensure(self, concepts: list[str]) -> None:
-        """Make every concept available, rendering only the images no cache holds."""
-        n = self.settings.num_img
-        wanted = [c for c in dict.fromkeys(concepts) if c not in self.entries]
-        requests: list[tuple[str, int, int]] = []
-        for concept in wanted:
-            have = min(self.store.image_count(concept), n)
-            if have < n:
-                requests.append((concept, have, n - have))
-        computed: dict[str, np.ndarray] = {}
-        if self.parts.render_concepts is not None:
-            computed = self._render_remotely(wanted, requests)
-        else:
-            self._render(requests)
-        for concept in wanted:
-            acts = computed.get(concept)
-            if acts is None:
-                acts = self.store.load_activations(concept, n)
-            if acts is None:
-                with self.timer.phase("io"):
-                    images = self.store.load_images(concept, n)
-                with self.timer.phase("vision"):
-                    acts = self.parts.activations(images)
-                with self.timer.phase("io"):
-                    self.store.save_activations(concept, acts)
-            if any(c == concept for c, _, _ in requests):
-                self.counters.concepts_rendered += 1
-            else:
-                self.counters.cache_hits += 1
-            self.entries[concept] = acts
-
-    def _render_remotely(
-        self, wanted: list[str], requests: list[tuple[str, int, int]]
-    ) -> dict[str, np.ndarray]:
-        """Ray workers render what is missing and compute the activations the store lacks;
-        the concepts' files are written here, as `_render` and `ensure` write them. Returns
-        the activations of every wanted concept (each read or computed once)."""
-        n = self.settings.num_img
-        missing = {c: (first, count) for c, first, count in requests}
-        found: dict[str, np.ndarray] = {}
-        todo = []
-        for concept in wanted:
-            stored = None if concept in missing else self.store.load_activations(concept, n)
-            if stored is None:
-                todo.append((concept, *missing.get(concept, (n, 0))))
-            else:
-                found[concept] = stored
-        if not todo:
-            return found
-        with self.timer.phase("io"):
-            existing = {c: self.store.encoded_images(c, first) for c, first, _ in todo if first}
-        with self.timer.phase("t2i"):  # rendering and the vision forward, on the workers
-            results = self.parts.render_concepts(  # type: ignore[misc]
-                todo, existing, self.settings.seed, self.settings.t2i_batch
-            )
-        with self.timer.phase("io"):
-            for concept, first, _count in todo:
-                pngs, found[concept] = results[concept]
-                self.store.save_encoded(concept, first, pngs)
-                self.store.save_activations(concept, found[concept])
-                self.counters.images_rendered += len(pngs)
-        return found
-
-    def _render(self, requests: list[tuple[str, int, int]]) -> None:
-        """Render in calls of at most `t2i_batch` images (a concept may span two calls)."""
-        for calls in chunked(requests, self.settings.t2i_batch):
-            with self.timer.phase("t2i"):
-                images = self._render_call(calls, sum(count for _, _, count in calls))
-            self.counters.images_rendered += len(images)
-            with self.timer.phase("io"):
-                offset = 0
-                for concept, first, count in calls:
-                    self.store.save_images(concept, first, images[offset : offset + count])
-                    offset += count
-
-    def _render_call(self, calls: list[tuple[str, int, int]], n_images: int) -> list[Any]:
-        try:
-            return self.parts.render_many(calls, self.settings.seed)
-        except Exception as exc:
-            if type(exc).__name__ != "OutOfMemoryError":
-                raise
-            raise NacosaeError(
-                f"out of GPU memory rendering {n_images} images in one call: use --t2i-batch "
-                f"{max(1, n_images // 2)} (images do not depend on the batch), --offload model "
-                "or sequential, or a --gpu-memory budget below the free memory"
-            ) from exc
-
-    def activations(self, concept: str) -> np.ndarray:
-        return self.entries[concept]
 
 
 @dataclass
@@ -284,7 +185,7 @@ class Search:
         self.parts, self.settings, self.writer, self.timer = parts, settings, writer, timer
         self.states = [NeuronState(n, settings.seed) for n in neurons]
         self.counters = counters or Counters()  # this attempt's work (replayed phases excluded)
-        self.concepts = ConceptCache(parts, settings, timer, self.counters)
+        self.activations: dict[str, np.ndarray] = {}  # concept -> [num_img, units]
         self.replay = Replay(list(recorded or []), writer)
         self.on_phase = on_phase
         self._pending: list[dict[str, Any]] = []
@@ -306,7 +207,7 @@ class Search:
         expected = [(s.neuron, 0) for s in self.states for _ in plans[s.neuron]]
         recorded = self.replay.take(expected)
         if recorded is None:
-            self.concepts.ensure([c for s in self.states for c, _ in plans[s.neuron]])
+            self._ensure([c for s in self.states for c, _ in plans[s.neuron]])
         events = iter(recorded or [])
         for state in self.states:
             scored = []
@@ -326,7 +227,7 @@ class Search:
                 self._replay_proposal(state, event)
             return
         proposals = self._ask_all(iteration, summary=source == "summary")
-        self.concepts.ensure([p.concept for p, _ in proposals.values() if p is not None])
+        self._ensure([p.concept for p, _ in proposals.values() if p is not None])
         for state in self.states:
             proposal, record = proposals[state.neuron]
             if proposal is None:
@@ -336,6 +237,28 @@ class Search:
             state.proposed.append(proposal.concept)
             state.history.add(Scored(proposal.concept, event["score"]), state.rng)
         self._flush_live(None)
+
+    def _ensure(self, concepts: list[str]) -> None:
+        """Every concept's activations at hand: from memory, else from the concept cache,
+        which renders and measures only what it lacks."""
+        settings = self.settings
+        wanted = [c for c in dict.fromkeys(concepts) if c not in self.activations]
+        counts = FillCounts()
+        fill = FillSettings(settings.num_img, settings.seed, settings.t2i_batch)
+        self.activations.update(
+            fill_concept_cache(
+                self.parts.concept_cache,
+                self.parts.executor,
+                wanted,
+                fill,
+                counts,
+                phase=self.timer.phase,
+                round_size=ROUND_CONCEPTS * self.parts.executor.width,
+            )
+        )
+        self.counters.images_rendered += counts.images_rendered
+        self.counters.concepts_rendered += counts.concepts_rendered
+        self.counters.cache_hits += counts.cache_hits
 
     # ------------------------------------------------------------ the LLM
 
@@ -451,7 +374,7 @@ class Search:
         self, state: NeuronState, concept: str, iteration: int, source: str, extra: dict[str, Any]
     ) -> dict[str, Any]:
         started = time.perf_counter()
-        acts = self.concepts.activations(concept)
+        acts = self.activations[concept]
         with self.timer.phase("scoring"):
             control, control_info = self.parts.controls.select(state.neuron, concept, state.rng)
             metrics = score_all(control, acts[:, state.neuron])
@@ -518,7 +441,7 @@ class Search:
         for k in range(self.settings.num_img):
             target = folder / f"{k}.png"
             if not target.exists():
-                source = self.parts.concept_store.image_path(concept, k)
+                source = self.parts.concept_cache.image_path(concept, k)
                 _link_or_copy(source, target)
             files.append(target.relative_to(self.writer.directory).as_posix())
         return files

@@ -12,9 +12,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nacosae.distributed.cluster import check_ray_options
 from nacosae.errors import NacosaeError
+from nacosae.models.concept_images import check_num_img
 from nacosae.models.downloads import DEFAULT_EMBEDDER, DEFAULT_LANGUAGE_MODEL, DEFAULT_T2I_MODEL
 from nacosae.models.language import HTTP_CONCURRENCY, MAX_NEW_TOKENS
+from nacosae.models.preprocessing import check_image_size
 from nacosae.models.residency import OFFLOAD_MODES
 from nacosae.models.text2image import IMAGE_PROMPTS, IMAGE_SEEDS
 from nacosae.search.controls import STRATEGIES
@@ -67,7 +70,9 @@ class ExplainOptions:
     ray: str | None = None  # a Ray cluster: local, auto or an address (None: this process)
     ray_workers: int | None = None  # worker actors (None: serve's, or one per GPU / CPU slot)
     preset: list[str] = field(default_factory=list)  # names only: the settings are above
-    llm_constraint: Any = field(default=None, repr=False)  # set by the smoke preset
+    # a named decoding constraint of the local LLM (models/language.py); the smoke preset sets
+    # "smoke-tags" for its tiny LLM. Not recorded: the preset sets it again on resume.
+    llm_constraint: str | None = None
 
     def validate(self) -> None:
         if not self.neurons:
@@ -90,12 +95,8 @@ class ExplainOptions:
             raise NacosaeError("--max-new-tokens must be at least 16 (room for an answer)")
         if self.llm_concurrency < 1:
             raise NacosaeError("--llm-concurrency must be at least 1")
-        if self.num_img < 2:
-            raise NacosaeError("--num-img must be at least 2 (scores compare image sets)")
-        if self.ray_workers is not None and self.ray_workers < 1:
-            raise NacosaeError("--ray-workers must be at least 1")
-        if self.ray_workers is not None and self.ray is None:
-            raise NacosaeError("--ray-workers needs --ray (local, auto or a cluster address)")
+        check_num_img(self.num_img)
+        check_ray_options(self.ray, self.ray_workers)
         if self.n_iters < 0:
             raise NacosaeError("--n-iters cannot be negative")
         _one_of("--image-prompts", self.image_prompts, IMAGE_PROMPTS)
@@ -103,8 +104,7 @@ class ExplainOptions:
         _one_of("initial_random", self.initial_random, INITIAL_RANDOM)
         _one_of("--token-pooling", self.token_pooling, TOKEN_POOLING)
         _one_of("--llm-output", self.llm_output, LLM_OUTPUTS)
-        if self.image_size is not None and self.image_size < 8:
-            raise NacosaeError("--image-size must be at least 8 pixels")
+        check_image_size(self.image_size)
         if isinstance(self.guidance_scale, str) and self.guidance_scale != "pipeline":
             raise NacosaeError(
                 f"--guidance-scale {self.guidance_scale!r}: give a number or 'pipeline' (the "

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nacosae import __version__, progress
 from nacosae.errors import Interrupted, NacosaeError
@@ -19,6 +19,16 @@ from nacosae.search.loop import PHASES, Counters, PhaseTimer
 from nacosae.search.options import ExplainOptions
 from nacosae.search.prompts import Template
 from nacosae.store.runs import RUN_FILE, RunWriter, make_run_id, read_events
+
+if TYPE_CHECKING:
+    from nacosae.distributed.cluster import Cluster
+    from nacosae.distributed.pool import WorkerPool
+    from nacosae.models.preprocessing import Preprocessing
+    from nacosae.models.sides import Executor
+    from nacosae.models.units import Readout
+    from nacosae.search.loop import SearchParts, SearchSettings
+    from nacosae.search.model_side import ModelVersions
+    from nacosae.store.activations import ControlStore
 
 
 def _versions() -> dict[str, str]:
@@ -47,12 +57,12 @@ class CheckedInputs:
 
     templates: tuple[Template, Template]
     device: str
-    store: Any
+    store: ControlStore
     neurons: list[int]
-    versions: Any  # components.ModelVersions
-    readout: Any  # models.units.Readout: pooling and SAE
-    recipe: Any  # models.preprocessing.Preprocessing of the control store
-    cluster: Any = None  # distributed.cluster.Cluster with --ray, reached before anything starts
+    versions: ModelVersions
+    readout: Readout  # pooling and SAE
+    recipe: Preprocessing  # of the control store
+    cluster: Cluster | None = None  # with --ray, reached before anything starts
 
 
 def check_output_folders(options: ExplainOptions) -> None:
@@ -64,10 +74,11 @@ def check_output_folders(options: ExplainOptions) -> None:
 
 
 def check_inputs(options: ExplainOptions, pins: dict[str, Any] | None = None) -> CheckedInputs:
-    from nacosae.controls import open_controls, resolve_device
+    from nacosae.controls import open_controls
+    from nacosae.models.devices import resolve_device
     from nacosae.models.units import make_readout
-    from nacosae.search import components
     from nacosae.search import neurons as selection
+    from nacosae.search.model_side import resolve_models
     from nacosae.search.prompts import load_template
 
     options.validate()
@@ -85,7 +96,7 @@ def check_inputs(options: ExplainOptions, pins: dict[str, Any] | None = None) ->
         where = f"the SAE {readout.sae.path.name} on {where}"
     neurons = selection.resolve(options.neurons, store.n_units, options.seed, where)
     recipe = _store_preprocessing(options, store)
-    versions = components.resolve_models(options, pins)
+    versions = resolve_models(options, pins)
     cluster = None
     if options.ray:
         from nacosae.distributed.cluster import connect
@@ -104,7 +115,7 @@ class Attempt:
     counters: Counters = field(default_factory=Counters)
     timer: PhaseTimer = field(default_factory=PhaseTimer)
     loads_before: int = 0
-    workers: Any = None  # distributed.pool.WorkerPool with --ray: loads and scheduling counts
+    workers: WorkerPool | None = None  # with --ray: loads and scheduling counts
 
     def __post_init__(self) -> None:
         self.loads_before = self.cache.stats.loads
@@ -264,26 +275,28 @@ def _run(
     attempt: Attempt,
     checkpoint: Callable[[], None],
 ) -> tuple[dict[str, Any], list[str]]:
-    with _model_side(options, inputs, cache, attempt) as side:
-        return _search(options, inputs, side, writer, recorded, attempt, checkpoint)
+    with _executor(options, inputs, cache, attempt) as executor:
+        return _search(options, inputs, executor, writer, recorded, attempt, checkpoint)
 
 
 @contextmanager
-def _model_side(
+def _executor(
     options: ExplainOptions, inputs: CheckedInputs, cache: ModelCache, attempt: Attempt
-) -> Iterator[Any]:
+) -> Iterator[Executor]:
     """Where the models compute: this process, or the workers of a Ray cluster (ended with
     the run, unless they belong to `nacosae serve`)."""
-    from nacosae.search.model_side import LocalModels, ModelJob
+    from nacosae.models.sides import InProcess
+    from nacosae.search.model_side import ExplainJob
 
-    job = ModelJob(
+    job = ExplainJob(
         options, inputs.versions, inputs.store.index["dtype"], inputs.recipe, inputs.readout
     )
     if not options.ray:
-        yield LocalModels(job, cache, inputs.device)
+        yield InProcess(job, cache)
         return
     from nacosae.distributed.pool import WorkerPool
 
+    assert inputs.cluster is not None
     with WorkerPool.running(inputs.cluster, job, options.ray_workers) as pool:
         attempt.workers = pool
         yield pool
@@ -292,7 +305,7 @@ def _model_side(
 def _search(
     options: ExplainOptions,
     inputs: CheckedInputs,
-    side: Any,
+    executor: Executor,
     writer: RunWriter,
     recorded: list[dict[str, Any]],
     attempt: Attempt,
@@ -301,7 +314,7 @@ def _search(
     from nacosae.search.loop import Search
 
     neurons = inputs.neurons
-    parts, settings, facts = _build_parts(options, side, inputs)
+    parts, settings, facts = _build_parts(options, executor, inputs)
     writer.update(neurons=neurons, **facts)
     phases = options.n_iters + 2
     label = f"{len(neurons)} neuron" + ("s" if len(neurons) > 1 else "")
@@ -358,33 +371,29 @@ def run_warnings(events: list[dict[str, Any]], summary: dict[str, Any]) -> list[
 
 
 def _build_parts(
-    options: ExplainOptions, side: Any, inputs: CheckedInputs
-) -> tuple[Any, Any, dict[str, Any]]:
+    options: ExplainOptions, executor: Executor, inputs: CheckedInputs
+) -> tuple[SearchParts, SearchSettings, dict[str, Any]]:
     """The search's parts (model steps, controls, concept cache), its settings, and the facts
-    about them that run.json keeps. `side` computes with the models: `LocalModels` in this
-    process, or a Ray `WorkerPool`."""
+    about them that run.json keeps. `executor` runs the model side: in this process, or on the
+    workers of a Ray cluster."""
     from nacosae.search.loop import SearchParts, SearchSettings
-    from nacosae.search.model_side import LocalModels
-    from nacosae.store.concepts import ConceptStore
+    from nacosae.store.concepts import ConceptCache
 
     store, templates, recipe = inputs.store, inputs.templates, inputs.recipe
-    facts = side.facts()
+    facts = executor.facts()
     if facts.weights_id != store.index["weights"]:
         raise NacosaeError(
             f"the control store of {options.model} {options.layer} was built with weights "
             f"{store.index['weights']}, not {facts.weights_id}: rerun `nacosae controls` "
             "with the same --weights (and --overwrite)"
         )
-    remote = not isinstance(side, LocalModels)
     parts = SearchParts(
-        render_many=None if remote else side.render_many,
-        activations=None if remote else side.activations,
-        render_concepts=side.render_concepts if remote else None,
-        chat_many=side.chat_many,
-        concept_store=ConceptStore(Path(options.controls_root).parent / "concepts", facts.keys),
+        executor=executor,
+        chat_many=lambda requests: executor.call("chat_many", requests),
+        concept_cache=ConceptCache(Path(options.controls_root).parent / "concepts", facts.keys),
         class_means=store.class_means().float().numpy(),
         classes=store.classes,
-        controls=_control_selector(store, options, side),
+        controls=_control_selector(store, options, executor),
         main_template=templates[0],
         summary_template=templates[1],
     )
@@ -416,7 +425,7 @@ def _build_parts(
     return parts, settings, record
 
 
-def _store_preprocessing(options: ExplainOptions, store: Any) -> Any:
+def _store_preprocessing(options: ExplainOptions, store: ControlStore) -> Preprocessing:
     """The preprocessing the control store was built with (generated images must be read the
     same way); overrides given to explain must not change it."""
     from nacosae.models.preprocessing import Preprocessing
@@ -432,14 +441,17 @@ def _store_preprocessing(options: ExplainOptions, store: Any) -> Any:
     return stored
 
 
-def _control_selector(store: Any, options: ExplainOptions, side: Any) -> Any:
+def _control_selector(store: ControlStore, options: ExplainOptions, executor: Executor) -> Any:
     import scipy.stats  # noqa: F401 - imported here, with the models, not inside the timed loop
 
     from nacosae.search.controls import ControlSelector
+
+    def embed(texts: list[str]) -> Any:
+        return executor.call("embed", texts)
 
     return ControlSelector(
         unit_activations=lambda n: store.unit(n).float().numpy(),
         classes=store.classes,
         strategy=options.control_strategy,
-        embed=side.embed if options.control_strategy == "dissimilar-class" else None,
+        embed=embed if options.control_strategy == "dissimilar-class" else None,
     )

@@ -2,7 +2,9 @@
 
 `NACOSAE_HOME/concepts/<generation key>/<concept key>/`
 - `concept.json`: the concept and the full generation settings behind the keys;
-- `<k>.png`: image k of the concept (it depends only on the settings, the seed, the concept and k);
+- `<k>.png`: image k of the concept (the settings, the seed, the concept and k decide it; on the
+  CPU in float32 to the bit, on a GPU in half precision up to the last bits, which may depend on
+  the other images of its text-to-image call);
 - `activations-<vision key>.safetensors`: `activations [n, units]` of every unit of one
   (explained model, weights, layer, dtype) on images 0..n-1.
 
@@ -66,8 +68,9 @@ def decode_png(data: bytes) -> Image:
         return image.convert("RGB")
 
 
-class ConceptStore:
-    """On-disk entries for one generation setting and one explained model/layer."""
+class ConceptCache:
+    """The concept cache's entries for one generation setting and one explained model/layer
+    (filled by `models.concept_images.fill_concept_cache`)."""
 
     def __init__(self, root: Path, keys: ConceptKeys) -> None:
         self.root = Path(root) / keys.generation_key
