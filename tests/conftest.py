@@ -15,6 +15,12 @@ from pathlib import Path
 # nacosae reads them at call time.
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="nacosae-tests-hf-")
 os.environ.pop("HF_HUB_OFFLINE", None)
+# one compute thread per process (this one, the CLI subprocesses, the Ray workers): the tiny
+# models run no faster on more, and two workers beside the driver on two cores would otherwise
+# fight over them; a Ray worker computes with the driver's thread count, so results still match
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Ray workers run the test interpreter (nacosae's own import_ray does this for the CLI)
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 import huggingface_hub.constants  # noqa: E402,F401 - lazy package: import the module itself
 import numpy as np
 import pytest
@@ -44,9 +50,36 @@ def write_image_tree(root: Path, classes: int = 3, per_class: int = 4, seed: int
     return root
 
 
+SMOKE_PARTS = ("models", "images", "controls")  # built once; each home has its own concepts
+
+
+@pytest.fixture(scope="session")
+def smoke_parts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The smoke preset's tiny models, images and control store, built once per session by the
+    preset's own builder (`fresh_home` links them into each test's NACOSAE_HOME)."""
+    from nacosae.models.cache import ModelCache
+    from nacosae.presets import build_smoke_parts
+
+    smoke = tmp_path_factory.mktemp("smoke-parts") / "smoke"
+    build_smoke_parts(smoke, ModelCache(), embedder_too=True)
+    return smoke
+
+
+def fresh_home(home: Path, smoke: Path) -> Path:
+    """An empty NACOSAE_HOME whose smoke models, images and control store are the session's
+    (linked: nothing to rebuild) and whose concept cache is its own."""
+    (home / "smoke").mkdir(parents=True, exist_ok=True)
+    for part in SMOKE_PARTS:
+        link = home / "smoke" / part
+        if not link.exists():
+            link.symlink_to(smoke / part, target_is_directory=True)
+    return home
+
+
 @pytest.fixture(autouse=True)
-def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "nacosae_home"
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, smoke_parts: Path) -> Path:
+    # beside tmp_path, not in it: tests use tmp_path itself as a runs or store folder
+    home = fresh_home(tmp_path.with_name(f"{tmp_path.name}-home"), smoke_parts)
     monkeypatch.setenv("NACOSAE_HOME", str(home))
     monkeypatch.setenv("SAVE_DIR", str(tmp_path / "runs"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
@@ -112,7 +145,7 @@ def t2i_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def runs_dir(tmp_path_factory):
+def runs_dir(tmp_path_factory, smoke_parts):
     """A done 2-neuron smoke run, a failed run (its LLM broke), an interrupted run and a corrupt
     directory."""
     from typer.testing import CliRunner
@@ -124,7 +157,7 @@ def runs_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     runs = root / "runs"
     mp = pytest.MonkeyPatch()
-    mp.setenv("NACOSAE_HOME", str(root / "home"))
+    mp.setenv("NACOSAE_HOME", str(fresh_home(root / "home", smoke_parts)))
     mp.setenv("HF_HUB_OFFLINE", "1")
     settings.cache_clear()
     runner = CliRunner()
@@ -149,3 +182,16 @@ def runs_dir(tmp_path_factory):
     (runs / "zz-corrupt").mkdir()
     (runs / "zz-corrupt" / "run.json").write_text("{half a json")
     return runs
+
+
+LONGEST_FIRST = ("tests/test_ray.py", "tests/test_structured.py")  # the two processes end together
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest test files first: a long file handed out last would run on alone."""
+
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::")[0]
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)

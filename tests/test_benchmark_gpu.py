@@ -1,5 +1,7 @@
 """`benchmarks/gpu.py --tiny --device cpu`: the GPU benchmark's code paths, on tiny configs, so
-that CI runs every section the GPU run relies on (the real sizes need a lent GPU)."""
+that CI runs every section the GPU run relies on (the real sizes need a lent GPU). The `ray`
+section is left out: it starts a Ray cluster and a worker process (half a minute on 2 cores) to
+run code that tests/test_ray.py covers."""
 
 import importlib.util
 import json
@@ -12,20 +14,19 @@ def test_gpu_benchmark_runs_every_section_on_tiny_configs(tmp_path):
     spec = importlib.util.spec_from_file_location("gpu_benchmark", GPU_SCRIPT)
     gpu = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu)
-    assert gpu.main(["--tiny", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    sections = [s for s in gpu.SECTIONS if s != "ray"]
+    assert gpu.main(["--tiny", "--device", "cpu", "--out", str(tmp_path), "--only", *sections]) == 0
     lines = [json.loads(line) for line in (tmp_path / "gpu.jsonl").read_text().splitlines()]
     by_section: dict[str, list[dict]] = {}
     for line in lines:
         by_section.setdefault(line["section"], []).append(line)
-    assert set(gpu.SECTIONS) <= set(by_section)
+    assert set(sections) <= set(by_section)
     assert not any("error" in line or "skipped" in line for line in lines)
     assert [c["model"] for c in by_section["controls"]] == ["tiny_cnn", "tiny_vit"]
     (explain,) = by_section["explain"]
     assert explain["llm_calls"] == 2 and explain["images_rendered"] == 2 * explain["concepts"]
     assert [t["batch"] for t in by_section["t2i"]] == [1, 8, 32]
     assert [t["batch"] for t in by_section["llm"]] == [1, 8, 32]
-    (ray,) = by_section["ray"]  # one Ray worker rendered 4 concepts of 2 images
-    assert ray["images"] == 8 and ray["tasks"] >= 2 and ray["gpu_utilisation_mean"] is None
     offload = by_section["offload"]
     assert [o["variant"] for o in offload] == [
         "swapped",

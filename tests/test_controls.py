@@ -208,7 +208,7 @@ def tensors_of(path: Path) -> dict:
 
 @pytest.mark.slow
 def test_sigkilled_run_resumes_to_an_identical_store(invoke, tmp_path, monkeypatch):
-    tree = write_image_tree(tmp_path / "val", classes=6, per_class=8, seed=1)
+    tree = write_image_tree(tmp_path / "val", classes=4, per_class=6, seed=1)
     args = [
         "controls", "--model", "resnet18", "--weights", "none", "--images", str(tree),
         "--shard-size", "4", "--batch-size", "2", "--workers", "0",

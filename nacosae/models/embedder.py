@@ -18,6 +18,9 @@ def load_embedder(spec: ModelSpec) -> Any:
     """ModelCache loader for kind 'embedder' (a sentence-transformers id or local folder)."""
     from sentence_transformers import SentenceTransformer
 
+    from nacosae import progress
+
+    progress.calm_libraries()
     try:
         if Path(spec.id).is_dir():
             return SentenceTransformer(spec.id, device="cpu")

@@ -102,6 +102,8 @@ def hf_model_class(config: Any) -> Any:
 
 
 def load_hf(repo: str, weights: str) -> Loaded:
+    import transformers  # noqa: F401 - imported before its progress bars are calmed
+
     from nacosae import progress
     from nacosae.models.revisions import from_pretrained_kwargs, resolve_revision
 

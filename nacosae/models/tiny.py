@@ -245,7 +245,8 @@ def write_tiny_sentence_embedder(folder: Path, workdir: Path, seed: int = 0) -> 
     """A sentence-transformers model (a one-layer 16-wide BERT and mean pooling) over a
     word-piece vocabulary of the smoke words, saved to `folder`; its embeddings are random."""
     import torch
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     words = sorted({w for text in (*SMOKE_WORDS, *_REASONS) for w in text.split()})
@@ -265,7 +266,7 @@ def write_tiny_sentence_embedder(folder: Path, workdir: Path, seed: int = 0) -> 
     )
     BertModel(config).save_pretrained(bert_folder)
     tokenizer.save_pretrained(bert_folder)
-    transformer = models.Transformer(str(bert_folder), max_seq_length=32)
-    pooling = models.Pooling(config.hidden_size, pooling_mode="mean")
+    transformer = Transformer(str(bert_folder), max_seq_length=32)
+    pooling = Pooling(config.hidden_size, pooling_mode="mean")
     SentenceTransformer(modules=[transformer, pooling], device="cpu").save(str(folder))
     return folder
