@@ -1,4 +1,9 @@
-"""The one module that talks to the Hugging Face hub (through huggingface_hub).
+"""nacosae's own calls to the Hugging Face hub's API (through huggingface_hub): downloads,
+listings, commit lookups, and where the cache is and whether the hub is offline.
+
+The model libraries (transformers, diffusers, sentence-transformers, timm) fetch their files
+themselves; their loaders are pointed at the same cache and offline switch through
+`cache_dir()` and `offline()` (models/revisions.py `from_pretrained_kwargs`).
 
 Downloads land in the standard HF cache (HF_HOME) and resume after an interruption. Hub
 errors become one-line `NacosaeError`s that say what to do: set a token, accept a gated

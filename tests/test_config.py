@@ -32,13 +32,3 @@ def test_defaults(tmp_path, monkeypatch):
     assert s.nacosae_home == Path.home() / ".cache" / "nacosae"
     assert s.save_dir == Path("runs")
     assert s.hf_token is None
-
-
-def test_dotenv_token_reaches_the_hub_libraries(tmp_path, monkeypatch):
-    import os
-
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    env = tmp_path / ".env"
-    env.write_text("HF_TOKEN=hf_from_dotenv\n")
-    load_settings(env)
-    assert os.environ["HF_TOKEN"] == "hf_from_dotenv"  # huggingface_hub's get_token() reads it

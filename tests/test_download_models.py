@@ -123,6 +123,37 @@ def test_a_moved_hub_repo_is_a_new_revision_online_and_after_the_next_download(
     assert generation_key(first) != generation_key(moved.commit)
 
 
+def test_a_token_in_dotenv_reaches_the_model_libraries(fake_hub, tiny_repos, tmp_path, monkeypatch):
+    """transformers fetches a gated model with the token it finds (huggingface_hub's, from the
+    environment): one written only in `.env` must get there."""
+    from huggingface_hub import constants, hf_api
+
+    from nacosae.config import load_settings
+    from nacosae.models.cache import ModelSpec
+    from nacosae.models.language import load_local_llm
+
+    # the libraries build URLs from what huggingface_hub read at import: the fake hub's address
+    monkeypatch.setattr(constants, "ENDPOINT", fake_hub.url)
+    template = fake_hub.url + "/{repo_id}/resolve/{revision}/{filename}"
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+    monkeypatch.setattr(hf_api.api, "endpoint", fake_hub.url)  # the module-level client
+    import transformers.utils.hub
+
+    monkeypatch.setattr(transformers.utils.hub, "_hf_api", None)  # its client, made anew
+    fake_hub.valid_tokens.add("hf_gated_ok")
+    fake_hub.add_folder(
+        "model", "org/gated-llm", tiny_repos / "llm", gated=True, allowed_tokens={"hf_gated_ok"}
+    )
+    monkeypatch.setenv("HF_TOKEN", "")
+    monkeypatch.delenv("HF_TOKEN")  # restored (absent) after the test
+    with pytest.raises(Exception, match="gated|cannot load"):  # no token: the hub refuses
+        load_local_llm(ModelSpec("llm", "org/gated-llm"))
+    (tmp_path / ".env").write_text("HF_TOKEN=hf_gated_ok\n")
+    load_settings(tmp_path / ".env")
+    llm = load_local_llm(ModelSpec("llm", "org/gated-llm"))
+    assert llm.model.config.num_hidden_layers == 2
+
+
 def test_unknown_repo_id(invoke, fake_hub, tiny_repos):
     serve(fake_hub, tiny_repos)
     result = invoke("download", "models", "--model", "tiny_cnn", "--language-model", "tiny/nope")

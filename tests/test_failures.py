@@ -3,10 +3,13 @@ locks, killed processes, unwritable locations, unreadable inputs, runs that fail
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -156,13 +159,52 @@ def test_a_file_where_a_folder_belongs_is_one_line(invoke, tmp_path, monkeypatch
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
-def test_a_read_only_out_folder_is_one_line(invoke, tmp_path):
-    locked = tmp_path / "locked"
-    locked.mkdir(mode=0o555)
-    result = invoke(*SMOKE, "--out", locked / "runs")
-    assert result.exit_code == 1
-    assert "is not writable" in result.output
+def as_unprivileged_user(run: Callable[[], tuple[int, str]]) -> tuple[int, str]:
+    """`run()` in this process, or, as root (CI runs as root, and root writes into read-only
+    folders), in a forked child that became user `nobody` first; (exit code, output)."""
+    if os.geteuid() != 0:
+        return run()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read)
+            os.setgid(65534)
+            os.setuid(65534)
+            code, output = run()
+            os.write(write, json.dumps([code, output]).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        answer = pipe.read()
+    os.waitpid(pid, 0)
+    code, output = json.loads(answer)
+    return code, output
+
+
+def test_a_read_only_out_folder_is_one_line(invoke):
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="nacosae-read-only-"))  # not under root's 0700 tmp
+    try:
+        root.chmod(0o755)
+        locked = root / "locked"
+        locked.mkdir(mode=0o555)
+        locked.chmod(0o555)
+
+        def run() -> tuple[int, str]:
+            os.chdir(root)
+            result = invoke(*SMOKE, "--out", locked / "runs")
+            return result.exit_code, result.output
+
+        code, output = as_unprivileged_user(run)
+        assert code == 1, output
+        assert "is not writable" in output and "permission denied" in output
+        assert not (locked / "runs").exists()
+    finally:
+        (root / "locked").chmod(0o755)
+        shutil.rmtree(root)
 
 
 def test_programming_errors_in_parsing_are_not_taken_for_bad_answers(invoke, monkeypatch):

@@ -154,6 +154,7 @@ def test_ray_local_starts_a_cluster_here_and_sigterm_ends_it_like_ctrl_c(
     assert cluster_ended(), "the command's Ray cluster outlived it"
 
 
+@pytest.mark.slow
 def test_the_same_events_without_ray_with_one_worker_and_with_two_when_one_dies(
     ray_cluster, alone, invoke, monkeypatch, tmp_path, smoke_parts
 ):
@@ -197,6 +198,7 @@ def test_the_same_events_without_ray_with_one_worker_and_with_two_when_one_dies(
     assert run_actors(ray_cluster) == []  # the run's workers ended with it
 
 
+@pytest.mark.slow
 def test_serve_keeps_the_models_warm_for_later_runs(
     ray_cluster, alone, invoke, monkeypatch, tmp_path, smoke_parts
 ):
@@ -322,6 +324,7 @@ def test_a_worker_releases_its_models_when_idle(invoke, monkeypatch, tmp_path, i
         worker.close()
 
 
+@pytest.mark.slow
 def test_controls_on_two_workers_write_the_store_one_process_writes(
     ray_cluster, invoke, monkeypatch, tmp_path
 ):

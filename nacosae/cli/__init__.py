@@ -40,8 +40,11 @@ def _debug() -> bool:
     return os.environ.get("NACOSAE_DEBUG", "") not in ("", "0")
 
 
-def guarded(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Run a command with nacosae's error-to-exit-code mapping."""
+def guarded(
+    command: Callable[..., Any], on_interrupt: str = "finished work is kept"
+) -> Callable[..., Any]:
+    """Run a command with nacosae's error-to-exit-code mapping; `on_interrupt` says how to go on
+    after Ctrl-C or SIGTERM (unless the library raised `Interrupted` with its own hint)."""
 
     @functools.wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
@@ -59,7 +62,7 @@ def guarded(command: Callable[..., Any]) -> Callable[..., Any]:
             progress.error(file_system_message(err), DEBUG_HINT)
             raise typer.Exit(1) from None
         except KeyboardInterrupt as stop:
-            hint = stop.hint if isinstance(stop, Interrupted) else "finished work is kept"
+            hint = stop.hint if isinstance(stop, Interrupted) else on_interrupt
             progress.error(f"interrupted: {hint}")
             raise typer.Exit(130) from None
 
@@ -131,12 +134,19 @@ def main_options(
 def _register() -> None:
     from nacosae.cli import controls, dashboard, download, evaluate, explain, report, serve
 
-    download.download_app.command("imagenet")(guarded(download.imagenet))
+    rerun = "rerun the same command to continue"
+    download.download_app.command("imagenet")(
+        guarded(download.imagenet, f"images already written are kept; {rerun}")
+    )
     download.download_app.command("models")(guarded(download.models))
     app.add_typer(download.download_app, name="download")
-    app.command("controls")(guarded(controls.controls))
+    app.command("controls")(
+        guarded(controls.controls, f"the shards written so far are kept; {rerun}")
+    )
     app.command("explain")(guarded(explain.explain))
-    app.command("evaluate")(guarded(evaluate.evaluate))
+    app.command("evaluate")(
+        guarded(evaluate.evaluate, f"rendered concepts are kept in the concept cache; {rerun}")
+    )
     app.command("top-images")(guarded(evaluate.top_images))
     app.command("report")(guarded(report.report))
     app.command("dashboard")(guarded(dashboard.dashboard))

@@ -17,7 +17,6 @@ from nacosae.cli.unit_options import (
     TokenPoolingOption,
     triple,
 )
-from nacosae.errors import Interrupted
 
 
 def list_command() -> None:
@@ -146,12 +145,7 @@ def controls(
         ray=ray,
         ray_workers=ray_workers,
     )
-    try:
-        result = build_controls(request, shared_cache())
-    except KeyboardInterrupt:
-        raise Interrupted(
-            "the shards written so far are kept; rerun the same command to continue"
-        ) from None
+    result = build_controls(request, shared_cache())
     index = result.index
     if result.already_complete:
         progress.info(

@@ -58,21 +58,15 @@ def imagenet(
     """Download ImageNet-1k (gated, needs HF_TOKEN) and lay it out as an ImageFolder tree."""
     from nacosae.config import settings, writable_folder
     from nacosae.data import imagenet as inet
-    from nacosae.errors import Interrupted
 
     target = out or settings().default_imagenet_dir
-    try:
-        if from_parquet is not None:
-            files = inet.parquet_files(from_parquet, split)
-            writable_folder(target, "--out", create=False)
-            report = inet.extract(files, target, split, layout)
-        else:
-            writable_folder(target, "--out", create=False)
-            report = inet.download_imagenet(split, target, _token(token), keep_parquet, layout)
-    except KeyboardInterrupt:
-        raise Interrupted(
-            "images already written are kept; rerun the same command to continue"
-        ) from None
+    if from_parquet is not None:
+        files = inet.parquet_files(from_parquet, split)
+        writable_folder(target, "--out", create=False)
+        report = inet.extract(files, target, split, layout)
+    else:
+        writable_folder(target, "--out", create=False)
+        report = inet.download_imagenet(split, target, _token(token), keep_parquet, layout)
     progress.info(
         f"{report.total:,} images in {len(report.per_class)} class folders under {target} "
         f"({report.written:,} written now, {report.already_present:,} already there)"

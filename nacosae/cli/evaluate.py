@@ -12,7 +12,7 @@ from nacosae.cli.given import options_given
 from nacosae.cli.ray_options import RayOption, RayWorkersOption
 from nacosae.cli.unit_options import SaeOption, TokenPoolingOption
 from nacosae.distributed.cluster import check_ray_options
-from nacosae.errors import Interrupted, NacosaeError
+from nacosae.errors import NacosaeError
 from nacosae.evaluation.job import COSY_IMAGES, COSY_PROMPT, COSY_SEED, COSY_T2I
 from nacosae.evaluation.novelty import DEFAULT_THRESHOLD
 from nacosae.models.downloads import DEFAULT_EMBEDDER
@@ -163,12 +163,7 @@ def _run(request: Any) -> None:
     from nacosae.evaluation.job import evaluate as run_evaluation
     from nacosae.models.cache import shared_cache
 
-    try:
-        result = run_evaluation(request, shared_cache())
-    except KeyboardInterrupt:
-        raise Interrupted(
-            "rendered concepts are kept in the concept cache; rerun the same command to continue"
-        ) from None
+    result = run_evaluation(request, shared_cache())
     summary = result.summary
     table = Table(title=f"evaluation of {request.explanations} ({len(result.rows)} rows)")
     for column in ("metric", "mean", "std", "median", "95% CI of the mean", "n"):

@@ -16,19 +16,27 @@ BOOTSTRAP_SAMPLES = 10_000
 BOOTSTRAP_SEED = 0
 
 
+def mad_population_std(control: np.ndarray, synthetic: np.ndarray) -> float:
+    """CoSy's MAD: the mean difference in units of the controls' *population* standard deviation
+    (numpy's default, n in the denominator); NaN when the controls do not spread. Not the
+    search's `mad` (`search.scoring.mad_sample_std`, the original project's)."""
+    std = float(np.std(control))
+    return float((np.mean(synthetic) - np.mean(control)) / std) if std > 0 else float("nan")
+
+
 def cosy_scores(control: np.ndarray, synthetic: np.ndarray) -> dict[str, float]:
+    """CoSy's columns (see the module docstring); `MAD` is `mad_population_std`."""
     from scipy.stats import mannwhitneyu
 
     control = np.asarray(control, dtype=np.float64)
     synthetic = np.asarray(synthetic, dtype=np.float64)
     result = mannwhitneyu(control, synthetic, alternative="two-sided")
     u1 = float(result.statistic)
-    std = float(np.std(control))
     return {
         "AUC": 1.0 - u1 / (len(control) * len(synthetic)),
         "U1": u1,
         "p": float(result.pvalue),
-        "MAD": float((np.mean(synthetic) - np.mean(control)) / std) if std > 0 else float("nan"),
+        "MAD": mad_population_std(control, synthetic),
     }
 
 

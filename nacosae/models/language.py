@@ -2,8 +2,10 @@
 
 - LocalLLM: a transformers causal LM with its chat template; sampling with temperature 0.5 and
   top-p 0.9, bounded new tokens; each chat samples with its own seeded generator, so runs repeat
-  exactly and a chat's reply does not depend on its batch. It takes its model from the
-  ModelCache inside each batch (`with model.use()`), never holding it.
+  exactly and a chat's draws do not depend on its batch (on the CPU in float32 neither do its
+  replies; in half precision on a GPU the logits, and so rarely a token, may differ in the last
+  bits with the batch). It takes its model from the ModelCache inside each batch
+  (`with model.use()`), never holding it.
 - HTTPLLM: any OpenAI-compatible chat-completions server (vLLM, Ollama, llama.cpp) at `--llm-url`,
   through the `openai` client (bounded retries with backoff on 408/409/429/5xx, connection
   errors and timeouts); the key comes from NACOSAE_LLM_API_KEY or OPENAI_API_KEY.
@@ -34,6 +36,7 @@ LOCAL_BATCH = 16
 HTTP_CONCURRENCY = 16
 HTTP_RETRIES = 5
 HTTP_TIMEOUT = 300.0
+RETRIED_STATUSES = (408, 409, 429)  # and 5xx: what the openai client retries
 
 
 class LanguageModel(Protocol):
@@ -199,7 +202,7 @@ class LocalLLM:
 
     def chat_many(self, requests: list[tuple[list[Message], int]]) -> list[str]:
         """Replies in request order; up to `batch_size` chats per left-padded `generate` call.
-        Each chat samples with its own seed, so its reply does not depend on its batch."""
+        Each chat samples with its own seed, so its draws do not depend on its batch."""
         replies: list[str] = []
         with self.model.use() as bundle:
             for start in range(0, len(requests), self.batch_size):
@@ -333,9 +336,10 @@ class HTTPLLM:
                     f"the LLM server at {self.url} refused a JSON-schema answer "
                     f"({exc.status_code}: {detail}): use --llm-output tags"
                 ) from exc
+            retried = exc.status_code in RETRIED_STATUSES or exc.status_code >= 500
+            after = f" after {self.retries} retries" if retried else ""
             raise NacosaeError(
-                f"the LLM server at {self.url} answered {exc.status_code} after "
-                f"{self.retries} retries: {detail}"
+                f"the LLM server at {self.url} answered {exc.status_code}{after}: {detail}"
             ) from exc
         except openai.APITimeoutError as exc:
             raise NacosaeError(

@@ -1,7 +1,10 @@
 """Text-to-image backend (diffusers): the images of many concepts in one batched call.
 
-Image k of a concept depends only on the settings, the seed, the concept and k, never on the
-batch it was rendered in. Two schemes each for its prompt and its starting noise:
+Image k of a concept is decided by the settings, the seed, the concept and k: its prompt and
+its starting noise come from those alone, whatever else shares its call. On the CPU in float32
+its pixels then do not depend on the batch; on a GPU, half-precision kernels chosen per batch
+size can change the last bits (so a run fixes its text-to-image batch, and the concept cache
+records it). Two schemes each for its prompt and its starting noise:
 - prompts "varied" (default): each image its own camera angle and lighting out of six each,
   drawn from an RNG seeded by (seed, concept, k); "line" (the original project's): "A realstic
   photo of a {concept}" (its words, typo included) plus one of its four camera angles and one of
@@ -179,7 +182,7 @@ class TextToImage:
         if settings.seeds == "single":
             extra["latents"] = self._single_generator_noise(requests, seed)
             # ancestral schedulers (sd-turbo's) draw noise at every step too: per image, seeded
-            # by its index, so an image does not depend on its batch or on earlier calls
+            # by its index, so an image's noise does not depend on its batch or on earlier calls
             extra["generator"] = [
                 torch.Generator(generator_device).manual_seed(stable_seed("step", seed, i))
                 for _concept, first, n in requests

@@ -23,7 +23,10 @@ def auc_from_u1(u1: float, n_control: int, n_synthetic: int) -> float:
     return 1.0 - u1 / (n_control * n_synthetic)
 
 
-def mad(control: np.ndarray, synthetic: np.ndarray) -> float:
+def mad_sample_std(control: np.ndarray, synthetic: np.ndarray) -> float:
+    """The search's `mad`: the mean difference in units of the controls' *sample* standard
+    deviation (n - 1), divided by 1 when that is 0 or undefined (see the module docstring).
+    Not the evaluation's MAD (`evaluation.metrics.mad_population_std`, CoSy's)."""
     std = float(np.std(control, ddof=1)) if len(control) > 1 else 0.0
     return float((np.mean(synthetic) - np.mean(control)) / (std if std > 0.0 else 1.0))
 
@@ -42,7 +45,7 @@ def score_all(control: np.ndarray, synthetic: np.ndarray) -> dict[str, float]:
     u1, p = mann_whitney(control, synthetic)
     values = {
         "auc": auc_from_u1(u1, len(control), len(synthetic)),
-        "mad": mad(control, synthetic),
+        "mad": mad_sample_std(control, synthetic),
         "mean": float(np.mean(synthetic)),
         "u1": u1,
         "p": p,
