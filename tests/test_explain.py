@@ -213,20 +213,25 @@ def test_ctrl_c_marks_the_run_interrupted_and_keeps_events(
     assert f"continue with: nacosae explain --resume {run}" in " ".join(result.output.split())
 
 
-def test_out_of_memory_suggests_offload(invoke, controls, t2i_dir, tmp_path, monkeypatch):
-    from nacosae.models import text2image
+def test_out_of_memory_backs_off_to_one_image_then_names_what_would_help(
+    invoke, controls, t2i_dir, tmp_path, monkeypatch
+):
+    """Every text-to-image call runs out of memory (NACOSAE_FAILPOINTS, the error a GPU
+    raises): the batch halves down to one image, then the run stops with one line."""
+    from nacosae.models import failpoints
 
-    def render_many(self, requests, seed):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-
-    monkeypatch.setattr(text2image.TextToImage, "render_many", render_many)
+    failpoints.reset()
+    monkeypatch.setenv("NACOSAE_FAILPOINTS", "t2i.oom=1+")
     with ChatServer(answers("<answer>x</answer>")) as server:
-        result = invoke(*explain_args(t2i_dir, server, "--neuron-id", "1"))
+        result = invoke(*explain_args(t2i_dir, server, "--neuron-id", "1", "--t2i-batch", "6"))
     assert result.exit_code == 1
     output = " ".join(result.output.split())
-    assert "out of GPU memory rendering 6 images in one call" in output
-    assert "--t2i-batch 3" in output and "--offload model" in output
-    assert failed_run(tmp_path)["status"] == "failed"
+    assert "6 -> 3 images" in output and "3 -> 1 images" in output
+    assert "out of memory in the t2i step at a batch of one, with every offload tried" in output
+    assert "--offload sequential" in output
+    record = failed_run(tmp_path)
+    assert record["status"] == "failed"
+    assert [(b["from"], b["to"]) for b in record["backoffs"]] == [(6, 3), (3, 1)]
 
 
 def test_images_do_not_depend_on_batch_size(t2i_dir):

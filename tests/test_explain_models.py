@@ -61,7 +61,8 @@ def test_start_line_t2i_batch_and_revision_are_recorded(invoke, controls, t2i_di
         first = invoke(*explain_args(t2i_dir, server, "--neuron-id", "0", "--n-iters", "1"))
     assert first.exit_code == 0, first.output
     text = " ".join(first.output.split())
-    assert "models: vision tiny_cnn 65.8 KiB on cpu; t2i" in text and "KiB on cpu" in text
+    assert "memory plan (cpu, no limit): vision tiny_cnn 65.8 KiB resident, batch 64 images" in text
+    assert "t2i tiny-sd 544.3 KiB resident, batch 8 images" in text
     (spec, pipeline), *_ = loaded("t2i", str(t2i_dir))
     batches: list[int] = []
     hook = pipeline.unet.register_forward_pre_hook(

@@ -318,7 +318,7 @@ def test_a_worker_releases_its_models_when_idle(invoke, monkeypatch, tmp_path, i
         time.sleep(0.1)
     assert worker.cache.loaded() == [] and worker.describe()["releases"] == 1
     try:
-        pngs = worker.call(job.key(), "render_pngs", [("apple", 0, 2)], 0)
+        pngs, _notes = worker.call(job.key(), "render_pngs", [("apple", 0, 2)], 0)
         assert len(pngs) == 2 and worker.loads() == 3  # loaded again when used
     finally:
         worker.close()

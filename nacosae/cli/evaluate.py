@@ -58,7 +58,13 @@ def evaluate(
     top_k: Annotated[
         int | None, typer.Option(help="From a run directory: the K best distinct concepts.")
     ] = None,
-    t2i_batch: Annotated[int, typer.Option(help="Images per text-to-image call.")] = 8,
+    t2i_batch: Annotated[
+        int | None,
+        typer.Option(
+            help="Images per text-to-image call \\[default: the memory plan's; 8 on a CPU].",
+            show_default=False,
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cuda, cuda:N, mps or cpu.")] = "auto",
     ray: RayOption = None,
     ray_workers: RayWorkersOption = None,

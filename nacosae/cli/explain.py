@@ -96,20 +96,30 @@ def explain(
         str, typer.Option(help="Sentence embedder for dissimilar-class.")
     ] = DEFAULT_EMBEDDER,
     offload: Annotated[
-        Literal["none", "cpu", "model", "sequential"],
+        Literal["auto", "none", "cpu", "model", "sequential"],
         typer.Option(
-            help="Where models live on a GPU: cpu swaps whole models by LRU within --gpu-memory; "
-            "model and sequential use the libraries' model-level or layer-by-layer CPU offload."
+            help="Where models live on a GPU: auto (the memory plan places each model), none "
+            "(all resident), cpu (whole models swapped by LRU), model or sequential (the "
+            "libraries' model-level or layer-by-layer CPU offload) for every model."
         ),
-    ] = "cpu",
+    ] = "auto",
     gpu_memory: Annotated[
         float | None,
-        typer.Option(help="GiB of models kept on the GPU \\[default: free memory less a margin]."),
+        typer.Option(
+            help="GiB the run may use on the GPU, weights and working memory \\[default: free "
+            "memory less a margin]."
+        ),
     ] = None,
     t2i_batch: Annotated[
         int | None,
         typer.Option(
-            help="Images per text-to-image call \\[default: what the memory fits, <= 32]."
+            help="Images per text-to-image call \\[default: the memory plan's, <= 32; 8 on a CPU]."
+        ),
+    ] = None,
+    llm_batch: Annotated[
+        int | None,
+        typer.Option(
+            help="Local LLM chats per generate call \\[default: the memory plan's, <= 16]."
         ),
     ] = None,
     max_new_tokens: Annotated[
@@ -148,6 +158,16 @@ def explain(
             metavar="<line|smoke>",
         ),
     ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Resolve the options, check the inputs and print them with the memory plan as "
+            "JSON; load and create nothing (with --device cuda --gpu-memory G: plan for that "
+            "card on any machine).",
+            metavar="",
+        ),
+    ] = False,
 ) -> None:
     """Explain units of a layer with an LLM + text-to-image concept search."""
     from nacosae.models.cache import shared_cache
@@ -161,8 +181,26 @@ def explain(
             setattr(options, name, context.params[name])
     else:
         options = _options_from_command_line(context, preset or [])
+    if dry_run:
+        show_dry_run(options)
+        return
     options.validate()  # before the presets build anything
     show(run_explain(prepare(options, cache), cache, resume=resume))
+
+
+def show_dry_run(options: ExplainOptions) -> None:
+    """The dry run's JSON on stdout; its problems as error lines (exit 1)."""
+    import json
+
+    from nacosae.errors import NacosaeError
+    from nacosae.search.dry_run import dry_run
+
+    report = dry_run(options)
+    typer.echo(json.dumps(report, indent=2, default=str))
+    if report["problems"]:
+        for problem in report["problems"][1:]:
+            progress.error(problem)
+        raise NacosaeError(report["problems"][0])
 
 
 def _options_from_command_line(context: typer.Context, presets: list[str]) -> ExplainOptions:

@@ -17,7 +17,14 @@ from nacosae.errors import NacosaeError
 NAMESPACE = "nacosae"  # every actor nacosae starts lives here
 SERVE_PREFIX = "serve-"  # named actors of `nacosae serve`, kept between commands
 # the environment a worker needs to find the same models and caches as the driver
-SHARED_ENVIRONMENT = ("NACOSAE_HOME", "SAVE_DIR", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE")
+SHARED_ENVIRONMENT = (
+    "NACOSAE_HOME",
+    "SAVE_DIR",
+    "HF_HOME",
+    "HF_HUB_CACHE",
+    "HF_HUB_OFFLINE",
+    "NACOSAE_FAILPOINTS",
+)
 
 
 def check_ray_options(ray: str | None, ray_workers: int | None) -> None:

@@ -82,6 +82,7 @@ class WorkerPool:
     schedule_seconds: float = 0.0
     retries: int = 0
     served: bool = False  # the workers are `nacosae serve`'s
+    notes: list[dict[str, Any]] = field(default_factory=list)  # what the sides reported
     threads: int = field(default_factory=lambda: _driver_threads())  # defined below
 
     @classmethod
@@ -175,7 +176,8 @@ class WorkerPool:
                 self.schedule_seconds += time.perf_counter() - started
                 continue
             try:
-                result = self._gather(done, f"run {method}")[0]
+                result, notes = self._gather(done, f"run {method}")[0]
+                self.notes.extend(notes)
             except ray.exceptions.RayActorError as exc:
                 running[self._replace(k, tries, exc)] = (k, -1, tries)
                 queue.appendleft((index, tries + 1))
@@ -190,11 +192,13 @@ class WorkerPool:
         ray = self.cluster.ray
         for tries in range(RETRIES + 1):
             try:
-                return self._gather(
-                    [self.slots[0].actor.call.remote(self.key, method, *args)], f"run {method}"
-                )[0]
+                ref = self.slots[0].actor.call.remote(self.key, method, *args)
+                result, notes = self._gather([ref], f"run {method}")[0]
             except ray.exceptions.RayActorError as exc:
                 self._gather([self._replace(0, tries, exc)], "load the models")
+                continue
+            self.notes.extend(notes)
+            return result
         raise AssertionError("unreachable")
 
     # ------------------------------------------------------------ bookkeeping

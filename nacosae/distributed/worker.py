@@ -90,10 +90,14 @@ class ModelWorker:
                 self.leading.add(key)
             return self.sides[key].facts()
 
-    def call(self, key: str, method: str, *args: Any) -> Any:
-        """`method(*args)` on the side of the job with `key`."""
+    def call(self, key: str, method: str, *args: Any) -> tuple[Any, list[dict[str, Any]]]:
+        """`method(*args)` on the side of the job with `key`, and the notes the side has made
+        since (its back-offs), which the driver records."""
         with self._busy():
-            return getattr(self.sides[key], method)(*args)
+            side = self.sides[key]
+            result = getattr(side, method)(*args)
+            drain = getattr(side, "drain_notes", None)
+            return result, (drain() if drain is not None else [])
 
     def loads(self) -> int:
         return self.cache.stats.loads

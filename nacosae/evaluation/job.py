@@ -73,7 +73,7 @@ class EvaluateRequest:
     guidance_scale: float | None = None
     controls: Path | None = None  # another control store directory of the same model/layer
     top_k: int | None = None
-    t2i_batch: int = 8
+    t2i_batch: int | None = None  # None: the memory plan's (8 on a CPU)
     device: str = "auto"
     ray: str | None = None  # a Ray cluster: local, auto or an address (None: this process)
     ray_workers: int | None = None
@@ -158,7 +158,9 @@ def evaluate(request: EvaluateRequest, cache: ModelCache) -> EvaluateResult:
     concepts = list(dict.fromkeys(e.concept for e in found.explanations))
     counts = FillCounts()
     with _executor(job, cache, cluster) as executor:
-        activations = concept_activations(request, executor, concepts, counts)
+        facts = executor.facts()
+        activations = concept_activations(request, executor, facts, concepts, counts)
+        backoffs = list(executor.notes)
     rows = score_rows(found.explanations, activations, controls)
     summary = {
         "explanations": str(request.explanations),
@@ -173,6 +175,8 @@ def evaluate(request: EvaluateRequest, cache: ModelCache) -> EvaluateResult:
         "neurons": len({e.neuron for e in found.explanations}),
         "distinct_concepts": len(concepts),
         "counts": asdict(counts),
+        "memory_plan": facts.memory_plan,
+        "backoffs": backoffs,
         "seconds": round(time.perf_counter() - started, 3),
         **_summaries(rows),
         "notes": notes,
@@ -197,17 +201,19 @@ def _executor(job: EvaluationJob, cache: ModelCache, cluster: Cluster | None) ->
 
 
 def concept_activations(
-    request: EvaluateRequest, executor: Executor, concepts: list[str], counts: FillCounts
+    request: EvaluateRequest,
+    executor: Executor,
+    facts: EvaluationFacts,
+    concepts: list[str],
+    counts: FillCounts,
 ) -> dict[str, np.ndarray]:
     """[num_img, units] activations per concept, from the concept cache when every generation
     setting matches, else rendered once each (one concept per call) in rounds of a few concepts
     per side, each round saved before the next (a killed evaluation continues from there)."""
     from nacosae.store.concepts import ConceptCache
 
-    cache = ConceptCache(Path(request.controls_root).parent / "concepts", executor.facts().keys)
-    fill = FillSettings(
-        request.num_img, request.seed, max(1, request.t2i_batch), one_concept_per_call=True
-    )
+    cache = ConceptCache(Path(request.controls_root).parent / "concepts", facts.keys)
+    fill = FillSettings(request.num_img, request.seed, facts.t2i_batch, one_concept_per_call=True)
     with progress.progress_bar("concepts") as bar:
         task = bar.add_task("evaluating", total=len(concepts))
         return fill_concept_cache(
@@ -283,6 +289,8 @@ class EvaluationJob:
 class EvaluationFacts:
     keys: ConceptKeys
     device: str
+    t2i_batch: int  # images per text-to-image call, from the memory plan unless given
+    memory_plan: dict[str, Any]
 
 
 class EvaluationSide(ImageSide):
@@ -290,12 +298,14 @@ class EvaluationSide(ImageSide):
     this process, or on each Ray worker."""
 
     def __init__(self, job: EvaluationJob, cache: ModelCache, device: str) -> None:
+        from nacosae.models import memory
+        from nacosae.models.backoff import BackOff
         from nacosae.models.devices import compute_dtype
-        from nacosae.models.revisions import resolve_revision
+        from nacosae.models.revisions import model_folder, resolve_revision
         from nacosae.models.text2image import (
             GenerationSettings,
             TextToImage,
-            default_generation,
+            generation_defaults,
             load_pipeline,
         )
         from nacosae.models.vision import load_vision, vision_activations, vision_spec
@@ -307,30 +317,70 @@ class EvaluationSide(ImageSide):
             what="text-to-image model",
             download_option=f" --t2i-model {request.t2i_model}",
         )
+        folder = model_folder(request.t2i_model, revision)
+        defaults = generation_defaults(request.t2i_model, folder)
+        guidance = defaults.guidance if request.guidance_scale is None else request.guidance_scale
+        self.generation = GenerationSettings(
+            model_id=request.t2i_model,
+            num_inference_steps=request.num_inf_steps or defaults.steps,
+            guidance_scale=guidance,
+            prompts="template",
+            seeds="single",
+            prompt_template=request.image_prompt,
+        )
+        vision_dtype = compute_dtype("vision", device, job.store_dtype)
+        self.plan = self._plan(folder, vision_dtype, guidance > 1.0)
+        cache.set_budget(None if device == "cpu" else self.plan.weight_budget)
+        sizes = {
+            kind: self.plan.batch(kind, memory.CPU_BATCHES[kind]) for kind in ("t2i", "vision")
+        }
+        self.backoff = BackOff(sizes)
         self.t2i = ModelHandle(
             cache,
             ModelSpec(
-                "t2i", request.t2i_model, revision, compute_dtype("t2i", device), device, "cpu"
+                "t2i",
+                request.t2i_model,
+                revision,
+                compute_dtype("t2i", device),
+                device,
+                self.plan.offload("t2i", "cpu"),  # type: ignore[arg-type]
             ),
             load_pipeline,
         )
-        vision_dtype = compute_dtype("vision", device, job.store_dtype)
         self.vision = ModelHandle(
             cache,
             vision_spec(request.model, request.weights, device, vision_dtype, "cpu"),
             load_vision,
         )
-        steps, guidance = default_generation(request.t2i_model)
-        self.generation = GenerationSettings(
-            model_id=request.t2i_model,
-            num_inference_steps=request.num_inf_steps or steps,
-            guidance_scale=guidance if request.guidance_scale is None else request.guidance_scale,
-            prompts="template",
-            seeds="single",
-            prompt_template=request.image_prompt,
+        self.renderer = TextToImage(self.t2i, self.generation, self.backoff)
+        self.activations = vision_activations(
+            self.vision, request.layer, job.recipe, job.readout, self.backoff
         )
-        self.renderer = TextToImage(self.t2i, self.generation)
-        self.activations = vision_activations(self.vision, request.layer, job.recipe, job.readout)
+
+    def _plan(self, folder: Any, vision_dtype: str, guided: bool) -> Any:
+        """The evaluation's memory plan: the pipeline and the explained model (no LLM)."""
+        from nacosae.models import memory
+        from nacosae.models.devices import compute_dtype
+
+        request = self.request
+        batches = {"t2i": request.t2i_batch}
+        if self.device == "cpu":
+            needs = [
+                memory.Need("vision", request.model, 0, 0, 0, 0, 0, "images"),
+                memory.Need("t2i", request.t2i_model, 0, 0, 0, 0, 0, "images"),
+            ]
+            return memory.plan_memory(needs, "cpu", 0, "auto", batches)
+        folder = folder or memory.files_of(request.t2i_model, None, "--t2i-model")
+        dtype = compute_dtype("t2i", self.device)
+        needs = [
+            memory.vision_model_need(request.model, self.job.recipe.size, vision_dtype),
+            memory.t2i_need(folder, request.t2i_model, dtype, None, guided),
+        ]
+        budget = memory.memory_budget(self.device, None)
+        return memory.plan_memory(needs, self.device, budget, "auto", batches)
+
+    def drain_notes(self) -> list[dict[str, Any]]:
+        return self.backoff.drain()
 
     def facts(self) -> EvaluationFacts:
         """The concept-cache keys of the evaluation's settings, once the weights are checked."""
@@ -364,7 +414,7 @@ class EvaluationSide(ImageSide):
                 self.job.readout,
             ),
         )
-        return EvaluationFacts(keys, self.device)
+        return EvaluationFacts(keys, self.device, self.backoff.sizes["t2i"], self.plan.record())
 
     def render_many(self, calls: list[Request], seed: int) -> list[Any]:
         return self.renderer.render_many(calls, seed)

@@ -22,11 +22,14 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from nacosae import hub, progress
 from nacosae.errors import NacosaeError
 from nacosae.models.cache import ModelHandle, ModelSpec
+
+if TYPE_CHECKING:
+    from nacosae.models.backoff import BackOff
 
 Message = dict[str, str]
 TEMPERATURE = 0.5
@@ -188,27 +191,31 @@ class LocalLLM:
         constraint: str | None = None,
         batch_size: int = LOCAL_BATCH,
         json_answers: bool = False,
+        backoff: BackOff | None = None,
     ) -> None:
+        from nacosae.models.backoff import BackOff
+
         self.model = model
         self.name = model.spec.id
         self.device = model.spec.device
         self.max_new_tokens = max_new_tokens
         self.constraint = constraint
-        self.batch_size = batch_size
         self.json_answers = json_answers
+        self.backoff = backoff or BackOff({"llm": batch_size})
 
     def chat(self, messages: list[Message], seed: int) -> str:
         return self.chat_many([(messages, seed)])[0]
 
     def chat_many(self, requests: list[tuple[list[Message], int]]) -> list[str]:
-        """Replies in request order; up to `batch_size` chats per left-padded `generate` call.
-        Each chat samples with its own seed, so its draws do not depend on its batch."""
-        replies: list[str] = []
-        with self.model.use() as bundle:
-            for start in range(0, len(requests), self.batch_size):
-                chunk = requests[start : start + self.batch_size]
-                replies.extend(self._generate(bundle, chunk))
-        return replies
+        """Replies in request order; chats in left-padded `generate` calls of the back-off's
+        `llm` size (halved on out-of-memory). Each chat samples with its own seed, so its draws
+        do not depend on its batch."""
+
+        def rows(chunk: list[tuple[list[Message], int]]) -> list[str]:
+            with self.model.use() as bundle:
+                return self._generate(bundle, chunk)
+
+        return self.backoff.run("llm", requests, rows)
 
     def _generate(self, bundle: LLMBundle, chats: list[tuple[list[Message], int]]) -> list[str]:
         import torch

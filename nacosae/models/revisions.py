@@ -89,3 +89,15 @@ def from_pretrained_kwargs(model_id: str, revision: str | None) -> dict[str, Any
     if revision and not is_local(model_id):
         kwargs["revision"] = revision
     return kwargs
+
+
+def model_folder(model_id: str, revision: str | None = None) -> Path | None:
+    """Where a model's files are on this machine: its folder, or its snapshot in the HF cache
+    at `revision`; None when it is not there (nothing is downloaded)."""
+    if is_local(model_id):
+        path = Path(model_id).expanduser()
+        return path if path.is_dir() else path.parent
+    try:
+        return hub.snapshot(model_id, revision=revision, local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached (or not a repo): the caller says what to do
+        return None

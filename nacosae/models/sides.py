@@ -49,7 +49,10 @@ class Job(Protocol):
 
 
 class Executor(Protocol):
-    """Runs the methods of a job's sides (see the module docstring)."""
+    """Runs the methods of a job's sides (see the module docstring). `notes` gathers what
+    sides report beside their results (back-offs: a side's `drain_notes()`), for run.json."""
+
+    notes: list[dict[str, Any]]
 
     @property
     def width(self) -> int:
@@ -74,6 +77,7 @@ class InProcess:
     width = 1
 
     def __init__(self, job: Job, cache: ModelCache) -> None:
+        self.notes: list[dict[str, Any]] = []
         self.side = job.build(cache)
         for method in job.lead_methods:
             getattr(self.side, method)()
@@ -82,12 +86,24 @@ class InProcess:
         return self.side.facts()
 
     def call(self, method: str, *args: Any) -> Any:
-        return getattr(self.side, method)(*args)
+        try:
+            return getattr(self.side, method)(*args)
+        finally:
+            self._collect()
 
     def completed(self, method: str, tasks: Sequence[tuple[Any, ...]]) -> Iterator[tuple[int, Any]]:
         run = getattr(self.side, method)
         for index, task in enumerate(tasks):
-            yield index, run(*task)
+            try:
+                result = run(*task)
+            finally:
+                self._collect()
+            yield index, result
+
+    def _collect(self) -> None:
+        drain = getattr(self.side, "drain_notes", None)
+        if drain is not None:
+            self.notes.extend(drain())
 
     def model_loads(self) -> int:
         return 0

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nacosae import hub, progress
@@ -31,6 +32,8 @@ from nacosae.seeds import stable_seed
 
 if TYPE_CHECKING:
     from PIL.Image import Image
+
+    from nacosae.models.backoff import BackOff
 
 CAMERA_ANGLES = (
     "eye-level shot",
@@ -74,14 +77,111 @@ class GenerationSettings:
     prompt_template: str | None = None  # with prompts "template"
 
 
-def default_generation(model_id: str) -> tuple[int, float]:
-    """(steps, guidance) the model was made for: turbo models need few steps and no guidance."""
-    name = model_id.lower()
-    if "turbo" in name or "lightning" in name or "lcm" in name:
-        return 4, 0.0
-    if "xl-base" in name or "sdxl" in name:
-        return 30, 5.0
-    return 30, 7.5
+# the text-to-image pipelines nacosae renders with, and the setting each is made for
+PIPELINE_DEFAULTS: dict[str, tuple[int, float]] = {
+    "StableDiffusionPipeline": (30, 7.5),
+    "StableDiffusionXLPipeline": (30, 5.0),
+    "StableDiffusion3Pipeline": (28, 4.5),
+    "FluxPipeline": (28, 3.5),
+    "PixArtSigmaPipeline": (20, 4.5),
+    "SanaPipeline": (20, 4.5),
+}
+DISTILLED = (4, 0.0)  # turbo, lightning, LCM, schnell: few steps, no guidance
+DISTILLED_WORDS = ("turbo", "lightning", "schnell", "lcm", "hyper", "sprint")
+FEW_STEP_SCHEDULERS = ("LCMScheduler", "TCDScheduler")
+
+
+@dataclass(frozen=True)
+class GenerationDefaults:
+    """The steps and guidance a pipeline is made for, and why these were chosen."""
+
+    steps: int
+    guidance: float
+    reason: str
+
+
+def repo_name(model_id: str) -> str:
+    """A model's own name: the last part of a hub id or of a folder path (never a parent's)."""
+    return Path(model_id.rstrip("/")).name.lower()
+
+
+def generation_defaults(model_id: str, folder: Path | None) -> GenerationDefaults:
+    """The setting a pipeline is made for, from its `model_index.json` (pipeline class and
+    scheduler) in `folder`, and the repo's own name; distilled models (turbo, lightning, LCM,
+    FLUX.1-schnell) get few steps and no guidance."""
+    import json
+
+    name = repo_name(model_id)
+    word = next((w for w in DISTILLED_WORDS if w in name), None)
+    index_file = folder / "model_index.json" if folder is not None else None
+    if index_file is None or not index_file.is_file():
+        if word:
+            return GenerationDefaults(*DISTILLED, f"'{word}' in the name {name}")
+        return GenerationDefaults(30, 7.5, "no model_index.json to read: Stable Diffusion's")
+    index = json.loads(index_file.read_text())
+    pipeline = str(index.get("_class_name"))
+    check_supported(pipeline, model_id)
+    scheduler = (index.get("scheduler") or [None, ""])[1] or ""
+    spacing = _json_field(folder / "scheduler" / "scheduler_config.json", "timestep_spacing")
+    if pipeline == "FluxPipeline":
+        if not _json_field(folder / "transformer" / "config.json", "guidance_embeds"):
+            return GenerationDefaults(*DISTILLED, "FluxPipeline, no guidance embeddings (schnell)")
+    elif scheduler in FEW_STEP_SCHEDULERS:
+        return GenerationDefaults(*DISTILLED, f"{pipeline} with a {scheduler}")
+    elif spacing == "trailing" and scheduler.startswith("Euler"):
+        return GenerationDefaults(
+            *DISTILLED, f"{pipeline} with a trailing-spacing {scheduler}: a distilled model"
+        )
+    if word:
+        return GenerationDefaults(*DISTILLED, f"{pipeline}, '{word}' in the name {name}")
+    steps, guidance = PIPELINE_DEFAULTS[pipeline]
+    return GenerationDefaults(steps, guidance, f"{pipeline} with a {scheduler or 'scheduler'}")
+
+
+def check_supported(pipeline: str, model_id: str) -> None:
+    from nacosae.errors import NacosaeError
+
+    if pipeline not in PIPELINE_DEFAULTS:
+        known = ", ".join(p.removesuffix("Pipeline") for p in PIPELINE_DEFAULTS)
+        raise NacosaeError(
+            f"text-to-image model {model_id} is a {pipeline}: nacosae renders with {known} "
+            "pipelines (give another --t2i-model)"
+        )
+
+
+def _json_field(path: Path, key: str) -> Any:
+    import json
+
+    try:
+        return json.loads(path.read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def native_side(pipeline: Any) -> int:
+    """The pixel side a pipeline renders by default (its denoiser's sample size in latents
+    times the VAE's scale), for UNet and transformer denoisers alike."""
+    size = getattr(pipeline, "default_sample_size", None)
+    if size is None:
+        denoiser = getattr(pipeline, "unet", None) or getattr(pipeline, "transformer", None)
+        size = denoiser.config.sample_size
+    return int(size) * int(getattr(pipeline, "vae_scale_factor", 8))
+
+
+def latent_noise(pipeline: Any, count: int, height: int, width: int, generator: Any) -> Any:
+    """`count` images' starting noise in the layout `pipeline(latents=...)` takes, drawn in
+    float32 from `generator` (FLUX packs 2 x 2 patches of its 16 latent channels)."""
+    import torch
+
+    denoiser = getattr(pipeline, "unet", None) or getattr(pipeline, "transformer", None)
+    channels = int(denoiser.config.in_channels)
+    scale = int(getattr(pipeline, "vae_scale_factor", 8))
+    if type(pipeline).__name__.startswith("Flux"):
+        channels //= 4
+        rows, cols = 2 * (height // (scale * 2)), 2 * (width // (scale * 2))
+        noise = torch.randn((count, channels, rows, cols), generator=generator)
+        return pipeline._pack_latents(noise, count, channels, rows, cols)
+    return torch.randn((count, channels, height // scale, width // scale), generator=generator)
 
 
 def image_prompt(
@@ -117,10 +217,15 @@ def load_pipeline(spec: ModelSpec) -> Any:
     import torch
     from diffusers import AutoPipelineForText2Image
 
-    from nacosae.models.revisions import from_pretrained_kwargs
+    from nacosae.models.revisions import from_pretrained_kwargs, model_folder
 
     progress.calm_libraries()
+    folder = model_folder(spec.id, spec.revision)
+    if folder is not None and (folder / "model_index.json").is_file():
+        check_supported(str(_json_field(folder / "model_index.json", "_class_name")), spec.id)
     kwargs = {"dtype": getattr(torch, spec.dtype), **from_pretrained_kwargs(spec.id, spec.revision)}
+    if dict(spec.options).get("load") == "direct":  # resident: no copy in host memory first
+        kwargs["device_map"] = "cuda" if spec.device in ("cuda", "cuda:0") else spec.device
     last: Exception | None = None
     for variant in ("fp16", None):
         try:
@@ -148,20 +253,33 @@ def _load_error(model_id: str, exc: Exception | None) -> hub.HubError:
 
 
 class TextToImage:
-    """Renders concepts with the pipeline of `model`, taken from the cache for each call."""
+    """Renders concepts with the pipeline of `model`, taken from the cache for each call; calls
+    of more images than the back-off's `t2i` size are split (halved on out-of-memory)."""
 
-    def __init__(self, model: ModelHandle, settings: GenerationSettings) -> None:
+    def __init__(
+        self, model: ModelHandle, settings: GenerationSettings, backoff: BackOff | None = None
+    ) -> None:
+        from nacosae.models.backoff import BackOff
+
         self.model = model
         self.settings = settings
         self.device = model.spec.device
+        self.backoff = backoff or BackOff({"t2i": 10**6})
 
     def render(self, concept: str, n: int, seed: int, first: int = 0) -> list[Image]:
         """Images `first .. first+n-1` of `concept` in one batched call."""
         return self.render_many([(concept, first, n)], seed)
 
     def render_many(self, requests: list[tuple[str, int, int]], seed: int) -> list[Image]:
-        """Images of several concepts in one batched call: (concept, first index, count) each,
-        returned in request order."""
+        """Images of several concepts, (concept, first index, count) each, in request order:
+        one batched call, or calls of the back-off's size."""
+        from nacosae.models.concept_images import chunked
+
+        return self.backoff.run(
+            "t2i", requests, lambda call: self._render_call(call, seed), split=chunked
+        )
+
+    def _render_call(self, requests: list[tuple[str, int, int]], seed: int) -> list[Image]:
         import torch
 
         generator_device = "cpu" if self.device == "mps" else self.device
@@ -206,16 +324,14 @@ class TextToImage:
         of one draw from a CPU generator seeded `seed` (the same for every concept)."""
         import torch
 
-        with self.model.use() as pipeline:
-            channels = pipeline.unet.config.in_channels
-            scale = getattr(pipeline, "vae_scale_factor", 8)
-            side = pipeline.unet.config.sample_size * scale
-            dtype = pipeline.unet.dtype
-        height = (self.settings.height or side) // scale
-        width = (self.settings.width or side) // scale
         last = max(first + n for _concept, first, n in requests)
         generator = torch.Generator("cpu").manual_seed(seed)
-        noise = torch.randn((last, channels, height, width), generator=generator)
+        with self.model.use() as pipeline:
+            side = native_side(pipeline)
+            height, width = self.settings.height or side, self.settings.width or side
+            noise = latent_noise(pipeline, last, height, width, generator)
+            denoiser = getattr(pipeline, "unet", None) or getattr(pipeline, "transformer", None)
+            dtype = denoiser.dtype
         rows = [noise[first : first + n] for _concept, first, n in requests]
         return torch.cat(rows).to(self.device, dtype=dtype)
 
@@ -223,6 +339,4 @@ class TextToImage:
 def t2i_facts(t2i: ModelHandle) -> tuple[str, int]:
     """(weight variant loaded, native image side in pixels) of the text-to-image pipeline."""
     with t2i.use() as pipeline:
-        variant = getattr(pipeline, "nacosae_variant", "default")
-        side = pipeline.unet.config.sample_size * getattr(pipeline, "vae_scale_factor", 8)
-    return variant, int(side)
+        return getattr(pipeline, "nacosae_variant", "default"), native_side(pipeline)

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from PIL.Image import Image
     from torch import nn
 
+    from nacosae.models.backoff import BackOff
+
 PLACES365_URL = "http://places2.csail.mit.edu/models_places365/resnet50_places365.pth.tar"
 PLACES365_FILE = "resnet50_places365.pth.tar"
 
@@ -428,27 +430,30 @@ def vision_activations(
     layer: str,
     recipe: Preprocessing,
     readout: Readout,
-    batch_size: int = VISION_BATCH,
+    backoff: BackOff | None = None,
 ) -> Callable[[list[Image]], np.ndarray]:
     """Images -> [n, units] activations of every unit of `layer` (with the control store's
-    preprocessing and readout), the model taken from the cache per call."""
+    preprocessing and readout), the model taken from the cache per batch; batches of the
+    back-off's `vision` size (halved on out-of-memory)."""
     import numpy as np
     import torch
 
+    from nacosae.models.backoff import BackOff
+
     transform = recipe.transform()
     dtype = getattr(torch, vision.spec.dtype)
+    batches = backoff or BackOff({"vision": VISION_BATCH})
+
+    def one_batch(images: list[Image]) -> list[np.ndarray]:
+        batch = torch.stack([transform(im.convert("RGB")) for im in images])
+        with vision.use() as model:
+            units = layer_activations(
+                model, layer, batch.to(vision.spec.device, dtype=dtype), readout
+            )
+        return list(units.float().cpu().numpy())
 
     def activations(images: list[Image]) -> np.ndarray:
-        chunks = []
-        with vision.use() as model:
-            for start in range(0, len(images), batch_size):
-                batch = torch.stack(
-                    [transform(im.convert("RGB")) for im in images[start : start + batch_size]]
-                )
-                batch = batch.to(vision.spec.device, dtype=dtype)
-                units = layer_activations(model, layer, batch, readout)
-                chunks.append(units.float().cpu().numpy())
-        return np.concatenate(chunks)
+        return np.stack(batches.run("vision", images, one_batch))
 
     return activations
 

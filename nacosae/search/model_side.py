@@ -10,13 +10,16 @@ between two steps.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nacosae import progress
 from nacosae.errors import NacosaeError
-from nacosae.models.cache import GIB, ModelCache, ModelHandle, ModelSpec
+from nacosae.models.backoff import BackOff
+from nacosae.models.cache import ModelCache, ModelHandle, ModelSpec
 from nacosae.models.concept_images import ImageSide, Request
+from nacosae.models.memory import CPU_BATCHES, MemoryPlan, Need
 from nacosae.search.options import ExplainOptions
 
 if TYPE_CHECKING:
@@ -24,15 +27,11 @@ if TYPE_CHECKING:
 
     from nacosae.models.language import LanguageModel
     from nacosae.models.preprocessing import Preprocessing
-    from nacosae.models.text2image import GenerationSettings
+    from nacosae.models.text2image import GenerationDefaults, GenerationSettings
     from nacosae.models.units import Readout
     from nacosae.store.concepts import ConceptKeys
 
-T2I_BATCH_LIMIT = 32
-CPU_T2I_BATCH = 8
-# activation memory per image of a 512 x 512 render in half precision (UNet at 64 x 64 latents,
-# VAE decoded one image at a time); scaled by pixel count, doubled with classifier-free guidance
-IMAGE_BYTES_512 = 0.35 * GIB
+FRUGAL = {"none": "model", "cpu": "model", "model": "sequential"}  # the next offload mode
 
 
 # ---------------------------------------------------------------- versions
@@ -128,36 +127,44 @@ def build_models(
     device: str,
     store_dtype: str,
     versions: ModelVersions,
+    plan: MemoryPlan,
+    backoff: BackOff,
 ) -> RunModels:
     """Load (once) and describe every model of the run but a local LLM, which loads when first
-    used (on Ray only the lead worker chats, so only it holds the LLM)."""
+    used (on Ray only the lead worker chats, so only it holds the LLM), each placed as `plan`
+    says."""
     from nacosae.models.devices import compute_dtype
     from nacosae.models.embedder import load_embedder
     from nacosae.models.language import HTTPLLM, LocalLLM, load_local_llm
     from nacosae.models.text2image import load_pipeline
     from nacosae.models.vision import load_vision, vision_spec
 
-    mode = options.offload
+    def placed(kind: str, spec: ModelSpec) -> ModelSpec:
+        """`spec` with the plan's offload mode (a resident one loads straight to the device)."""
+        mode = plan.offload(kind, "none") if options.offload == "auto" else options.offload
+        found = plan.placement(kind)
+        direct = found is not None and found.mode == "resident" and device.startswith("cuda")
+        options_ = spec.options + ((("load", "direct"),) if direct else ())
+        return replace(spec, offload=mode, options=options_)  # type: ignore[arg-type]
+
     vision = ModelHandle(
         cache,
-        vision_spec(
-            options.model,
-            options.weights,
-            device,
-            compute_dtype("vision", device, store_dtype),
-            mode,  # type: ignore[arg-type]
+        placed(
+            "vision",
+            vision_spec(
+                options.model,
+                options.weights,
+                device,
+                compute_dtype("vision", device, store_dtype),
+            ),
         ),
         load_vision,
     )
     t2i = ModelHandle(
         cache,
-        ModelSpec(
+        placed(
             "t2i",
-            options.t2i_model,
-            versions.t2i,
-            compute_dtype("t2i", device),
-            device,
-            mode,  # type: ignore[arg-type]
+            ModelSpec("t2i", options.t2i_model, versions.t2i, compute_dtype("t2i", device), device),
         ),
         load_pipeline,
     )
@@ -172,19 +179,18 @@ def build_models(
             json_answers=options.answer_format() == "json",
         )
     else:
-        llm_spec = ModelSpec(
+        llm_spec = placed(
             "llm",
-            options.language_model,
-            versions.llm,
-            compute_dtype("llm", device),
-            device,
-            mode,  # type: ignore[arg-type]
+            ModelSpec(
+                "llm", options.language_model, versions.llm, compute_dtype("llm", device), device
+            ),
         )
         llm = LocalLLM(
             ModelHandle(cache, llm_spec, load_local_llm),
             max_new_tokens=options.max_new_tokens,
             constraint=options.llm_constraint,
             json_answers=options.answer_format() == "json",
+            backoff=backoff,
         )
     embedder = None
     if options.control_strategy == "dissimilar-class":
@@ -196,30 +202,58 @@ def build_models(
     return models
 
 
-def default_t2i_batch(
-    models: RunModels,
-    cache: ModelCache,
-    generation: GenerationSettings,
-    native_side: int,
-    device: str,
-) -> int:
-    """Images per text-to-image call that fit the device beside the models resident there."""
-    if not device.startswith("cuda"):
-        return CPU_T2I_BATCH
-    import torch
+def run_needs(job: ExplainJob, device: str) -> list[Need]:
+    """What each model of the run needs on `device` (models/memory.py), from its files: read
+    before anything loads. A model whose files are not on this machine is an error naming the
+    download (resolve_models found its version, so this is a dry run's remote model)."""
+    from nacosae.models import memory
+    from nacosae.models.devices import compute_dtype
+    from nacosae.models.language import is_gguf_file
 
-    free, _total = torch.cuda.mem_get_info(torch.device(device))
-    room = min(free, cache.budget(device))
-    resident = [h.spec for h in models.handles() if h.spec.residency in ("none", "cpu")]
-    if models.t2i.spec.residency in ("none", "cpu"):
-        room -= cache.nbytes(models.t2i.spec)
-    if all(s.residency == "none" for s in resident):
-        room -= sum(cache.nbytes(s) for s in resident if s != models.t2i.spec)
-    pixels = (generation.height or native_side) * (generation.width or native_side)
-    per_image = IMAGE_BYTES_512 * pixels / 512**2
-    if generation.guidance_scale is None or generation.guidance_scale > 1.0:  # None: 7.5 or 5
-        per_image *= 2
-    return max(1, min(T2I_BATCH_LIMIT, int(room // per_image)))
+    options = job.options
+    vision_dtype = compute_dtype("vision", device, job.store_dtype)
+    needs = [memory.vision_model_need(options.model, job.recipe.size, vision_dtype)]
+    folder = memory.files_of(options.t2i_model, job.versions.t2i, "--t2i-model")
+    generation = generation_settings(options, folder)
+    guided = generation.guidance_scale is None or generation.guidance_scale > 1.0
+    needs.append(
+        memory.t2i_need(folder, options.t2i_model, compute_dtype("t2i", device), None, guided)
+    )
+    if options.llm_url is None:
+        dtype = compute_dtype("llm", device)
+        if is_gguf_file(options.language_model):
+            path = Path(options.language_model).expanduser()
+            needs.append(
+                memory.gguf_need(path, options.language_model, dtype, options.max_new_tokens)
+            )
+        else:
+            llm_folder = memory.files_of(
+                options.language_model, job.versions.llm, "--language-model"
+            )
+            needs.append(
+                memory.llm_folder_need(
+                    llm_folder, options.language_model, dtype, options.max_new_tokens
+                )
+            )
+    return needs
+
+
+def explain_plan(job: ExplainJob, device: str, budget: float) -> MemoryPlan:
+    """The run's memory plan on `device` within `budget` bytes (see models/memory.py)."""
+    from nacosae.models.memory import plan_memory
+
+    options = job.options
+    batches = {"t2i": options.t2i_batch, "llm": options.llm_batch}
+    if device == "cpu":  # memory is not the limit: nothing to estimate
+        needs = [
+            Need("vision", options.model, 0, 0, 0, 0, 0, "images"),
+            Need("t2i", options.t2i_model, 0, 0, 0, 0, 0, "images"),
+        ]
+        if options.llm_url is None:
+            needs.append(Need("llm", options.language_model, 0, 0, 0, 0, 0, "rows"))
+    else:
+        needs = run_needs(job, device)
+    return plan_memory(needs, device, budget, options.offload, batches)
 
 
 # ---------------------------------------------------------------- the job and its side
@@ -278,23 +312,35 @@ class ExplainFacts:
     models: dict[str, Any]  # run.json `models`
     generation: dict[str, Any]  # run.json `generation` (t2i_batch added by the runner)
     device: str
+    memory_plan: dict[str, Any] | None = None  # run.json `memory_plan`
 
 
 class ExplainSide(ImageSide):
-    """A run's models, built (once, through `cache`) on `device`; the local LLM loads when it
-    is first used or `load_llm` is called."""
+    """A run's models, built (once, through `cache`) on `device` as the memory plan places them;
+    the local LLM loads when it is first used or `load_llm` is called. Out-of-memory errors
+    lower a batch, or move a model to a more frugal placement (models/backoff.py)."""
 
     def __init__(self, job: ExplainJob, cache: ModelCache, device: str) -> None:
+        from nacosae.models.memory import memory_budget
+        from nacosae.models.revisions import model_folder
         from nacosae.models.text2image import TextToImage
         from nacosae.models.vision import vision_activations
 
         self.job, self.cache, self.device = job, cache, device
         options = job.options
-        self.models = build_models(options, cache, device, job.store_dtype, job.versions)
-        self.generation = generation_settings(options)
-        self.t2i = TextToImage(self.models.t2i, self.generation)
+        self.plan = explain_plan(job, device, memory_budget(device, options.gpu_memory))
+        cache.set_budget(None if device == "cpu" else self.plan.weight_budget)
+        sizes = {kind: self.plan.batch(kind, CPU_BATCHES[kind]) for kind in CPU_BATCHES}
+        self.backoff = BackOff(sizes, escalate=self._escalate)
+        self.models = build_models(
+            options, cache, device, job.store_dtype, job.versions, self.plan, self.backoff
+        )
+        folder = model_folder(options.t2i_model, job.versions.t2i)
+        self.generation = generation_settings(options, folder)
+        self.defaults = generation_defaults_of(options, folder)
+        self.t2i = TextToImage(self.models.t2i, self.generation, self.backoff)
         self.activations = vision_activations(
-            self.models.vision, options.layer, job.recipe, job.readout
+            self.models.vision, options.layer, job.recipe, job.readout, self.backoff
         )
 
     def facts(self) -> ExplainFacts:
@@ -302,13 +348,9 @@ class ExplainSide(ImageSide):
         from nacosae.models.vision import weights_id_of
 
         options = self.job.options
-        plan = self.cache.plan([h.spec for h in self.models.handles() if h.spec in self.cache])
-        progress.info("models: " + "; ".join(plan))
+        progress.info(self.start_line())
         weights_id = weights_id_of(self.models.vision)
-        variant, native_side = t2i_facts(self.models.t2i)
-        t2i_batch = options.t2i_batch or default_t2i_batch(
-            self.models, self.cache, self.generation, native_side, self.device
-        )
+        variant, _native_side = t2i_facts(self.models.t2i)
         keys = concept_keys(
             options,
             self.models,
@@ -320,12 +362,22 @@ class ExplainSide(ImageSide):
         return ExplainFacts(
             weights_id=weights_id,
             variant=variant,
-            t2i_batch=t2i_batch,
+            t2i_batch=self.backoff.sizes["t2i"],
             keys=keys,
             models=self.models.record(options),
             generation={**asdict(self.generation), "variant": variant},
             device=self.device,
+            memory_plan=self.plan.record(),
         )
+
+    def start_line(self) -> str:
+        """The plan in one line, with the loaded sizes where the cache knows them, and the
+        text-to-image defaults chosen and why."""
+        loaded = {s.kind: self.cache.nbytes(s) for s, _ in self.cache.loaded()}
+        line = self.plan.line(loaded)
+        if self.defaults is not None:
+            line += f"; t2i defaults: {self.defaults}"
+        return line
 
     def load_llm(self) -> None:
         """Load the local LLM now (the lead side's start), so that it is in the plan line."""
@@ -333,17 +385,7 @@ class ExplainSide(ImageSide):
             self.models.llm.model.load()  # type: ignore[attr-defined]
 
     def render_many(self, calls: list[Request], seed: int) -> list[Any]:
-        try:
-            return self.t2i.render_many(calls, seed)
-        except Exception as exc:
-            if type(exc).__name__ != "OutOfMemoryError":
-                raise
-            n_images = sum(count for _, _, count in calls)
-            raise NacosaeError(
-                f"out of GPU memory rendering {n_images} images in one call: use --t2i-batch "
-                f"{max(1, n_images // 2)}, --offload model or sequential, or a --gpu-memory "
-                "budget below the free memory"
-            ) from exc
+        return self.t2i.render_many(calls, seed)
 
     def chat_many(self, requests: list[tuple[list[dict[str, str]], int]]) -> list[str]:
         return self.models.llm.chat_many(requests)
@@ -355,19 +397,54 @@ class ExplainSide(ImageSide):
             raise ValueError("this run has no sentence embedder")
         return embedding_function(self.models.embedder)(texts)
 
+    def drain_notes(self) -> list[dict[str, Any]]:
+        """Back-offs since the last call (the executor collects them for run.json)."""
+        return self.backoff.drain()
 
-def generation_settings(options: ExplainOptions) -> GenerationSettings:
-    """The text-to-image settings of a run (steps and guidance per model unless given)."""
-    from nacosae.models.text2image import GenerationSettings, default_generation
+    def _escalate(self, kind: str) -> str | None:
+        """Move the text-to-image pipeline or the LLM to the next more frugal offload mode
+        (model, then sequential); None when there is none (the explained model, the CPU)."""
+        if self.device == "cpu" or kind == "vision":
+            return None
+        handle = self.t2i.model if kind == "t2i" else getattr(self.models.llm, "model", None)
+        if handle is None or handle.spec.offload not in FRUGAL:
+            return None
+        mode = FRUGAL[handle.spec.offload]
+        options = tuple(o for o in handle.spec.options if o != ("load", "direct"))
+        moved = replace(handle, spec=replace(handle.spec, offload=mode, options=options))
+        if kind == "t2i":
+            self.t2i.model = self.models.t2i = moved
+        else:
+            self.models.llm.model = moved  # type: ignore[attr-defined]
+            self.models.llm_spec = moved.spec
+        return mode
 
-    steps, guidance = default_generation(options.t2i_model)
+
+def generation_defaults_of(options: ExplainOptions, folder: Path | None) -> str | None:
+    """What the start line says of the steps and guidance a run did not set: their values and
+    why (None when both were given)."""
+    from nacosae.models.text2image import generation_defaults
+
+    if options.num_inf_steps is not None and options.guidance_scale is not None:
+        return None
+    found = generation_defaults(options.t2i_model, folder)
+    return f"{found.steps} steps, guidance {found.guidance:g} ({found.reason})"
+
+
+def generation_settings(options: ExplainOptions, folder: Path | None) -> GenerationSettings:
+    """The text-to-image settings of a run: steps and guidance as given, else what the pipeline
+    in `folder` is made for (its class and scheduler in model_index.json, its own name)."""
+    from nacosae.models.text2image import GenerationSettings, generation_defaults
+
+    found: GenerationDefaults = generation_defaults(options.t2i_model, folder)
+    guidance: float | None = found.guidance
     if options.guidance_scale == "pipeline":
         guidance = None  # the pipeline's own default, as the original left it
     elif options.guidance_scale is not None:
         guidance = float(options.guidance_scale)
     return GenerationSettings(
         model_id=options.t2i_model,
-        num_inference_steps=options.num_inf_steps or steps,
+        num_inference_steps=options.num_inf_steps or found.steps,
         guidance_scale=guidance,
         prompts=options.image_prompts,
         seeds=options.image_seeds,

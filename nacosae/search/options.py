@@ -55,9 +55,10 @@ class ExplainOptions:
     summary_prompt: str = "summary"
     control_strategy: str = "full"
     embedder: str = DEFAULT_EMBEDDER
-    offload: str = "cpu"
-    gpu_memory: float | None = None  # GiB of whole models per accelerator (None: free memory)
-    t2i_batch: int | None = None  # images per text-to-image call (None: what the memory fits)
+    offload: str = "auto"  # auto: the memory plan places each model; else one mode for all
+    gpu_memory: float | None = None  # GiB the run may use per accelerator (None: free memory)
+    t2i_batch: int | None = None  # images per text-to-image call (None: the memory plan's)
+    llm_batch: int | None = None  # local LLM rows per generate call (None: the memory plan's)
     save_images: bool = True
     seed: int = 42
     device: str = "auto"
@@ -83,14 +84,16 @@ class ExplainOptions:
             raise NacosaeError(
                 f"unknown --control-strategy {self.control_strategy!r}: use {', '.join(STRATEGIES)}"
             )
-        if self.offload not in OFFLOAD_MODES:
+        if self.offload not in ("auto", *OFFLOAD_MODES):
             raise NacosaeError(
-                f"unknown --offload {self.offload!r}: use {', '.join(OFFLOAD_MODES)}"
+                f"unknown --offload {self.offload!r}: use auto, {', '.join(OFFLOAD_MODES)}"
             )
         if self.gpu_memory is not None and self.gpu_memory <= 0:
             raise NacosaeError("--gpu-memory must be a positive number of GiB")
         if self.t2i_batch is not None and self.t2i_batch < 1:
             raise NacosaeError("--t2i-batch must be at least 1")
+        if self.llm_batch is not None and self.llm_batch < 1:
+            raise NacosaeError("--llm-batch must be at least 1")
         if self.max_new_tokens < 16:
             raise NacosaeError("--max-new-tokens must be at least 16 (room for an answer)")
         if self.llm_concurrency < 1:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from nacosae import __version__, progress
 from nacosae.errors import Interrupted, NacosaeError
-from nacosae.models.cache import GIB, ModelCache
+from nacosae.models.cache import ModelCache
 from nacosae.search.loop import PHASES, Counters, PhaseTimer
 from nacosae.search.options import ExplainOptions
 from nacosae.search.prompts import Template
@@ -95,7 +95,7 @@ def check_inputs(options: ExplainOptions, pins: dict[str, Any] | None = None) ->
     if readout.sae is not None:
         where = f"the SAE {readout.sae.path.name} on {where}"
     neurons = selection.resolve(options.neurons, store.n_units, options.seed, where)
-    recipe = _store_preprocessing(options, store)
+    recipe = store_preprocessing(options, store)
     versions = resolve_models(options, pins)
     cluster = None
     if options.ray:
@@ -116,6 +116,7 @@ class Attempt:
     timer: PhaseTimer = field(default_factory=PhaseTimer)
     loads_before: int = 0
     workers: WorkerPool | None = None  # with --ray: loads and scheduling counts
+    executor: Executor | None = None  # where the models compute: its back-off notes
 
     def __post_init__(self) -> None:
         self.loads_before = self.cache.stats.loads
@@ -136,6 +137,7 @@ class Attempt:
             "parse_retries": c.parse_retries,
             "model_loads": self.model_loads(),
             "phase_seconds": self.timer.as_dict(),
+            "backoffs": list(self.executor.notes) if self.executor else [],
             **({"ray": self.workers.stats()} if self.workers else {}),
         }
 
@@ -161,9 +163,10 @@ def run_explain(
     inputs = check_inputs(options, _recorded_models(resume) if resume is not None else None)
     if resume is not None:
         writer, recorded = _reopen(resume, options)
+        if options.t2i_batch is None:  # the run's own batch, as a back-off may have lowered it
+            options.t2i_batch = (writer.record.get("generation") or {}).get("t2i_batch")
     else:
         writer, recorded = _create(options), []
-    cache.set_budget(options.gpu_memory * GIB if options.gpu_memory else None)
     attempt = Attempt(cache)
     earlier = [
         {**a, "status": "killed"} if a.get("status") == "running" else a
@@ -173,12 +176,18 @@ def run_explain(
     def record(status: str, **fields: Any) -> None:
         attempts = [*earlier, attempt.record(status)]
         totals = total_of(attempts)
+        backoffs = [note for a in attempts for note in a.get("backoffs", [])]
+        generation = writer.record.get("generation")
+        lowered = [n["to"] for n in backoffs if n["kind"] == "t2i" and "offload" not in n]
+        if generation and lowered:  # what the run renders with from now on, and on resume
+            generation["t2i_batch"] = min(generation["t2i_batch"], *lowered)
         writer.update(
             status=status,
             attempts=attempts,
             totals=totals,
             seconds=totals["wall_seconds"],
             model_cache=cache.stats.as_dict(),
+            backoffs=backoffs,
             **fields,
         )
 
@@ -203,8 +212,8 @@ def run_explain(
             error = f"{type(err).__name__}: {err}"
             raise
         error = (
-            "out of GPU memory: use --offload model (or sequential), a --gpu-memory budget "
-            "below the free memory, a smaller --t2i-batch, or smaller models"
+            "out of GPU memory outside the batched steps: use --offload sequential, a "
+            "--gpu-memory budget below the free memory, or smaller models"
         )
         raise NacosaeError(error) from err
     finally:
@@ -292,13 +301,14 @@ def _executor(
         options, inputs.versions, inputs.store.index["dtype"], inputs.recipe, inputs.readout
     )
     if not options.ray:
-        yield InProcess(job, cache)
+        attempt.executor = InProcess(job, cache)
+        yield attempt.executor
         return
     from nacosae.distributed.pool import WorkerPool
 
     assert inputs.cluster is not None
     with WorkerPool.running(inputs.cluster, job, options.ray_workers) as pool:
-        attempt.workers = pool
+        attempt.workers = attempt.executor = pool
         yield pool
 
 
@@ -421,11 +431,12 @@ def _build_parts(
         },
         "generation": {**facts.generation, "t2i_batch": facts.t2i_batch},
         "models": facts.models,
+        "memory_plan": facts.memory_plan,
     }
     return parts, settings, record
 
 
-def _store_preprocessing(options: ExplainOptions, store: ControlStore) -> Preprocessing:
+def store_preprocessing(options: ExplainOptions, store: ControlStore) -> Preprocessing:
     """The preprocessing the control store was built with (generated images must be read the
     same way); overrides given to explain must not change it."""
     from nacosae.models.preprocessing import Preprocessing
