@@ -15,6 +15,8 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from nacosae.models.text2image import Request, chunked
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -25,7 +27,6 @@ if TYPE_CHECKING:
     from nacosae.models.units import Readout
     from nacosae.store.concepts import ConceptCache
 
-Request = tuple[str, int, int]  # concept, first image index, images to render
 MIN_IMAGES = 2  # a score compares the concept's image set with the controls
 Phase = Callable[[str], AbstractContextManager[Any]]  # a timer's `phase(name)`
 
@@ -35,18 +36,6 @@ def check_num_img(num_img: int) -> None:
 
     if num_img < MIN_IMAGES:
         raise NacosaeError(f"--num-img must be at least {MIN_IMAGES} (scores compare image sets)")
-
-
-def chunked(requests: list[Request], batch: int) -> list[list[Request]]:
-    """Text-to-image calls of at most `batch` images each (a concept may span two calls)."""
-    pending = [(c, first + k) for c, first, count in requests for k in range(count)]
-    calls = []
-    for start in range(0, len(pending), max(1, batch)):
-        grouped: dict[str, list[int]] = {}
-        for concept, index in pending[start : start + max(1, batch)]:
-            grouped.setdefault(concept, []).append(index)
-        calls.append([(c, idx[0], len(idx)) for c, idx in grouped.items()])
-    return calls
 
 
 class ImageSide:

@@ -60,6 +60,19 @@ IMAGE_PROMPTS = ("varied", "line")  # the search's schemes; the evaluation's is 
 IMAGE_SEEDS = ("hashed", "index")  # the search's; the evaluation's is "single"
 
 PROMPT_SCHEME = "A realistic photo of a {concept}, {camera angle}, {lighting} (v1)"
+Request = tuple[str, int, int]  # concept, first image index, images to render
+
+
+def chunked(requests: list[Request], batch: int) -> list[list[Request]]:
+    """Text-to-image calls of at most `batch` images each (a concept may span two calls)."""
+    pending = [(c, first + k) for c, first, count in requests for k in range(count)]
+    calls = []
+    for start in range(0, len(pending), max(1, batch)):
+        grouped: dict[str, list[int]] = {}
+        for concept, index in pending[start : start + max(1, batch)]:
+            grouped.setdefault(concept, []).append(index)
+        calls.append([(c, idx[0], len(idx)) for c, idx in grouped.items()])
+    return calls
 
 
 @dataclass(frozen=True)
@@ -273,8 +286,6 @@ class TextToImage:
     def render_many(self, requests: list[tuple[str, int, int]], seed: int) -> list[Image]:
         """Images of several concepts, (concept, first index, count) each, in request order:
         one batched call, or calls of the back-off's size."""
-        from nacosae.models.concept_images import chunked
-
         return self.backoff.run(
             "t2i", requests, lambda call: self._render_call(call, seed), split=chunked
         )
