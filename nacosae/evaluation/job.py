@@ -330,7 +330,7 @@ class EvaluationSide(ImageSide):
         )
         vision_dtype = compute_dtype("vision", device, job.store_dtype)
         self.plan = self._plan(folder, vision_dtype, guidance > 1.0)
-        cache.set_budget(None if device == "cpu" else self.plan.weight_budget)
+        cache.set_budget(None if device == "cpu" else self.plan.cache_budget)
         sizes = {
             kind: self.plan.batch(kind, memory.CPU_BATCHES[kind]) for kind in ("t2i", "vision")
         }
@@ -352,6 +352,10 @@ class EvaluationSide(ImageSide):
             vision_spec(request.model, request.weights, device, vision_dtype, "cpu"),
             load_vision,
         )
+        for kind, handle in (("t2i", self.t2i), ("vision", self.vision)):
+            placement = self.plan.placement(kind)
+            if placement is not None:
+                cache.set_working(handle.spec, placement.computing)
         self.renderer = TextToImage(self.t2i, self.generation, self.backoff)
         self.activations = vision_activations(
             self.vision, request.layer, job.recipe, job.readout, self.backoff

@@ -138,6 +138,7 @@ class ModelCache:
         self._cond = threading.Condition(threading.RLock())
         self._load_locks: dict[ModelSpec, threading.Lock] = {}
         self._warned_over_budget: set[ModelSpec] = set()
+        self._working: dict[ModelSpec, int] = {}  # bytes a model needs beside its placed weights
         self.stats = CacheStats()
 
     # ------------------------------------------------------------ configuration
@@ -146,6 +147,13 @@ class ModelCache:
         """Bytes of whole models allowed on each accelerator (None: free memory less a margin)."""
         with self._cond:
             self._budget_override = budget_bytes
+
+    def set_working(self, spec: ModelSpec, nbytes: int) -> None:
+        """What `spec` needs on its device while it computes beyond its placed weights (its
+        activations; under model or sequential offload also the weights it streams in): each
+        `use` makes that room first, moving other unpinned models out (the memory plan's)."""
+        with self._cond:
+            self._working[spec.storage_key()] = int(nbytes)
 
     def budget(self, device: str) -> float:
         if device == "cpu":
@@ -246,6 +254,8 @@ class ModelCache:
             entry.swappable = spec.residency == "cpu"
             if spec.residency in ("none", "cpu") and not entry.placed:
                 self._place(spec, key, entry, me)
+            elif self._working.get(key) and spec.device != "cpu":
+                self._make_room(key, 0)  # room for what it computes with
             entry.pins[me] += 1
         try:
             yield entry.obj
@@ -283,8 +293,8 @@ class ModelCache:
 
     def _make_room(self, spec: ModelSpec, needed: int) -> bool:
         """Move unpinned models of the device to the CPU, least recently used first, until
-        `needed` more bytes fit; whether they fit now."""
-        budget = self.budget(spec.device)
+        `needed` more bytes and `spec`'s working memory fit; whether they fit now."""
+        budget = self.budget(spec.device) - self._working.get(spec.storage_key(), 0)
         evicted = False
         for other, entry in list(self._entries.items()):
             if self._placed_bytes(spec.device) + needed <= budget:

@@ -51,6 +51,7 @@ MODE_OF_OFFLOAD = {
 BATCH_LIMITS = {"t2i": 32, "llm": 16, "vision": 64}
 CPU_BATCHES = {"t2i": 8, "llm": 16, "vision": 64}  # on the CPU memory is not the limit
 PREFERRED_T2I_BATCH = 8  # below this, swapping the other models out buys a larger batch
+HEADROOM = 0.08  # of the budget, kept free: CUDA's allocator fragments, kernels need workspace
 
 # working-memory estimates (half precision; see the module docstring)
 UNET_IMAGE_512 = 0.30 * GIB  # a UNet's activations for one 512 x 512 image
@@ -105,11 +106,18 @@ class Placement:
     fits: bool
     unit: str
     chosen_by: str  # "plan" or the option that set it
+    streamed: int = 0  # weight bytes on the device while it computes under model/sequential
 
     @property
     def offload(self) -> str:
         """The ModelCache offload mode that realises this placement."""
         return OFFLOAD_OF_MODE[self.mode]
+
+    @property
+    def computing(self) -> int:
+        """What the ModelCache must leave free beside the placed weights while this model
+        computes (`ModelCache.set_working`)."""
+        return self.working + self.streamed
 
 
 @dataclass
@@ -133,13 +141,10 @@ class MemoryPlan:
         return found.offload if found else default
 
     @property
-    def weight_budget(self) -> float:
-        """What the ModelCache may keep placed: the budget less the largest working memory of
-        a model that computes while others stay (so swapping counts the activations too)."""
-        if math.isinf(self.budget):
-            return self.budget
-        working = max((p.working for p in self.placements), default=0)
-        return max(0.0, self.budget - working)
+    def cache_budget(self) -> float:
+        """The ModelCache's budget: the plan's less its headroom (each model's working memory
+        is reserved apart, `Placement.computing`)."""
+        return self.budget if math.isinf(self.budget) else self.budget * (1 - HEADROOM)
 
     def line(self, loaded: dict[str, int] | None = None) -> str:
         """The run's start line: one phrase per model (`loaded`: the weight bytes of models
@@ -177,38 +182,41 @@ def plan_memory(
     batches = {k: v for k, v in (batches or {}).items() if v is not None}
     plan = MemoryPlan(device, budget if device != "cpu" else math.inf)
     if device == "cpu":
+        mode = MODE_OF_OFFLOAD.get(offload, "resident")
         for need in needs:
-            batch = batches.get(need.kind, CPU_BATCHES[need.kind])
             chosen = "option" if need.kind in batches else "plan"
-            mode = MODE_OF_OFFLOAD.get(offload, "resident")
+            batch = batches.get(need.kind, CPU_BATCHES[need.kind])
             plan.placements.append(
                 Placement(
-                    need.kind,
-                    need.model,
-                    mode if offload != "auto" else "resident",
-                    batch,
-                    need.weights,
-                    0,
-                    True,
-                    need.unit,
-                    chosen,
+                    need.kind, need.model, mode, batch, need.weights, 0, True, need.unit, chosen
                 )  # fmt: skip
             )
         return plan
+    usable = budget * (1 - HEADROOM)
     vision = next((n for n in needs if n.kind == "vision"), None)
-    resident_weights = sum(n.weights for n in needs)
-    for need in needs:
-        if offload != "auto":
-            mode = MODE_OF_OFFLOAD[offload]
-            plan.placements.append(_placed(need, mode, budget, needs, vision, batches, "--offload"))
-            continue
-        plan.placements.append(_auto(need, budget, needs, vision, resident_weights, batches))
+    if offload != "auto":
+        mode = MODE_OF_OFFLOAD[offload]
+        plan.placements = [_placed(n, mode, usable, needs, vision, batches) for n in needs]
+        return plan
+    resident = [_placed(n, "resident", usable, needs, vision, batches) for n in needs]
+    swapped = [_swapped(n, usable, needs, vision, batches) for n in needs]
+    if all(p.fits for p in resident) and all(
+        r.batch >= min(PREFERRED_BATCHES[r.kind], s.batch)
+        for r, s in zip(resident, swapped, strict=True)
+    ):
+        plan.placements = resident
+    else:
+        plan.placements = swapped
+        plan.notes.append("the models do not all fit at once: they take turns on the device")
     return plan
+
+
+PREFERRED_BATCHES = {"t2i": PREFERRED_T2I_BATCH, "llm": BATCH_LIMITS["llm"], "vision": 16}
 
 
 def _room(need: Need, mode: str, budget: float, needs: list[Need], vision: Need | None) -> float:
     """Bytes left for `need`'s working memory while it computes under `mode`: resident keeps
-    every model's weights on the device, the others only the explained model's (it is small
+    every model's weights on the device; otherwise only the explained model's stay (it is small
     and used in every phase) beside what `need` itself holds at once."""
     if mode == "resident":
         return budget - sum(n.weights for n in needs)
@@ -223,49 +231,31 @@ def _placed(
     needs: list[Need],
     vision: Need | None,
     batches: dict[str, int],
-    chosen_by: str,
 ) -> Placement:
     room = _room(need, mode, budget, needs, vision)
     fitting = need.batch_in(room)
     batch = batches.get(need.kind, max(1, fitting))
-    by = (
-        "--" + {"t2i": "t2i-batch", "llm": "llm-batch"}.get(need.kind, "batch")
-        if (need.kind in batches)
-        else chosen_by
-    )
+    chosen = "plan"
+    if need.kind in batches:
+        chosen = "--" + {"t2i": "t2i-batch", "llm": "llm-batch"}.get(need.kind, "batch")
     fits = need.working(batch) <= room
+    streamed = need.on_device(mode) if mode in ("model", "sequential") else 0
     return Placement(need.kind, need.model, mode, batch, need.weights, need.working(batch), fits,
-                     need.unit, by)  # fmt: skip
+                     need.unit, chosen, streamed)  # fmt: skip
 
 
-def _auto(
-    need: Need,
-    budget: float,
-    needs: list[Need],
-    vision: Need | None,
-    resident_weights: int,
-    batches: dict[str, int],
+def _swapped(
+    need: Need, budget: float, needs: list[Need], vision: Need | None, batches: dict[str, int]
 ) -> Placement:
-    """The first placement that fits a batch of one; resident only while it does not cost the
-    text-to-image batch (swapping the others out may buy a larger one)."""
-    resident = _placed(need, "resident", budget, needs, vision, batches, "plan")
-    if need is vision and resident.fits:
-        return resident
-    swapped = _placed(need, "swapped", budget, needs, vision, batches, "plan")
-    if resident.fits and (
-        need.kind != "t2i"
-        or resident.batch >= min(PREFERRED_T2I_BATCH, swapped.batch)
-        or need.kind in batches
-    ):
-        return resident
-    candidates = [swapped]
-    if need.largest_part < need.weights:  # a pipeline: its components move one at a time
-        candidates.append(_placed(need, "model", budget, needs, vision, batches, "plan"))
-    candidates.append(_placed(need, "sequential", budget, needs, vision, batches, "plan"))
-    for placement in candidates:
-        if placement.fits:
-            return placement
-    return candidates[-1]
+    """Taking turns: the first of swapped, model offload (a pipeline's components one at a
+    time) and sequential offload that fits a batch of one (the explained model stays)."""
+    if need is vision:
+        return _placed(need, "resident", budget, [need], vision, batches)
+    candidates = [_placed(need, "swapped", budget, needs, vision, batches)]
+    if need.largest_part < need.weights:
+        candidates.append(_placed(need, "model", budget, needs, vision, batches))
+    candidates.append(_placed(need, "sequential", budget, needs, vision, batches))
+    return next((p for p in candidates if p.fits), candidates[-1])
 
 
 # ---------------------------------------------------------------- what a model weighs

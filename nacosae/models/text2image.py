@@ -181,6 +181,17 @@ def native_side(pipeline: Any) -> int:
     return int(size) * int(getattr(pipeline, "vae_scale_factor", 8))
 
 
+def exact_call_options(pipeline: Any) -> dict[str, Any]:
+    """Switches some pipelines take so that they render exactly the prompt and size asked:
+    PixArt's and Sana's caption cleaning (which needs BeautifulSoup and rewrites prompts) and
+    their aspect-ratio binning (at the native size it changes nothing)."""
+    import inspect
+
+    accepted = inspect.signature(type(pipeline).__call__).parameters
+    options = {"clean_caption": False, "use_resolution_binning": False}
+    return {name: value for name, value in options.items() if name in accepted}
+
+
 def latent_noise(pipeline: Any, count: int, height: int, width: int, generator: Any) -> Any:
     """`count` images' starting noise in the layout `pipeline(latents=...)` takes, drawn in
     float32 from `generator` (FLUX packs 2 x 2 patches of its 16 latent channels)."""
@@ -327,6 +338,7 @@ class TextToImage:
                 num_inference_steps=settings.num_inference_steps,
                 output_type="pil",
                 **extra,
+                **exact_call_options(pipeline),
             )
         return list(result.images)
 

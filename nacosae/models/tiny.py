@@ -147,6 +147,137 @@ def tiny_text2image_pipeline(workdir: Path, seed: int = 0) -> Any:
     )
 
 
+def tiny_sentencepiece_tokenizer(cls: Any, specials: dict[str, str]) -> Any:
+    """A character-level Unigram tokenizer (the kind T5 and Gemma use), built in memory as
+    tokenizer class `cls` with its `specials` (e.g. eos_token="</s>")."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    words = [*dict.fromkeys(specials.values())]
+    words += [f"\u2581{c}" for c in _LETTERS] + list(_LETTERS) + [",", ".", "-", ":"]
+    unknown = words.index(specials.get("unk_token", words[0]))
+    model = Tokenizer(models.Unigram([(w, -float(i)) for i, w in enumerate(words)], unknown))
+    model.pre_tokenizer = pre_tokenizers.Metaspace()
+    model.decoder = decoders.Metaspace()
+    if "eos_token" in specials and cls.__name__.startswith("T5"):
+        eos = specials["eos_token"]
+        model.post_processor = processors.TemplateProcessing(
+            single=f"$A {eos}", special_tokens=[(eos, words.index(eos))]
+        )
+    return cls(tokenizer_object=model, **specials)
+
+
+def tiny_transformer_pipeline(kind: str, workdir: Path, seed: int = 0) -> Any:
+    """A diffusers pipeline with a transformer denoiser at a tiny scale (64 px images): `sd3`
+    (StableDiffusion3Pipeline), `flux` (FluxPipeline, schnell-like: no guidance embeddings),
+    `pixart-sigma` (PixArtSigmaPipeline) or `sana` (SanaPipeline); their text encoders (CLIP, T5,
+    Gemma 2) are random and a few dozen units wide. (FluxPipeline renders 1024 px unless told a
+    size: its default sample size is fixed in the class.)"""
+    import diffusers
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    clip = transformers.CLIPTokenizer.from_pretrained(
+        str(write_tiny_clip_tokenizer(workdir / "tok")), model_max_length=77
+    )
+    t5_specials = {"eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
+
+    def t5() -> tuple[Any, Any]:
+        tokenizer = tiny_sentencepiece_tokenizer(transformers.T5TokenizerFast, t5_specials)
+        config = transformers.T5Config(
+            vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4
+        )
+        return transformers.T5EncoderModel(config), tokenizer
+
+    def clip_encoder(cls: Any) -> Any:
+        return cls(
+            transformers.CLIPTextConfig(
+                vocab_size=len(clip), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
+                bos_token_id=clip.bos_token_id, eos_token_id=clip.eos_token_id,
+                pad_token_id=clip.pad_token_id,
+            )
+        )  # fmt: skip
+
+    def vae(latents: int) -> Any:
+        return diffusers.AutoencoderKL(
+            in_channels=3, out_channels=3, block_out_channels=(8, 8, 8, 8),
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=1, latent_channels=latents, norm_num_groups=4, sample_size=64,
+            use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609,
+            scaling_factor=1.5035,
+        )  # fmt: skip
+
+    flow = diffusers.FlowMatchEulerDiscreteScheduler()
+    if kind == "sd3":
+        text_encoder_3, tokenizer_3 = t5()
+        return diffusers.StableDiffusion3Pipeline(
+            transformer=diffusers.SD3Transformer2DModel(
+                sample_size=8, patch_size=1, in_channels=4, out_channels=4, num_layers=1,
+                attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,
+                joint_attention_dim=32, pooled_projection_dim=64,
+            ),
+            text_encoder=clip_encoder(transformers.CLIPTextModelWithProjection),
+            text_encoder_2=clip_encoder(transformers.CLIPTextModelWithProjection),
+            text_encoder_3=text_encoder_3, tokenizer=clip, tokenizer_2=clip,
+            tokenizer_3=tokenizer_3, vae=vae(4), scheduler=flow,
+        )  # fmt: skip
+    if kind == "flux":
+        text_encoder_2, tokenizer_2 = t5()
+        return diffusers.FluxPipeline(
+            transformer=diffusers.FluxTransformer2DModel(
+                patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                pooled_projection_dim=32, axes_dims_rope=[4, 4, 8], guidance_embeds=False,
+            ),
+            text_encoder=clip_encoder(transformers.CLIPTextModel), text_encoder_2=text_encoder_2,
+            tokenizer=clip, tokenizer_2=tokenizer_2, vae=vae(4), scheduler=flow,
+        )  # fmt: skip
+    if kind == "pixart-sigma":
+        text_encoder, tokenizer = t5()
+        return diffusers.PixArtSigmaPipeline(
+            transformer=diffusers.PixArtTransformer2DModel(
+                sample_size=8, num_layers=2, patch_size=2, attention_head_dim=8,
+                num_attention_heads=3, caption_channels=32, in_channels=4, cross_attention_dim=24,
+                out_channels=8, attention_bias=True, activation_fn="gelu-approximate",
+                num_embeds_ada_norm=1000, norm_type="ada_norm_single",
+                norm_elementwise_affine=False, norm_eps=1e-6,
+            ),
+            text_encoder=text_encoder, tokenizer=tokenizer, vae=vae(4),
+            scheduler=diffusers.DPMSolverMultistepScheduler(),
+        )  # fmt: skip
+    if kind == "sana":
+        specials = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>",
+                    "unk_token": "<unk>"}  # fmt: skip
+        tokenizer = tiny_sentencepiece_tokenizer(transformers.GemmaTokenizerFast, specials)
+        gemma = transformers.Gemma2Model(
+            transformers.Gemma2Config(
+                head_dim=16, hidden_size=8, intermediate_size=64, num_attention_heads=2,
+                num_hidden_layers=1, num_key_value_heads=2, vocab_size=len(tokenizer),
+            )
+        )  # fmt: skip
+        return diffusers.SanaPipeline(
+            transformer=diffusers.SanaTransformer2DModel(
+                patch_size=1, in_channels=4, out_channels=4, num_layers=1, num_attention_heads=2,
+                attention_head_dim=4, num_cross_attention_heads=2, cross_attention_head_dim=4,
+                cross_attention_dim=8, caption_channels=8, sample_size=32,
+            ),
+            vae=diffusers.AutoencoderDC(
+                in_channels=3, latent_channels=4, attention_head_dim=2,
+                encoder_block_types=("ResBlock", "EfficientViTBlock"),
+                decoder_block_types=("ResBlock", "EfficientViTBlock"),
+                encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8),
+                encoder_qkv_multiscales=((), (5,)), decoder_qkv_multiscales=((), (5,)),
+                encoder_layers_per_block=(1, 1), decoder_layers_per_block=[1, 1],
+                downsample_block_type="conv", upsample_block_type="interpolate",
+                decoder_norm_types="rms_norm", decoder_act_fns="silu", scaling_factor=0.41407,
+            ),
+            text_encoder=gemma, tokenizer=tokenizer,
+            scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=7.0),
+        )  # fmt: skip
+    raise ValueError(f"no tiny {kind!r} pipeline: use sd3, flux, pixart-sigma or sana")
+
+
 # ---------------------------------------------------------------- language model
 
 SMOKE_WORDS = (

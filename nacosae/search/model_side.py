@@ -140,12 +140,16 @@ def build_models(
     from nacosae.models.vision import load_vision, vision_spec
 
     def placed(kind: str, spec: ModelSpec) -> ModelSpec:
-        """`spec` with the plan's offload mode (a resident one loads straight to the device)."""
+        """`spec` with the plan's offload mode (a resident one loads straight to the device),
+        its working memory reserved in the cache."""
         mode = plan.offload(kind, "none") if options.offload == "auto" else options.offload
         found = plan.placement(kind)
         direct = found is not None and found.mode == "resident" and device.startswith("cuda")
         options_ = spec.options + ((("load", "direct"),) if direct else ())
-        return replace(spec, offload=mode, options=options_)  # type: ignore[arg-type]
+        spec = replace(spec, offload=mode, options=options_)  # type: ignore[arg-type]
+        if found is not None:
+            cache.set_working(spec, found.computing)
+        return spec
 
     vision = ModelHandle(
         cache,
@@ -329,7 +333,7 @@ class ExplainSide(ImageSide):
         self.job, self.cache, self.device = job, cache, device
         options = job.options
         self.plan = explain_plan(job, device, memory_budget(device, options.gpu_memory))
-        cache.set_budget(None if device == "cpu" else self.plan.weight_budget)
+        cache.set_budget(None if device == "cpu" else self.plan.cache_budget)
         sizes = {kind: self.plan.batch(kind, CPU_BATCHES[kind]) for kind in CPU_BATCHES}
         self.backoff = BackOff(sizes, escalate=self._escalate)
         self.models = build_models(
