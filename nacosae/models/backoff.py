@@ -3,8 +3,9 @@ at one item the model moves to a more frugal placement; only then does the run s
 
 Every model side keeps one `BackOff` for its batched calls (text-to-image images, LLM rows,
 explained-model images). A lowered size stays lowered for the rest of the run, and each step
-is noted (what, from, to) for run.json. On the CPU in float32 the results do not depend on the
-batch, so a back-off changes nothing but the time.
+is noted (what, from, to) for run.json. An LLM chat and an explained model's activations do not
+depend on their batch on the CPU, so there a back-off changes nothing but the time; an image may
+move by one intensity level in a pixel with its batch size (models/text2image.py).
 """
 
 from __future__ import annotations

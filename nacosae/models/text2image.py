@@ -1,10 +1,11 @@
 """Text-to-image backend (diffusers): the images of many concepts in one batched call.
 
 Image k of a concept is decided by the settings, the seed, the concept and k: its prompt and
-its starting noise come from those alone, whatever else shares its call. On the CPU in float32
-its pixels then do not depend on the batch; on a GPU, half-precision kernels chosen per batch
-size can change the last bits (so a run fixes its text-to-image batch, and the concept cache
-records it). Two schemes each for its prompt and its starting noise:
+its starting noise come from those alone, whatever else shares its call. Its pixels are the same
+up to rounding: the kernels a batch size selects (on the CPU as on a GPU) can move a pixel by one
+intensity level, so a run keeps one text-to-image batch (recorded in run.json, reused on
+resume; only an out-of-memory back-off lowers it). Two schemes each for its prompt and its
+starting noise:
 - prompts "varied" (default): each image its own camera angle and lighting out of six each,
   drawn from an RNG seeded by (seed, concept, k); "line" (the original project's): "A realstic
   photo of a {concept}" (its words, typo included) plus one of its four camera angles and one of
@@ -162,6 +163,13 @@ def check_supported(pipeline: str, model_id: str) -> None:
         )
 
 
+def check_pipeline_folder(model_id: str, folder: Path | None) -> None:
+    """A pipeline folder whose model_index.json names a pipeline nacosae does not render with
+    is one line, before anything loads."""
+    if folder is not None and (folder / "model_index.json").is_file():
+        check_supported(str(_json_field(folder / "model_index.json", "_class_name")), model_id)
+
+
 def _json_field(path: Path, key: str) -> Any:
     import json
 
@@ -244,9 +252,7 @@ def load_pipeline(spec: ModelSpec) -> Any:
     from nacosae.models.revisions import from_pretrained_kwargs, model_folder
 
     progress.calm_libraries()
-    folder = model_folder(spec.id, spec.revision)
-    if folder is not None and (folder / "model_index.json").is_file():
-        check_supported(str(_json_field(folder / "model_index.json", "_class_name")), spec.id)
+    check_pipeline_folder(spec.id, model_folder(spec.id, spec.revision))
     kwargs = {"dtype": getattr(torch, spec.dtype), **from_pretrained_kwargs(spec.id, spec.revision)}
     if dict(spec.options).get("load") == "direct":  # resident: no copy in host memory first
         kwargs["device_map"] = "cuda" if spec.device in ("cuda", "cuda:0") else spec.device

@@ -69,9 +69,12 @@ def resolve_models(options: ExplainOptions, pins: dict[str, Any] | None = None) 
     """Find every model's exact version and reach the LLM server, without loading anything:
     a wrong id, an uncached model offline or a dead server is an error before any work."""
     from nacosae.models.language import HTTPLLM
+    from nacosae.models.revisions import model_folder
+    from nacosae.models.text2image import check_pipeline_folder
 
     pins = pins or {}
     t2i = _pinned_revision(options.t2i_model, pins, "t2i", "text-to-image model", "--t2i-model")
+    check_pipeline_folder(options.t2i_model, model_folder(options.t2i_model, t2i))
     if options.llm_url:
         server = HTTPLLM(options.llm_url, options.language_model)
         server.check()
