@@ -64,6 +64,9 @@ def load_local_llm(spec: ModelSpec) -> LLMBundle:
 
     progress.calm_libraries()
     source, kwargs = spec.id, from_pretrained_kwargs(spec.id, spec.revision)
+    placement: dict[str, Any] = {}
+    if dict(spec.options).get("load") == "direct":  # resident: no copy in host memory first
+        placement["device_map"] = spec.device
     reading: AbstractContextManager[None] = nullcontext()
     if is_gguf_file(spec.id):  # transformers reads (and dequantises) llama.cpp's format
         path = Path(spec.id).expanduser().resolve()
@@ -73,7 +76,7 @@ def load_local_llm(spec: ModelSpec) -> LLMBundle:
         with reading:
             tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
             model = AutoModelForCausalLM.from_pretrained(
-                source, dtype=getattr(torch, spec.dtype), **kwargs
+                source, dtype=getattr(torch, spec.dtype), **kwargs, **placement
             )
     except Exception as exc:  # noqa: BLE001 - every loading failure becomes one clear line
         text = str(exc).splitlines()[0]
