@@ -6,8 +6,17 @@ tokenizer), saves them as model folders (fp16 variant files, as `nacosae downloa
 fetches them) and then goes through nacosae's own loaders, ModelCache and search, exactly as
 `nacosae explain` does. ResNet-50 and ViT-B/16 come from torchvision with random weights.
 
-Sections (each prints one or more JSON lines, also appended to OUT/gpu.jsonl):
+Sections, most valuable first (each prints JSON lines, also appended to OUT/gpu.jsonl; the
+time budget may end the run before the last ones):
 - env: device, memory, library versions.
+- memory: one unit, 2 iterations, default options only, with the GPU capped at 16, 24, 12 and
+  48 GiB (`torch.cuda.set_per_process_memory_fraction`, and the plan told the same budget), for
+  sd-turbo + Llama-3.2-1B and for SDXL base + Llama-3.1-8B: completed or not, the plan chosen,
+  back-offs, peak GPU memory, peak host RSS against the largest model's files, seconds.
+- pipelines: a transformer denoiser (SD3.5 medium: MMDiT-X, CLIP-L, bigG and T5-XXL) through
+  nacosae's loader at its native size: the defaults chosen, images/s at batch 1 and 4.
+- layer: 64 units of ResNet-50 `avgpool` in one run (2 iterations): seconds per unit, the share
+  of scored concepts that needed no rendering, the whole layer's hours at this rate.
 - controls: `nacosae controls` images/s for ResNet-50 and ViT-B/16 on synthetic JPEGs, beside
   the decode-only rate of the same loader (target: within 90% of it).
 - explain: one unit with default settings (sd-turbo 4 steps + Llama-3.2-1B, 5 images per
@@ -21,8 +30,9 @@ Sections (each prints one or more JSON lines, also appended to OUT/gpu.jsonl):
 - large: SDXL base + Llama-3.1-8B with `--offload sequential` under a 10 GiB budget (one
   iteration, 2 images per concept, 4 steps, to fit the time), peak memory.
 
-The LLM has random weights, so its replies are kept well-formed by the smoke preset's token
-constraint (short answers); `llm` measures unconstrained generation speed separately.
+The LLM has random weights and a byte-level BPE tokenizer of its config's vocabulary size built
+locally; its replies take the default JSON answer path (held to the schema while decoded);
+`llm` measures unconstrained generation speed separately.
 
     uv run python benchmarks/gpu.py --out results/          # on a CUDA machine, < 8 minutes
     uv run python benchmarks/gpu.py --tiny --device cpu --out /tmp/gpu-tiny   # CI: same code
@@ -48,7 +58,19 @@ CLASS_LABELS = (
     "tree frog", "loggerhead turtle", "garter snake", "trilobite", "scorpion", "tarantula",
     "peacock", "flamingo", "king penguin",
 )  # fmt: skip
-SECTIONS = ("env", "controls", "explain", "t2i", "llm", "ray", "offload", "large")
+SECTIONS = (
+    "env",
+    "memory",
+    "pipelines",
+    "layer",
+    "controls",
+    "explain",
+    "t2i",
+    "llm",
+    "ray",
+    "offload",
+    "large",
+)  # fmt: skip  (most valuable first: the time budget may end the run early)
 
 
 class Bench:
@@ -83,43 +105,64 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 @contextmanager
-def _built_on(device: str) -> Iterator[None]:
-    """Create parameters directly on `device` (random init of billions of weights is fast
-    there and slow on a CPU)."""
+def _built_on(device: str, dtype: str = "float32") -> Iterator[None]:
+    """Create parameters directly on `device` in `dtype` (random init of billions of weights is
+    fast there and slow on a CPU; an 8B model in float32 would need 32 GB)."""
     import torch
 
-    with torch.device(device):
-        yield
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(getattr(torch, dtype))
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def build_pipeline_folder(config: str, folder: Path, device: str) -> Path:
-    """A diffusers pipeline with random weights, saved with fp16 variant files."""
+    """A diffusers pipeline with random weights from `benchmarks/configs/<config>` (UNet or
+    transformer denoiser, CLIP and T5 text encoders), built in half precision and saved with
+    fp16 variant files."""
     import diffusers
     import torch
     import transformers
-    from transformers import CLIPTokenizer
+    from transformers import CLIPTokenizer, T5TokenizerFast
 
-    from nacosae.models.tiny import write_tiny_clip_tokenizer
+    from nacosae.models.tiny import tiny_sentencepiece_tokenizer, write_tiny_clip_tokenizer
 
     if (folder / "model_index.json").is_file():
         return folder
     source = CONFIGS / config
     layout = json.loads((source / "pipeline.json").read_text())
-    tokenizer = CLIPTokenizer.from_pretrained(
+    clip = CLIPTokenizer.from_pretrained(
         str(write_tiny_clip_tokenizer(folder.parent / f"{config}-tokenizer")), model_max_length=77
     )
-    with _built_on(device):
+    tokenizers = layout["tokenizers"]
+    if isinstance(tokenizers, list):  # UNet pipelines: CLIP tokenizers only
+        tokenizers = {name: "clip" for name in tokenizers}
+    denoiser = layout.get("denoiser", "UNet2DConditionModel")
+    denoiser_part = "unet" if denoiser == "UNet2DConditionModel" else "transformer"
+    with _built_on(device, "float32" if device == "cpu" else "float16"):
         parts: dict[str, Any] = {
-            "unet": diffusers.UNet2DConditionModel.from_config(_read(source / "unet.json")),
+            denoiser_part: getattr(diffusers, denoiser).from_config(
+                _read(source / f"{denoiser_part}.json")
+            ),
             "vae": diffusers.AutoencoderKL.from_config(_read(source / "vae.json")),
         }
         for name, cls in layout["text_encoders"].items():
-            text_config = transformers.CLIPTextConfig(**_read(source / f"{name}.json"))
+            values = _read(source / f"{name}.json")
+            if cls == "T5EncoderModel":
+                text_config: Any = transformers.T5Config(**values)
+            else:
+                text_config = transformers.CLIPTextConfig(**values)
             parts[name] = getattr(transformers, cls)(text_config)
     scheduler_cls = getattr(diffusers, layout["scheduler"])
     parts["scheduler"] = scheduler_cls.from_config(_read(source / "scheduler.json"))
-    for name in layout["tokenizers"]:
-        parts[name] = tokenizer
+    specials = {"eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
+    for name, kind in tokenizers.items():
+        parts[name] = (
+            clip if kind == "clip" else tiny_sentencepiece_tokenizer(T5TokenizerFast, specials)
+        )
     if layout["pipeline"] == "StableDiffusionPipeline":
         parts.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipeline = getattr(diffusers, layout["pipeline"])(**parts)
@@ -133,23 +176,26 @@ def build_pipeline_folder(config: str, folder: Path, device: str) -> Path:
 
 
 def build_llm_folder(config: str, folder: Path, device: str) -> Path:
-    """A Llama with random weights from a published config, with the smoke tokenizer (its
-    special token ids replace Llama's), saved in bfloat16."""
+    """A Llama with random weights from a published config and a byte-level BPE tokenizer of
+    the config's vocabulary size (Llama 3's 128,256 tokens; it writes JSON, so the default
+    answer path is measured), built and saved in bfloat16."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from nacosae.models.tiny import smoke_tokenizer
+    from nacosae.models.tiny import byte_level_bpe_tokenizer
 
     if (folder / "config.json").is_file():
         return folder
-    tokenizer = smoke_tokenizer()
     values = _read(CONFIGS / config)
+    tokenizer = byte_level_bpe_tokenizer(
+        values["vocab_size"], specials=min(256, values["vocab_size"] // 8)
+    )
     values.update(
-        bos_token_id=tokenizer.convert_tokens_to_ids("<|user|>"),
+        bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    with _built_on(device):
+    with _built_on(device, "float32" if device == "cpu" else "bfloat16"):
         model = LlamaForCausalLM(LlamaConfig(**values))
     model.to(torch.bfloat16)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -298,7 +344,6 @@ def section_controls(bench: Bench, state: dict[str, Any]) -> None:
 def explain_options(bench: Bench, state: dict[str, Any], name: str, **changes: Any) -> Any:
     """Options of one explain variant; each variant gets its own concept cache (so it renders
     everything) over the one control store."""
-    from nacosae.models.tiny import SMOKE_CONSTRAINT
     from nacosae.search.options import ExplainOptions
 
     home = bench.out / "variants" / name
@@ -313,30 +358,32 @@ def explain_options(bench: Bench, state: dict[str, Any], name: str, **changes: A
         model="tiny_cnn" if bench.tiny else "resnet50",
         layer="avgpool",
         weights="none",
-        t2i_model=str(state["sd_turbo"]),
-        language_model=str(state["llm_small"]),
+        t2i_model=str(changes.pop("t2i_model", None) or state["sd_turbo"]),
+        language_model=str(changes.pop("language_model", None) or state["llm_small"]),
         num_inf_steps=2 if bench.tiny else None,
         num_img=2 if bench.tiny else 5,
         n_iters=1 if bench.tiny else 10,
         device=bench.device,
-        max_new_tokens=32,
-        llm_constraint=SMOKE_CONSTRAINT,
+        max_new_tokens=192,  # room for a JSON answer (random weights: the schema ends it)
     )
     for key, value in changes.items():
         setattr(options, key, value)
     return options
 
 
-def run_variant(bench: Bench, state: dict[str, Any], name: str, **changes: Any) -> dict:
+def run_variant(
+    bench: Bench, state: dict[str, Any], name: str, cache: Any = None, **changes: Any
+) -> dict:
     from nacosae.search.runner import run_explain
     from nacosae.store.runs import read_events
 
+    cache = cache or state["cache"]
     options = explain_options(bench, state, name, **changes)
     _peak_reset(bench.device)
-    stats = state["cache"].stats
+    stats = cache.stats
     loads_before, load_seconds_before = stats.loads, stats.load_seconds
     started = time.perf_counter()
-    result = run_explain(options, state["cache"])
+    result = run_explain(options, cache)
     wall = time.perf_counter() - started
     load_seconds = stats.load_seconds - load_seconds_before
     record = json.loads((result.run_dir / "run.json").read_text())
@@ -353,6 +400,8 @@ def run_variant(bench: Bench, state: dict[str, Any], name: str, **changes: Any) 
         "images_rendered": totals["images_rendered"],
         "llm_calls": totals["llm_calls"],
         "t2i_batch": record["generation"]["t2i_batch"],
+        "memory_plan": record.get("memory_plan"),
+        "backoffs": record.get("backoffs", []),
         "model_loads": stats.loads - loads_before,
         "evictions_total": record["model_cache"]["evictions"],
         "peak_gpu_gib": _peak_gib(bench.device),
@@ -568,7 +617,7 @@ def section_offload(bench: Bench, state: dict[str, Any]) -> None:
     reference = state["reference"]
     cache = state["cache"]
     sizes = [n for label, n in cache.stats.models.items() if label.startswith(("t2i", "llm"))]
-    squeeze = max(sizes) / GIB + 0.25  # room for the largest model, not for two
+    squeeze = max(sizes) / GIB + 1.5  # the largest model and its work, not two models
     swapped = run_variant(bench, state, "swapped", offload="cpu", gpu_memory=squeeze)
     _compare(bench, reference, swapped, target_search_ratio=1.5)
     for mode in ("model", "sequential"):
@@ -604,8 +653,221 @@ def section_large(bench: Bench, state: dict[str, Any]) -> None:
     )
 
 
+@contextmanager
+def _capped(device: str, gib: float) -> Iterator[None]:
+    """The GPU capped at `gib` GiB for this process (PyTorch's allocator refuses more), as a
+    card of that size would be; nothing on a CPU."""
+    import torch
+
+    if not device.startswith("cuda"):
+        yield
+        return
+    total = torch.cuda.get_device_properties(torch.device(device)).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, gib * 1024**3 / total))
+    try:
+        yield
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+
+
+@contextmanager
+def _rss_samples(every: float = 0.2) -> Iterator[list[int]]:
+    """This process's resident memory (bytes) sampled every `every` seconds while the block
+    runs: its peak is what loading the models cost in host memory."""
+    import threading
+
+    import psutil
+
+    process, samples, stop = (
+        psutil.Process(),
+        [psutil.Process().memory_info().rss],
+        threading.Event(),
+    )
+
+    def sample() -> None:
+        while not stop.wait(every):
+            samples.append(process.memory_info().rss)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield samples
+    finally:
+        stop.set()
+        thread.join()
+
+
+def ensure_store(bench: Bench, state: dict[str, Any]) -> None:
+    """The explained model's control store over the synthetic JPEGs (built by `controls`, or
+    here when a section runs without it)."""
+    from nacosae.controls import ControlsRequest, build_controls
+
+    model = "tiny_cnn" if bench.tiny else "resnet50"
+    if (bench.out / "controls" / model / "avgpool" / "index.json").is_file():
+        return
+    images = state.get("images") or make_jpegs(
+        bench.out / "jpegs", 2 if bench.tiny else 16, (500, 375)
+    )
+    state["images"] = images
+    request = ControlsRequest(
+        model=model, layer="avgpool", images=images, controls_root=bench.out / "controls",
+        weights="none", batch_size=64, workers=0, device=bench.device, dtype="float16",
+    )  # fmt: skip
+    build_controls(request, state["cache"])
+
+
+MEMORY_CAPS = (16, 24, 12, 48)  # GiB: the cards researchers have, most valuable first
+MEMORY_SETTINGS = {  # name -> (pipeline config, LLM config, LLM folder)
+    "default": ("sd-turbo", "llama-3.2-1b-instruct.json", "llm-small"),
+    "recommended": ("sdxl-base", "llama-3.1-8b-instruct.json", "llm-large"),
+}
+
+
+def section_memory(bench: Bench, state: dict[str, Any]) -> None:
+    """One unit, 2 iterations, default options only, on a GPU capped at 12-48 GiB with the
+    plan told the same budget: does it complete, which plan, peak GPU and host memory,
+    back-offs, seconds. The 16 and 24 GiB caps first; the rest while time is left."""
+    from nacosae.models.cache import ModelCache
+
+    ensure_store(bench, state)
+    folders = {
+        name: build_pair(bench, t2i, llm, folder)
+        for name, (t2i, llm, folder) in MEMORY_SETTINGS.items()
+    }
+    largest = max(
+        sum(p.stat().st_size for p in Path(f).rglob("*.safetensors"))
+        for pair in folders.values()
+        for f in pair
+    )
+    for gib in MEMORY_CAPS if not bench.tiny else MEMORY_CAPS[:1]:
+        for name, (t2i, llm) in folders.items():
+            if bench.seconds_left() < (30 if bench.tiny else 90):
+                bench.emit("memory", gpu_gib=gib, setting=name, skipped="out of time")
+                continue
+            _free(bench.device)
+            started, error, result = time.perf_counter(), None, {}
+            with _capped(bench.device, gib), _rss_samples() as rss:
+                try:
+                    result = run_variant(
+                        bench, state, f"memory-{name}-{gib}", cache=ModelCache(),
+                        t2i_model=str(t2i), language_model=str(llm), n_iters=2,
+                        num_inf_steps=2 if bench.tiny else 4, num_img=2 if bench.tiny else 5,
+                        gpu_memory=None if bench.device == "cpu" else float(gib),
+                    )  # fmt: skip
+                except Exception as exc:  # noqa: BLE001 - a failed setting is a result here
+                    error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            placements = (result.get("memory_plan") or {}).get("placements", [])
+            bench.emit(
+                "memory",
+                gpu_gib=gib,
+                setting=name,
+                models=[Path(t2i).name, Path(llm).name],
+                completed=error is None,
+                error=error,
+                plan={p["kind"]: [p["mode"], p["batch"]] for p in placements},
+                backoffs=result.get("backoffs", []),
+                peak_gpu_gib=result.get("peak_gpu_gib"),
+                peak_rss_gib=round(max(rss) / 1024**3, 2),
+                rss_to_largest_model=round(max(rss) / largest, 2),
+                seconds=round(time.perf_counter() - started, 1),
+            )
+            _free(bench.device)
+
+
+def section_pipelines(bench: Bench, state: dict[str, Any]) -> None:
+    """A transformer-denoiser pipeline (SD3.5 medium: MMDiT-X with CLIP-L, bigG and T5-XXL;
+    random weights) through nacosae's loader at its native size: defaults chosen, images/s."""
+    from nacosae.models.cache import ModelHandle, ModelSpec
+    from nacosae.models.revisions import model_folder, resolve_revision
+    from nacosae.models.text2image import (
+        GenerationSettings,
+        TextToImage,
+        generation_defaults,
+        load_pipeline,
+        native_side,
+    )
+
+    if bench.tiny:
+        from nacosae.models.tiny import tiny_transformer_pipeline
+
+        folder = bench.out / "models" / "tiny-sd3"
+        if not (folder / "model_index.json").is_file():
+            tiny_transformer_pipeline("sd3", bench.out / "models" / "work").save_pretrained(folder)
+    else:
+        folder = build_pipeline_folder(
+            "sd3.5-medium", bench.out / "models" / "sd3.5-medium", bench.device
+        )
+    revision = resolve_revision(str(folder))
+    defaults = generation_defaults(str(folder), model_folder(str(folder), revision))
+    spec = ModelSpec("t2i", str(folder), revision, bench.half, bench.device, "none")
+    handle = ModelHandle(state["cache"], spec, load_pipeline)
+    started = time.perf_counter()
+    handle.load()
+    load_seconds = time.perf_counter() - started
+    with handle.use() as pipeline:
+        side = native_side(pipeline)
+    steps = 2 if bench.tiny else 8
+    t2i = TextToImage(handle, GenerationSettings(str(folder), steps, defaults.guidance))
+    t2i.render("warm up", 1, seed=0)
+    for batch in (1, 4):
+        _peak_reset(bench.device)
+        started = time.perf_counter()
+        images = t2i.render_many([(f"concept {k}", 0, 1) for k in range(batch)], seed=1)
+        seconds = time.perf_counter() - started
+        bench.emit(
+            "pipelines",
+            pipeline=type(pipeline).__name__,
+            model=folder.name,
+            native_side=side,
+            image_size=list(images[0].size),
+            defaults=[defaults.steps, defaults.guidance, defaults.reason],
+            steps=steps,
+            batch=batch,
+            images_per_s=round(batch / seconds, 3),
+            load_s=round(load_seconds, 1),
+            peak_gpu_gib=_peak_gib(bench.device),
+        )
+    state["cache"].clear()
+    _free(bench.device)
+
+
+def section_layer(bench: Bench, state: dict[str, Any]) -> None:
+    """64 units of ResNet-50 `avgpool` in one run at default settings (sd-turbo + Llama-3.2-1B,
+    2 iterations to fit the time): seconds per unit amortised and the share of concepts the
+    concept cache served, to extrapolate the whole layer (2,048 units; goal: one H100-hour)."""
+    ensure_store(bench, state)
+    pair = state.get("sd_turbo"), state.get("llm_small")
+    if None in pair:
+        pair = build_pair(bench, "sd-turbo", "llama-3.2-1b-instruct.json", "llm-small")
+    units = 4 if bench.tiny else 64
+    result = run_variant(
+        bench, state, "layer", t2i_model=str(pair[0]), language_model=str(pair[1]),
+        neurons=[f"0:{units}"], n_iters=2, num_img=2 if bench.tiny else 5,
+        num_inf_steps=2 if bench.tiny else None,
+    )  # fmt: skip
+    events = [e for e in result.pop("events") if e.get("score") is not None]
+    per_concept = 2 if bench.tiny else 5
+    rendered = result["images_rendered"] // per_concept
+    per_unit = result["wall_s"] / units
+    bench.emit(
+        "layer",
+        units=units,
+        n_iters=2,
+        wall_s=result["wall_s"],
+        seconds_per_unit=round(per_unit, 2),
+        concepts_scored=len(events),
+        concepts_rendered=rendered,
+        served_without_rendering=round(1 - rendered / len(events), 3) if events else None,
+        layer_2048_hours_at_this_rate=round(per_unit * 2048 / 3600, 2),
+        seconds=result["seconds"],
+    )
+
+
 RUNNERS: dict[str, Callable[[Bench, dict[str, Any]], None]] = {
     "env": section_env,
+    "memory": section_memory,
+    "pipelines": section_pipelines,
+    "layer": section_layer,
     "controls": section_controls,
     "explain": section_explain,
     "t2i": section_t2i,
@@ -621,7 +883,7 @@ NEEDS = {
     "ray": "explain",
     "offload": "explain",
 }
-MIN_SECONDS = {"offload": 120, "large": 150}  # skipped when less time is left
+MIN_SECONDS = {"offload": 120, "large": 150, "layer": 90, "pipelines": 60}  # else skipped
 
 
 def main(argv: list[str] | None = None) -> int:

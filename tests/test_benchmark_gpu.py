@@ -23,6 +23,14 @@ def test_gpu_benchmark_runs_every_section_on_tiny_configs(tmp_path):
     assert set(sections) <= set(by_section)
     assert not any("error" in line or "skipped" in line for line in lines)
     assert [c["model"] for c in by_section["controls"]] == ["tiny_cnn", "tiny_vit"]
+    memory = by_section["memory"]  # one cap in --tiny mode, both settings, each completed
+    assert [(m["gpu_gib"], m["setting"]) for m in memory] == [(16, "default"), (16, "recommended")]
+    assert all(m["completed"] and set(m["plan"]) == {"vision", "t2i", "llm"} for m in memory)
+    pipelines = by_section["pipelines"]  # a transformer denoiser at its native size
+    assert {p["pipeline"] for p in pipelines} == {"StableDiffusion3Pipeline"}
+    assert all(p["image_size"] == [p["native_side"]] * 2 for p in pipelines)
+    (layer,) = by_section["layer"]
+    assert layer["units"] == 4 and layer["concepts_scored"] > layer["concepts_rendered"]
     (explain,) = by_section["explain"]
     assert explain["llm_calls"] == 2 and explain["images_rendered"] == 2 * explain["concepts"]
     assert [t["batch"] for t in by_section["t2i"]] == [1, 8, 32]

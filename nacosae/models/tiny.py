@@ -401,3 +401,65 @@ def write_tiny_sentence_embedder(folder: Path, workdir: Path, seed: int = 0) -> 
     pooling = Pooling(config.hidden_size, pooling_mode="mean")
     SentenceTransformer(modules=[transformer, pooling], device="cpu").save(str(folder))
     return folder
+
+
+# ---------------------------------------------------------------- a tokenizer of a real size
+
+LLAMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>"
+    "\n\n{{ m['content'] }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+
+
+def byte_level_bpe_tokenizer(vocab_size: int = 128_256, specials: int = 256) -> Any:
+    """A byte-level BPE tokenizer of `vocab_size` tokens built without data, Llama 3's size by
+    default (128,000 regular tokens, the last 256 ids special, a Llama 3 chat template): the
+    256 byte symbols, then merges into 2- and 3-symbol tokens in a fixed order. Its splits are
+    not a trained model's, but its vocabulary, its special tokens and every JSON character are
+    real, which is what decoding speed and answer constraints depend on."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    common = [c for c in alphabet if c.isascii() and c.isprintable()] + ["\u0120", "\u010a"]
+    vocab: dict[str, int] = {c: i for i, c in enumerate(alphabet)}
+    merges: list[tuple[str, str]] = []
+    regular = vocab_size - specials
+
+    def add(left: str, right: str) -> bool:
+        token = left + right
+        if token in vocab:
+            return True
+        if len(vocab) >= regular:
+            return False
+        vocab[token] = len(vocab)
+        merges.append((left, right))
+        return True
+
+    pairs = [a + b for a in common for b in common]
+    for pair in pairs:
+        if not add(pair[0], pair[1]):
+            break
+    for pair in pairs:
+        for c in common:
+            if not add(pair, c):
+                break
+        if len(vocab) >= regular:
+            break
+    names = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+             "<|eom_id|>", "<|eot_id|>"]  # fmt: skip
+    names += [f"<|reserved_special_token_{k}|>" for k in range(specials - len(names))]
+    model = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    model.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    model.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=model,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        pad_token="<|end_of_text|>",
+        additional_special_tokens=names[2:],
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": names})
+    tokenizer.chat_template = LLAMA3_CHAT_TEMPLATE
+    return tokenizer
