@@ -204,3 +204,31 @@ def test_vision_weights_go_to_the_torch_hub_cache(invoke, fake_hub, monkeypatch,
     model, weights_id = vision.load_vision_model("resnet18")
     assert weights_id == "torchvision:ResNet18_Weights.IMAGENET1K_V1"
     assert len(urls) == 1
+
+
+def test_a_transformer_pipeline_downloads_and_loads_offline(
+    invoke, fake_hub, tiny_repos, tmp_path, monkeypatch
+):
+    """SD3's layout (a transformer, three text encoders, a T5 tokenizer): `download models`
+    fetches what the loader reads, and it then loads with HF_HUB_OFFLINE=1."""
+    from nacosae.models.cache import ModelSpec
+    from nacosae.models.revisions import resolve_revision
+    from nacosae.models.text2image import load_pipeline
+    from nacosae.models.tiny import tiny_transformer_pipeline
+
+    pipe = tiny_transformer_pipeline("sd3", tmp_path / "work")
+    pipe.save_pretrained(tmp_path / "sd3", variant="fp16")
+    pipe.save_pretrained(tmp_path / "sd3")
+    fake_hub.add_folder("model", "tiny/sd3", tmp_path / "sd3")
+    serve(fake_hub, tiny_repos)
+    result = invoke("download", "models", "--t2i-model", "tiny/sd3", "--model", "tiny_cnn",
+                    "--language-model", "tiny/llm", "--embedder", "tiny/minilm")  # fmt: skip
+    fetched = {p.split("/resolve/")[1].split("/", 1)[1] for p in fake_hub.downloads()}
+    assert "transformer/diffusion_pytorch_model.fp16.safetensors" in fetched, result.output
+    assert "text_encoder_3/model.fp16.safetensors" in fetched
+    assert "tokenizer_3/tokenizer.json" in fetched
+    assert "transformer/diffusion_pytorch_model.safetensors" not in fetched
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    loaded = load_pipeline(ModelSpec("t2i", "tiny/sd3", resolve_revision("tiny/sd3")))
+    assert type(loaded).__name__ == "StableDiffusion3Pipeline"
+    assert loaded.nacosae_variant == "fp16"
