@@ -432,6 +432,7 @@ def section_explain(bench: Bench, state: dict[str, Any]) -> None:
         "explain",
         **first,
         concepts=len(events),
+        concepts_scored=sum(e.get("score") is not None for e in events),
         best=max((e["score"] for e in events if e.get("score") is not None), default=None),
         target_search_s=None if bench.tiny else 30,
     )
@@ -763,7 +764,7 @@ def section_memory(bench: Bench, state: dict[str, Any]) -> None:
                 setting=name,
                 models=[Path(t2i).name, Path(llm).name],
                 completed=error is None,
-                error=error,
+                **({"error": error} if error else {}),
                 plan={p["kind"]: [p["mode"], p["batch"]] for p in placements},
                 backoffs=result.get("backoffs", []),
                 peak_gpu_gib=result.get("peak_gpu_gib"),
