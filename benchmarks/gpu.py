@@ -465,44 +465,79 @@ def section_t2i(bench: Bench, state: dict[str, Any]) -> None:
         )
 
 
-def section_llm(bench: Bench, state: dict[str, Any]) -> None:
-    import torch
+LLM_CONFIGS = {  # name -> (config, folder); the tiny run measures the tiny config only
+    "Llama-3.2-1B": ("llama-3.2-1b-instruct.json", "llm-small"),
+    "Llama-3.1-8B": ("llama-3.1-8b-instruct.json", "llm-large"),
+}
 
+
+def section_llm(bench: Bench, state: dict[str, Any]) -> None:
+    """Decoding speed of the local LLM at batch 1/8/32, with the JSON answer grammar
+    (models/structured.py, its budget guard included) and without: rows x generated tokens per
+    second (random weights: the grammar, not the model, ends the reasoning), and the ratio
+    (target: constrained within 1.15x of unconstrained)."""
     from nacosae.models.cache import ModelHandle, ModelSpec
     from nacosae.models.language import load_local_llm
     from nacosae.models.revisions import resolve_revision
 
-    folder = str(state["llm_small"])
-    dtype = "float32" if bench.device == "cpu" else "bfloat16"
-    spec = ModelSpec("llm", folder, resolve_revision(folder), dtype, bench.device, "none")
+    configs = {"tiny-llama": ("tiny-llama.json", "llm-small")} if bench.tiny else LLM_CONFIGS
     new_tokens = 16 if bench.tiny else 128
-    with ModelHandle(state["cache"], spec, load_local_llm).use() as bundle:
-        tokenizer = bundle.tokenizer
-        chat = [{"role": "user", "content": "the unit likes red round apple try something"}]
-        text = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
-        for batch in (1, 8, 32):
-            inputs = tokenizer([text] * batch, return_tensors="pt", add_special_tokens=False)
-            inputs = inputs.to(bench.device)
-            _peak_reset(bench.device)
-            started = time.perf_counter()
-            with torch.inference_mode():
-                bundle.model.generate(
-                    **inputs,
-                    do_sample=False,
-                    min_new_tokens=new_tokens,
-                    max_new_tokens=new_tokens,
-                    pad_token_id=tokenizer.pad_token_id,
+    for name, (config, folder_name) in configs.items():
+        if bench.seconds_left() < (10 if bench.tiny else 90):
+            bench.emit("llm", model=name, skipped="out of time")
+            continue
+        folder = str(build_llm_folder(config, bench.out / "models" / folder_name, bench.device))
+        dtype = "float32" if bench.device == "cpu" else "bfloat16"
+        spec = ModelSpec("llm", folder, resolve_revision(folder), dtype, bench.device, "none")
+        with ModelHandle(state["cache"], spec, load_local_llm).use() as bundle:
+            grammar = bundle.answer_grammar()
+            for batch in (1, 8, 32):
+                plain = _decode_rate(bench, bundle, batch, new_tokens, None)
+                constrained = _decode_rate(bench, bundle, batch, new_tokens, grammar)
+                bench.emit(
+                    "llm",
+                    model=name,
+                    batch=batch,
+                    new_tokens=new_tokens,
+                    tokens_per_s=plain,
+                    constrained_tokens_per_s=constrained,
+                    slowdown=round(plain / constrained, 3),
+                    target_slowdown=1.15,
+                    peak_gpu_gib=_peak_gib(bench.device),
                 )
-            seconds = time.perf_counter() - started
-            bench.emit(
-                "llm",
-                model="tiny-llama" if bench.tiny else "Llama-3.2-1B",
-                batch=batch,
-                new_tokens=new_tokens,
-                tokens_per_s=round(batch * new_tokens / seconds, 1),
-                seconds=round(seconds, 3),
-                peak_gpu_gib=_peak_gib(bench.device),
-            )
+        _free(bench.device)
+
+
+def _decode_rate(bench: Bench, bundle: Any, batch: int, new_tokens: int, grammar: Any) -> float:
+    """Rows x generated tokens per second of one greedy `generate` call."""
+    import torch
+    from transformers import LogitsProcessorList
+
+    tokenizer = bundle.tokenizer
+    chat = [{"role": "user", "content": "the unit likes red round apple; answer in JSON"}]
+    text = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    inputs = tokenizer([text] * batch, return_tensors="pt", add_special_tokens=False)
+    inputs = inputs.to(bench.device)
+    prompt = inputs["input_ids"].shape[1]
+    extra: dict[str, Any] = {"min_new_tokens": new_tokens}  # unconstrained: every step runs
+    if grammar is not None:  # the grammar ends rows itself (and needs the end token allowed)
+        extra = {"logits_processor": LogitsProcessorList([grammar.processor(prompt, new_tokens)])}
+    _peak_reset(bench.device)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        output = bundle.model.generate(
+            **inputs,
+            **extra,
+            do_sample=False,
+            max_new_tokens=new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=bundle.stop_ids(),
+        )
+    if bench.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    steps = output.shape[1] - prompt  # generate runs until the last row ends
+    return round(batch * steps / seconds, 1)
 
 
 @contextmanager

@@ -37,6 +37,7 @@ def test_gpu_benchmark_runs_every_section_on_tiny_configs(tmp_path):
     assert explain["images_rendered"] == 2 * explain["concepts_scored"]
     assert [t["batch"] for t in by_section["t2i"]] == [1, 8, 32]
     assert [t["batch"] for t in by_section["llm"]] == [1, 8, 32]
+    assert all(t["constrained_tokens_per_s"] > 0 for t in by_section["llm"])  # grammar on and off
     offload = by_section["offload"]
     assert [o["variant"] for o in offload] == [
         "swapped",

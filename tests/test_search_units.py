@@ -52,7 +52,7 @@ VALUES = dict(
 )
 
 
-@pytest.mark.parametrize("name", ["main", "few-shot", "line-main", "summary", "line-summary"])
+@pytest.mark.parametrize("name", ["main", "cot", "line-main", "summary", "line-summary"])
 @pytest.mark.parametrize("metric", ["auc", "mad", "mean"])
 def test_builtin_templates_describe_the_metric_in_use(name, metric):
     kind = "summary" if "summary" in name else "main"

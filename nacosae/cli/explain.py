@@ -83,7 +83,10 @@ def explain(
         Literal["auc", "mad", "mean"], typer.Option(help="The score that steers the search.")
     ] = "auc",
     prompt: Annotated[
-        str, typer.Option(help="main, few-shot, or a template file with {concepts} {forbidden}.")
+        str,
+        typer.Option(
+            help="main, cot (chain of thought), or a template file with {concepts} {forbidden}."
+        ),
     ] = "main",
     summary_prompt: Annotated[
         str, typer.Option(help="summary, or a template file with {concepts}.")
@@ -125,6 +128,14 @@ def explain(
     max_new_tokens: Annotated[
         int, typer.Option(help="Most tokens an LLM answer may have (local and --llm-url).")
     ] = MAX_NEW_TOKENS,
+    reasoning_chars: Annotated[
+        int | None,
+        typer.Option(
+            help="Most characters of a JSON answer's reasoning \\[default: bounded by "
+            "--max-new-tokens only]; for a small model that rambles.",
+            min=1,
+        ),
+    ] = None,
     llm_concurrency: Annotated[
         int, typer.Option(help="Most requests in flight to an --llm-url server.")
     ] = HTTP_CONCURRENCY,

@@ -196,6 +196,11 @@ class ModelCache:
         """Load `spec` (once) without placing it; returns its parameter bytes."""
         return self._load(spec, loader).nbytes
 
+    def unplaced(self, spec: ModelSpec, loader: Loader | None = None) -> Any:
+        """The loaded object wherever it lies, not moved: for what computes nothing with the
+        weights (an LLM's tokenizer), so that reading it costs no transfer."""
+        return self._load(spec, loader).obj
+
     def _load(self, spec: ModelSpec, loader: Loader | None) -> _Entry:
         spec = spec.storage_key()
         with self._cond:
@@ -386,3 +391,7 @@ class ModelHandle:
     def load(self) -> int:
         """Load now (parameter bytes returned), so that sizes are known before the work."""
         return self.cache.load(self.spec, self.loader)
+
+    def unplaced(self) -> Any:
+        """The loaded object, not moved to its device (see ModelCache.unplaced)."""
+        return self.cache.unplaced(self.spec, self.loader)

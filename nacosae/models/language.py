@@ -10,7 +10,8 @@
   through the `openai` client (bounded retries with backoff on 408/409/429/5xx, connection
   errors and timeouts); the key comes from NACOSAE_LLM_API_KEY or OPENAI_API_KEY.
 
-With `json_answers` both hold every reply to the answer schema of `models/structured.py`.
+With `json_answers` both hold every reply to the answer schema of `models/structured.py`: the
+server through `response_format`, the local model through a compiled grammar (xgrammar).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from nacosae.models.cache import ModelHandle, ModelSpec
 
 if TYPE_CHECKING:
     from nacosae.models.backoff import BackOff
+    from nacosae.models.structured import AnswerGrammar
 
 Message = dict[str, str]
 TEMPERATURE = 0.5
@@ -128,22 +130,37 @@ class LLMBundle:
     def __init__(self, model: Any, tokenizer: Any) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.components = {"model": model}
+        self._grammars: dict[tuple[int | None, tuple[str, ...]], AnswerGrammar] = {}
         self._constraints: dict[str, Any] = {}
 
+    def stop_ids(self) -> list[int]:
+        """The tokens that end a reply: the generation config's, else the tokenizer's."""
+        found = self.model.generation_config.eos_token_id
+        if found is None:
+            found = self.tokenizer.eos_token_id
+        return [found] if isinstance(found, int) else list(found)
+
+    def answer_grammar(self, reasoning_chars: int | None = None) -> AnswerGrammar:
+        """The JSON answer schema compiled for this tokenizer (once per reasoning bound)."""
+        from nacosae.models import structured
+
+        key = (reasoning_chars, structured.ANSWER_FIELDS)
+        if key not in self._grammars:
+            width = getattr(self.model.config, "vocab_size", None) or len(self.tokenizer)
+            self._grammars[key] = structured.AnswerGrammar(
+                self.tokenizer, max(width, len(self.tokenizer)), self.stop_ids(), reasoning_chars
+            )
+        return self._grammars[key]
+
     def constraint(self, name: str) -> Any:
-        """A decoding constraint for this tokenizer, built once: `json` (the answer schema; it
-        decodes the vocabulary) or one of `tiny.ANSWER_CONSTRAINTS` (the smoke LLM's tags)."""
+        """A named decoding constraint of `tiny.ANSWER_CONSTRAINTS` (the smoke LLM's tags) for
+        this tokenizer, built once."""
         if name not in self._constraints:
-            if name == "json":
-                from nacosae.models.structured import json_answer_constraint, tokenizer_data
+            from nacosae.models.tiny import ANSWER_CONSTRAINTS
 
-                self._constraints[name] = json_answer_constraint(tokenizer_data(self.tokenizer))
-            else:
-                from nacosae.models.tiny import ANSWER_CONSTRAINTS
-
-                if name not in ANSWER_CONSTRAINTS:
-                    raise NacosaeError(f"unknown LLM constraint {name!r}")
-                self._constraints[name] = ANSWER_CONSTRAINTS[name](self.tokenizer)
+            if name not in ANSWER_CONSTRAINTS:
+                raise NacosaeError(f"unknown LLM constraint {name!r}")
+            self._constraints[name] = ANSWER_CONSTRAINTS[name](self.tokenizer)
         return self._constraints[name]
 
 
@@ -183,9 +200,10 @@ def row_sampler(seeds: list[int], temperature: float = TEMPERATURE, top_p: float
 
 
 class LocalLLM:
-    """`constraint` names a decoding constraint of `LLMBundle.constraint` (the smoke preset's
-    "smoke-tags" keeps a random model's replies well-formed); `json_answers` constrains every
-    reply to the JSON answer schema instead."""
+    """`json_answers` holds every reply to the JSON answer schema (models/structured.py; its
+    reasoning at most `reasoning_chars` characters when given); `constraint` names another
+    decoding constraint of `LLMBundle.constraint` (the smoke preset's "smoke-tags" keeps a
+    random model's replies well-formed)."""
 
     def __init__(
         self,
@@ -195,6 +213,7 @@ class LocalLLM:
         batch_size: int = LOCAL_BATCH,
         json_answers: bool = False,
         backoff: BackOff | None = None,
+        reasoning_chars: int | None = None,
     ) -> None:
         from nacosae.models.backoff import BackOff
 
@@ -204,7 +223,15 @@ class LocalLLM:
         self.max_new_tokens = max_new_tokens
         self.constraint = constraint
         self.json_answers = json_answers
+        self.reasoning_chars = reasoning_chars
         self.backoff = backoff or BackOff({"llm": batch_size})
+
+    def prepare(self) -> None:
+        """Load the model and build its answer grammar now: a tokenizer that cannot write the
+        JSON answer fails here, before any image is rendered."""
+        bundle: LLMBundle = self.model.unplaced()
+        if self.json_answers:
+            bundle.answer_grammar(self.reasoning_chars)
 
     def chat(self, messages: list[Message], seed: int) -> str:
         return self.chat_many([(messages, seed)])[0]
@@ -235,23 +262,26 @@ class LocalLLM:
         inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
             self.device
         )
+        prompt_length = inputs["input_ids"].shape[1]
+        processors = [row_sampler([s for _, s in chats])]
         extra: dict[str, Any] = {}
-        name = "json" if self.json_answers else self.constraint
-        if name is not None:
-            factory = bundle.constraint(name)
-            extra["prefix_allowed_tokens_fn"] = factory(inputs["input_ids"].shape[1])
+        if self.json_answers:
+            grammar = bundle.answer_grammar(self.reasoning_chars)
+            processors.insert(0, grammar.processor(prompt_length, self.max_new_tokens))
+        elif self.constraint is not None:
+            extra["prefix_allowed_tokens_fn"] = bundle.constraint(self.constraint)(prompt_length)
         config = GenerationConfig(
             do_sample=False,  # the row sampler draws; greedy takes the one token it leaves
             max_new_tokens=self.max_new_tokens,
             pad_token_id=pad_token_id(tokenizer),
-            eos_token_id=model.generation_config.eos_token_id or tokenizer.eos_token_id,
+            eos_token_id=bundle.stop_ids(),
         )
         with torch.inference_mode():
             output = model.generate(
                 **inputs,
                 **extra,
                 generation_config=config,
-                logits_processor=LogitsProcessorList([row_sampler([s for _, s in chats])]),
+                logits_processor=LogitsProcessorList(processors),
             )
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
         return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
@@ -273,6 +303,7 @@ class HTTPLLM:
     retries: int = HTTP_RETRIES
     timeout: float = HTTP_TIMEOUT
     json_answers: bool = False
+    reasoning_chars: int | None = None  # a bound on the JSON answer's reasoning
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -328,7 +359,7 @@ class HTTPLLM:
         if self.json_answers:
             from nacosae.models.structured import response_format
 
-            extra["response_format"] = response_format()
+            extra["response_format"] = response_format(self.reasoning_chars)
         try:
             reply = self.client().chat.completions.create(
                 model=self.name,

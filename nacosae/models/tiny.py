@@ -463,3 +463,37 @@ def byte_level_bpe_tokenizer(vocab_size: int = 128_256, specials: int = 256) -> 
     tokenizer.add_special_tokens({"additional_special_tokens": names})
     tokenizer.chat_template = LLAMA3_CHAT_TEMPLATE
     return tokenizer
+
+
+def write_tiny_chat_llm(folder: Path, seed: int = 0, vocab_size: int = 1024) -> Path:
+    """A random two-layer Llama over a small `byte_level_bpe_tokenizer` (32 special tokens, a
+    Llama 3 chat template), saved as a transformers folder: a chat model whose tokenizer can
+    write any JSON, so the constrained JSON answer path runs on it for real."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if (folder / "config.json").is_file():
+        return folder
+    tokenizer = byte_level_bpe_tokenizer(vocab_size, specials=32)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=8192,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    staging = folder.with_name(folder.name + ".tmp")
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    staging.replace(folder)
+    return folder

@@ -290,6 +290,7 @@ class Search:
             s.neuron: [{"concept": m.concept, "score": m.score} for m in self._shown(s, summary)]
             for s in self.states
         }
+        template = self.parts.summary_template if summary else self.parts.main_template
         answers: dict[int, list[str]] = {s.neuron: [] for s in self.states}
         errors: dict[int, list[str]] = {s.neuron: [] for s in self.states}
         done: dict[int, tuple[Proposal | None, dict[str, Any]]] = {}
@@ -311,6 +312,7 @@ class Search:
                         reply,
                         tried[neuron],
                         self.settings.answer_format,  # type: ignore[arg-type]
+                        template.example_answers,
                     )
                 except ConceptParseError as exc:  # re-ask with the problem stated
                     errors[neuron].append(str(exc))

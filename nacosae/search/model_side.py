@@ -184,6 +184,7 @@ def build_models(
             max_tokens=options.max_new_tokens,
             concurrency=options.llm_concurrency,
             json_answers=options.answer_format() == "json",
+            reasoning_chars=options.reasoning_chars,
         )
     else:
         llm_spec = placed(
@@ -198,6 +199,7 @@ def build_models(
             constraint=options.llm_constraint,
             json_answers=options.answer_format() == "json",
             backoff=backoff,
+            reasoning_chars=options.reasoning_chars,
         )
     embedder = None
     if options.control_strategy == "dissimilar-class":
@@ -387,9 +389,10 @@ class ExplainSide(ImageSide):
         return line
 
     def load_llm(self) -> None:
-        """Load the local LLM now (the lead side's start), so that it is in the plan line."""
+        """Load the local LLM now (the lead side's start), so that it is in the plan line and a
+        tokenizer that cannot write the JSON answer fails before any image is rendered."""
         if self.models.llm_spec is not None:
-            self.models.llm.model.load()  # type: ignore[attr-defined]
+            self.models.llm.prepare()  # type: ignore[attr-defined]
 
     def render_many(self, calls: list[Request], seed: int) -> list[Any]:
         return self.t2i.render_many(calls, seed)

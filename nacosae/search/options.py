@@ -63,6 +63,7 @@ class ExplainOptions:
     seed: int = 42
     device: str = "auto"
     max_new_tokens: int = MAX_NEW_TOKENS
+    reasoning_chars: int | None = None  # a bound on the JSON answer's reasoning (None: tokens')
     llm_output: str = "auto"  # tags, json, or auto: json where the backend can be held to it
     llm_concurrency: int = HTTP_CONCURRENCY
     image_prompts: str = "varied"  # or "line": the original's prompt, one draw per concept
@@ -96,6 +97,8 @@ class ExplainOptions:
             raise NacosaeError("--llm-batch must be at least 1")
         if self.max_new_tokens < 16:
             raise NacosaeError("--max-new-tokens must be at least 16 (room for an answer)")
+        if self.reasoning_chars is not None and self.reasoning_chars < 1:
+            raise NacosaeError("--reasoning-chars must be at least 1")
         if self.llm_concurrency < 1:
             raise NacosaeError("--llm-concurrency must be at least 1")
         check_num_img(self.num_img)

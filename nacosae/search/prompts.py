@@ -8,15 +8,20 @@ a template can also be any file. Its fields say what it gets:
   initial classes included) or `{generation_history}` (the original's: the LLM's own proposals);
 - optionally `{metric}`: what the scores mean under the metric in use;
 - optionally `{reply_format}`: how to answer, in the answer format in use (a template without it
-  gets that sentence appended when the format is json).
+  gets that sentence appended when the format is json);
+- optionally `{examples}`: the four worked examples of the chain-of-thought template (`cot`), each
+  a scored history and the reasoning that leads to a new concept, written in the answer format in
+  use (from `prompts/cot_examples.json`).
 So the original project's template files load as they are. An answer reads
 `<thinking>...</thinking><answer>...</answer>` (format `tags`) or is the JSON object
 `{"reasoning": "...", "concept": "..."}` (format `json`), with a concept of 1-3 words that was not
-tried before (compared case- and whitespace-insensitively).
+tried before (compared case- and whitespace-insensitively) and not a fragment of the instructions
+("The concept is", "a new concept"): both are re-asked like any other parse error.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import string
@@ -25,27 +30,41 @@ from pathlib import Path
 from typing import Literal
 
 from nacosae.errors import ConceptParseError, NacosaeError
+from nacosae.models import structured
 from nacosae.search.history import Scored, normalise
 
 TemplateKind = Literal["main", "summary"]
 CONCEPT_FIELDS = frozenset({"concepts", "concept_list"})
 FORBIDDEN_FIELDS = frozenset({"forbidden", "generation_history"})
-OPTIONAL_FIELDS = frozenset({"metric", "reply_format"})
+OPTIONAL_FIELDS = frozenset({"metric", "reply_format", "examples"})
 AnswerFormat = Literal["tags", "json"]
-REPLY_FORMATS: dict[str, str] = {
-    "tags": "Think briefly inside <thinking></thinking>, then give only the concept inside "
-    "<answer></answer>.",
-    "json": 'Reply with one JSON object: {"reasoning": "<your brief thinking>", "concept": '
-    '"<the concept>"}.',
-}
+JSON_PLACEHOLDERS = {"reasoning": "<your thinking>", "concept": "<one to three words>"}
+TAGS_REPLY = (
+    "Think inside <thinking></thinking>, then give only the concept inside <answer></answer>."
+)
 BUILTIN = {
     "main": "main.txt",
     "summary": "summary.txt",
-    "few-shot": "few_shot_cot.txt",
+    "cot": "cot.txt",
+    "few-shot": "cot.txt",  # the earlier name of the chain-of-thought template
     "line-main": "line_main.txt",
     "line-summary": "line_summary.txt",
 }
+COT_EXAMPLES = "cot_examples.json"
 MAX_WORDS = 3
+# a reply that names the task instead of a concept ("The concept is", "a new concept")
+INSTRUCTION_WORDS = frozenset(
+    {"concept", "concepts", "answer", "reasoning", "thinking", "example", "examples"}
+)
+# words that cannot end a concept (an unfinished phrase) nor make one on their own
+FUNCTION_WORDS = frozenset((
+    "a", "an", "the", "of", "to", "in", "on", "at", "by", "for", "with", "from", "into", "and",
+    "or", "but", "is", "are", "was", "were", "be", "been", "being", "this", "that", "these",
+    "those", "it", "its", "which", "who", "whom", "whose", "what", "when", "where", "why", "how",
+    "as", "than", "then", "so", "not", "no", "my", "your", "our", "their", "his", "her", "new",
+    "one", "two", "three", "other", "can", "could", "will", "would", "should", "may", "might",
+    "must", "do", "does", "has", "have", "had",
+))  # fmt: skip
 METRIC_MEANINGS = {
     "auc": (
         "Each score is a ROC-AUC: the chance that one of the concept's images activates the unit "
@@ -87,8 +106,43 @@ class PromptValues:
             "forbidden": ", ".join(self.tried),
             "generation_history": ", ".join(self.proposed),
             "metric": METRIC_MEANINGS[self.metric],
-            "reply_format": REPLY_FORMATS[self.answer_format],
+            "reply_format": reply_format(self.answer_format),
+            "examples": worked_examples(self.answer_format, structured.ANSWER_FIELDS),
         }
+
+
+def reply_format(answer_format: AnswerFormat) -> str:
+    """The sentence that says how to answer, in the answer format (JSON fields in the order
+    the grammar imposes)."""
+    if answer_format == "tags":
+        return TAGS_REPLY
+    fields = {f: JSON_PLACEHOLDERS[f] for f in structured.ANSWER_FIELDS}
+    return f"Reply with one JSON object: {json.dumps(fields)}."
+
+
+@functools.cache
+def _cot_examples() -> list[dict]:
+    return json.loads((prompts_dir() / COT_EXAMPLES).read_text(encoding="utf-8"))
+
+
+@functools.cache
+def worked_examples(answer_format: AnswerFormat, fields: tuple[str, ...]) -> str:
+    """The chain-of-thought template's worked examples, each answer written in `answer_format`
+    (JSON with its `fields` in that order)."""
+    blocks = []
+    for number, example in enumerate(_cot_examples(), 1):
+        scored = ", ".join(f"{concept} {score:.2f}" for concept, score in example["scored"])
+        if answer_format == "json":
+            answer = {f: example[f] for f in fields}
+            reply = json.dumps(answer, separators=structured.SEPARATORS)
+        else:
+            thinking, concept = example["reasoning"], example["concept"]
+            reply = f"<thinking>{thinking}</thinking>\n<answer>{concept}</answer>"
+        blocks.append(
+            f"Example {number}\nScored concepts: {scored}\n"
+            f"Already tried: {', '.join(example['tried'])}\n{reply}"
+        )
+    return "\n\n".join(blocks)
 
 
 @dataclass(frozen=True)
@@ -96,16 +150,24 @@ class Template:
     name: str
     text: str
 
+    @functools.cached_property
+    def example_answers(self) -> frozenset[str]:
+        """The worked examples' concepts, when the template shows them: a small model copies
+        them, and a copy says nothing about the unit."""
+        if "{examples}" not in self.text:
+            return frozenset()
+        return frozenset(normalise(e["concept"]) for e in _cot_examples())
+
     def render(self, values: PromptValues) -> str:
         text = self.text.format(**values.fields()).strip()
         if values.answer_format == "json" and "{reply_format}" not in self.text:
-            text += "\n\n" + REPLY_FORMATS["json"]
+            text += "\n\n" + reply_format("json")
         return text
 
 
 def load_template(choice: str | Path, kind: TemplateKind) -> Template:
-    """A built-in name (main, summary, few-shot, line-main, line-summary) or a file; checks that
-    its fields suit a `kind` template."""
+    """A built-in name (main, summary, cot, line-main, line-summary) or a file; checks that its
+    fields suit a `kind` template."""
     path = prompts_dir() / BUILTIN[str(choice)] if str(choice) in BUILTIN else Path(choice)
     if not path.is_file():
         raise NacosaeError(f"prompt template {path} does not exist")
@@ -129,7 +191,7 @@ def load_template(choice: str | Path, kind: TemplateKind) -> Template:
             f"{kind} prompt template {path} {' and '.join(problems)}: the fields are "
             "{concepts} or {concept_list}, "
             + ("{forbidden} or {generation_history}, " if kind == "main" else "")
-            + "and optionally {metric} and {reply_format}"
+            + "and optionally {metric}, {reply_format} and {examples}"
         )
     return Template(path.name, text)
 
@@ -145,8 +207,14 @@ class Proposal:
     reasoning: str
 
 
-def parse_answer(text: str, tried: set[str], answer_format: AnswerFormat = "tags") -> Proposal:
-    """The proposed concept, or ConceptParseError saying what was wrong (fed back to the LLM)."""
+def parse_answer(
+    text: str,
+    tried: set[str],
+    answer_format: AnswerFormat = "tags",
+    example_answers: frozenset[str] = frozenset(),
+) -> Proposal:
+    """The proposed concept, or ConceptParseError saying what was wrong (fed back to the LLM).
+    `example_answers` are the prompt's worked examples' concepts (Template.example_answers)."""
     if answer_format == "json":
         concept, reasoning = _read_json_answer(text)
     else:
@@ -161,9 +229,28 @@ def parse_answer(text: str, tried: set[str], answer_format: AnswerFormat = "tags
         )
     if "<" in concept or ">" in concept:
         raise ConceptParseError("the answer contains markup; give only the concept's words")
+    _check_not_a_fragment(concept)
     if normalise(concept) in tried:
         raise ConceptParseError(f"'{concept}' was already tried; propose a different concept")
+    if normalise(concept) in example_answers:
+        raise ConceptParseError(
+            f"'{concept}' is the answer of a worked example; propose a concept for this unit"
+        )
     return Proposal(concept=concept, reasoning=" ".join(reasoning.split()))
+
+
+def _check_not_a_fragment(concept: str) -> None:
+    """Small models copy the instructions ("The concept is") or stop mid-phrase; neither names
+    anything to photograph."""
+    words = [w.strip("'-").lower() for w in concept.split()]
+    if INSTRUCTION_WORDS & set(words):
+        raise ConceptParseError(
+            f"'{concept}' repeats the instructions; give the concept itself, such as 'red apple'"
+        )
+    if words[-1] in FUNCTION_WORDS:
+        raise ConceptParseError(
+            f"'{concept}' is an unfinished phrase; give a complete concept of one to three words"
+        )
 
 
 def _read_tagged_answer(text: str) -> tuple[str, str]:

@@ -364,7 +364,7 @@ def run_warnings(events: list[dict[str, Any]], summary: dict[str, Any]) -> list[
         warnings.append(
             f"{len(failed)} of {len(proposals)} LLM proposals could not be used ({retries} "
             "re-asks): the LLM does not follow the answer format; try a larger "
-            "--language-model or --prompt few-shot"
+            "--language-model or --prompt cot"
         )
     neurons = summary.get("neurons", {})
     initial = [
