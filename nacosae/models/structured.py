@@ -98,6 +98,7 @@ class AnswerGrammar:
         self.pieces: list[bytes] = self.info.decoded_vocab  # each token's bytes in a reply
         self.closers = [i for i, piece in enumerate(self.pieces) if piece.startswith(b'"')]
         self.whole = [i for i, piece in enumerate(self.pieces) if _ends_whole(piece)]
+        self._bits: tuple[Any, Any] | None = None
         self.first_opens = json.dumps({fields[0]: ""}, separators=SEPARATORS)[1:-2].encode()
         self._check_writable(tokenizer, fields, reasoning_chars)
 
@@ -121,6 +122,24 @@ class AnswerGrammar:
                 f"the tokenizer of {name} cannot write the JSON answer ({example!r} does not "
                 "survive its tokens): use --llm-output tags"
             )
+
+    def guard_bits(self) -> tuple[Any, Any]:
+        """The budget guard's token sets packed as xgrammar packs its bitmask (bit i % 32 of
+        int32 word i // 32 set: allowed), built once: tokens that start with a quote, tokens
+        that end on a character boundary."""
+        import numpy as np
+        import torch
+
+        if self._bits is None:
+            packed = []
+            for ids in (self.closers, self.whole):
+                words = -(-self.vocab_size // 32)
+                flags = np.zeros(words * 32, dtype=np.uint8)
+                flags[ids] = 1
+                bits = np.packbits(flags, bitorder="little").view(np.int32)
+                packed.append(torch.from_numpy(bits.copy()))
+            self._bits = (packed[0], packed[1])
+        return self._bits
 
     def processor(self, prompt_length: int, max_new_tokens: int) -> Any:
         """A fresh logits processor for one `generate` call (it keeps each row's state)."""
@@ -187,14 +206,14 @@ def json_answer_processor(grammar: AnswerGrammar, prompt_length: int, max_new_to
 
     class JsonAnswer(LogitsProcessor):
         """Masks every unfinished row to what the grammar allows next, and near the end of a
-        row's budget to tokens that close the open string."""
+        row's budget to tokens that close the open string (on the packed bitmask, before it
+        reaches the logits: 32 tokens per operation)."""
 
         def __init__(self) -> None:
             self.matchers: list[Any] = []
             self.bitmask: torch.Tensor | None = None
             self.batch = xgr.BatchGrammarMatcher(max_threads=1)
-            self.closing: torch.Tensor | None = None
-            self.whole: torch.Tensor | None = None
+            self.closing, self.whole = grammar.guard_bits()
 
         def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
             rows = input_ids.shape[0]
@@ -207,26 +226,20 @@ def json_answer_processor(grammar: AnswerGrammar, prompt_length: int, max_new_to
             self.batch.batch_fill_next_token_bitmask(
                 [self.matchers[r] for r in active], self.bitmask, active
             )
+            left = max_new_tokens - (input_ids.shape[1] - prompt_length)
+            if left <= CLOSING_TOKENS:
+                self._close_strings(input_ids, active, left)
             mask = self.bitmask.to(scores.device, non_blocking=True)
             width = grammar.vocab_size
             xgr.apply_token_bitmask_inplace(scores[:, :width], mask, indices=active)
             if scores.shape[-1] > width:  # the model's output is wider than the vocabulary
                 scores[:, width:] = float("-inf")
-            left = max_new_tokens - (input_ids.shape[1] - prompt_length)
-            if left <= CLOSING_TOKENS:
-                self._close_strings(input_ids, scores, active, left)
             return scores
 
         def _start(self, rows: int, device: torch.device) -> None:
             self.matchers = [xgr.GrammarMatcher(grammar.compiled) for _ in range(rows)]
             bitmask = xgr.allocate_token_bitmask(rows, grammar.vocab_size)
             self.bitmask = bitmask.pin_memory() if device.type == "cuda" else bitmask
-            closing = torch.zeros(grammar.vocab_size, dtype=torch.bool)
-            closing[grammar.closers] = True
-            self.closing = closing.to(device)
-            whole = torch.zeros(grammar.vocab_size, dtype=torch.bool)
-            whole[grammar.whole] = True
-            self.whole = whole.to(device)
 
         def _accept(self, tokens: list[int]) -> None:
             live = [r for r, m in enumerate(self.matchers) if not m.is_terminated()]
@@ -234,23 +247,19 @@ def json_answer_processor(grammar: AnswerGrammar, prompt_length: int, max_new_to
                 [self.matchers[r] for r in live], [tokens[r] for r in live]
             )
 
-        def _close_strings(
-            self, input_ids: torch.Tensor, scores: torch.Tensor, active: list[int], left: int
-        ) -> None:
+        def _close_strings(self, input_ids: torch.Tensor, active: list[int], left: int) -> None:
             """Rows in the first field's string with CLOSING_TOKENS left, or in any string
             with FINAL_TOKENS left, keep only the allowed tokens that start with a quote; in
             the middle of a character, those that finish it."""
-            assert self.closing is not None and self.whole is not None
+            assert self.bitmask is not None
             generated = input_ids[:, prompt_length:].tolist() if left > FINAL_TOKENS else None
-            width = grammar.vocab_size
             for row in active:
                 if generated is not None and not grammar.inside_first_field(generated[row]):
                     continue
-                allowed = scores[row, :width] > float("-inf")
                 for preferred in (self.closing, self.whole):
-                    keep = allowed & preferred
+                    keep = self.bitmask[row] & preferred
                     if bool(keep.any()):
-                        scores[row, :width].masked_fill_(~keep, float("-inf"))
+                        self.bitmask[row] = keep
                         break
 
     return JsonAnswer()

@@ -316,25 +316,33 @@ def smoke_tokenizer() -> Any:
 def smoke_language_model(seed: int = 0) -> tuple[Any, Any]:
     """A random two-layer Llama over `smoke_tokenizer()`'s vocabulary. Paired with
     `smoke_answer_constraint` its sampled replies are well-formed and meaningless."""
+    tokenizer = smoke_tokenizer()
+    return tiny_llama(tokenizer, len(tokenizer), seed), tokenizer
+
+
+def tiny_llama(tokenizer: Any, vocab_size: int, seed: int = 0) -> Any:
+    """A random two-layer Llama of hidden size 16 over `tokenizer` (its special token ids)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = smoke_tokenizer()
     torch.manual_seed(seed)
     model = LlamaForCausalLM(
         LlamaConfig(
-            vocab_size=len(tokenizer),
+            vocab_size=vocab_size,
             hidden_size=16,
             intermediate_size=32,
             num_hidden_layers=2,
             num_attention_heads=2,
             num_key_value_heads=1,
-            max_position_embeddings=4096,
+            max_position_embeddings=8192,
+            bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         )
     )
-    return model.eval(), tokenizer
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model.eval()
 
 
 def smoke_answer_constraint(tokenizer: Any) -> Any:
@@ -469,29 +477,10 @@ def write_tiny_chat_llm(folder: Path, seed: int = 0, vocab_size: int = 1024) -> 
     """A random two-layer Llama over a small `byte_level_bpe_tokenizer` (32 special tokens, a
     Llama 3 chat template), saved as a transformers folder: a chat model whose tokenizer can
     write any JSON, so the constrained JSON answer path runs on it for real."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     if (folder / "config.json").is_file():
         return folder
     tokenizer = byte_level_bpe_tokenizer(vocab_size, specials=32)
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=vocab_size,
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            max_position_embeddings=8192,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model = tiny_llama(tokenizer, vocab_size, seed)
     staging = folder.with_name(folder.name + ".tmp")
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
