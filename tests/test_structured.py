@@ -112,6 +112,13 @@ def test_a_tokenizer_that_cannot_write_json_fails_when_the_llm_loads(
     assert not list((tmp_path / "runs").rglob("*.png"))
 
 
+def test_a_reasoning_bound_with_tagged_answers_is_refused(invoke, tmp_path):
+    result = invoke("explain", "--preset", "smoke", "--llm-output", "tags", "--reasoning-chars", 9)
+    assert result.exit_code == 1
+    assert "--reasoning-chars" in result.output and "--llm-output tags" in result.output
+    assert not (tmp_path / "runs").exists()
+
+
 def test_explain_answers_in_json_through_the_grammar(invoke, chat_llm, tmp_path):
     result = invoke(
         "explain", "--preset", "smoke", "--language-model", chat_llm, "--llm-output", "json",

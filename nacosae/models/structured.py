@@ -10,9 +10,9 @@ one token bitmask for the whole batch is filled in C++ and applied to the logits
 Special tokens (a tokenizer's added control tokens, `<|eot_id|>` and the like) are never part
 of the grammar's text, so they cannot appear inside a string; the end-of-sequence tokens are
 allowed once the object is complete. The reasoning is bounded by the token budget, not by a
-character count: when a row's budget is nearly spent inside the reasoning, only tokens that close
-the string remain, so the answer still completes. `reasoning_chars` adds a character bound for a
-small model that needs one.
+character count: when a row's budget is nearly spent inside a string, only tokens that close it
+remain (after those that finish a multi-byte character), so the answer still completes.
+`reasoning_chars` adds a character bound for a small model that needs one.
 """
 
 from __future__ import annotations
@@ -85,9 +85,7 @@ class AnswerGrammar:
     ) -> None:
         import xgrammar as xgr
 
-        fields = tuple(fields or ANSWER_FIELDS)
-        self.fields = fields
-
+        self.fields = fields = tuple(fields or ANSWER_FIELDS)
         self.vocab_size, self.stop_ids = vocab_size, [int(i) for i in stop_ids]
         self.info = _tokenizer_info(tokenizer, vocab_size, self.stop_ids)
         schema = json.dumps(answer_schema(reasoning_chars, fields))

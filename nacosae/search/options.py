@@ -99,6 +99,11 @@ class ExplainOptions:
             raise NacosaeError("--max-new-tokens must be at least 16 (room for an answer)")
         if self.reasoning_chars is not None and self.reasoning_chars < 1:
             raise NacosaeError("--reasoning-chars must be at least 1")
+        if self.reasoning_chars is not None and self.llm_output == "tags":
+            raise NacosaeError(
+                "--reasoning-chars bounds a JSON answer's reasoning and does nothing with "
+                "--llm-output tags: drop one of them"
+            )
         if self.llm_concurrency < 1:
             raise NacosaeError("--llm-concurrency must be at least 1")
         check_num_img(self.num_img)
