@@ -170,7 +170,10 @@ def load_template(choice: str | Path, kind: TemplateKind) -> Template:
     fields suit a `kind` template."""
     path = prompts_dir() / BUILTIN[str(choice)] if str(choice) in BUILTIN else Path(choice)
     if not path.is_file():
-        raise NacosaeError(f"prompt template {path} does not exist")
+        builtin = ", ".join(n for n in BUILTIN if (kind == "summary") == ("summary" in n))
+        raise NacosaeError(
+            f"prompt template {path} does not exist: give a file or one of {builtin}"
+        )
     text = path.read_text(encoding="utf-8")
     try:
         fields = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
