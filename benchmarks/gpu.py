@@ -541,27 +541,12 @@ def _decode_rate(bench: Bench, bundle: Any, batch: int, new_tokens: int, grammar
 
 
 @contextmanager
-def _utilisation_samples(device: str, every: float = 0.1) -> Iterator[list[int]]:
-    """The GPU's utilisation (percent, NVML through torch, else nvidia-smi) sampled every
-    `every` seconds while the block runs; nothing on a CPU."""
-    import subprocess
+def _sampled(read: Callable[[], int], every: float) -> Iterator[list[int]]:
+    """`read()` sampled every `every` seconds on a thread while the block runs (one sample at
+    the start)."""
     import threading
 
-    import torch
-
-    samples: list[int] = []
-    if not device.startswith("cuda"):
-        yield samples
-        return
-
-    def read() -> int:
-        try:
-            return int(torch.cuda.utilization())
-        except Exception:  # noqa: BLE001 - no pynvml: ask nvidia-smi
-            query = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"]
-            return int(subprocess.run(query, capture_output=True, text=True).stdout.split()[0])
-
-    stop = threading.Event()
+    samples, stop = [read()], threading.Event()
 
     def sample() -> None:
         while not stop.wait(every):
@@ -574,6 +559,29 @@ def _utilisation_samples(device: str, every: float = 0.1) -> Iterator[list[int]]
     finally:
         stop.set()
         thread.join()
+
+
+@contextmanager
+def _utilisation_samples(device: str, every: float = 0.1) -> Iterator[list[int]]:
+    """The GPU's utilisation (percent, NVML through torch, else nvidia-smi) sampled every
+    `every` seconds while the block runs; nothing on a CPU."""
+    import subprocess
+
+    import torch
+
+    if not device.startswith("cuda"):
+        yield []
+        return
+
+    def read() -> int:
+        try:
+            return int(torch.cuda.utilization())
+        except Exception:  # noqa: BLE001 - no pynvml: ask nvidia-smi
+            query = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"]
+            return int(subprocess.run(query, capture_output=True, text=True).stdout.split()[0])
+
+    with _sampled(read, every) as samples:
+        yield samples
 
 
 def section_ray(bench: Bench, state: dict[str, Any]) -> None:
@@ -710,27 +718,11 @@ def _capped(device: str, gib: float) -> Iterator[None]:
 def _rss_samples(every: float = 0.2) -> Iterator[list[int]]:
     """This process's resident memory (bytes) sampled every `every` seconds while the block
     runs: its peak is what loading the models cost in host memory."""
-    import threading
-
     import psutil
 
-    process, samples, stop = (
-        psutil.Process(),
-        [psutil.Process().memory_info().rss],
-        threading.Event(),
-    )
-
-    def sample() -> None:
-        while not stop.wait(every):
-            samples.append(process.memory_info().rss)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
+    process = psutil.Process()
+    with _sampled(lambda: process.memory_info().rss, every) as samples:
         yield samples
-    finally:
-        stop.set()
-        thread.join()
 
 
 def ensure_store(bench: Bench, state: dict[str, Any]) -> None:

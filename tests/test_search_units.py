@@ -86,7 +86,9 @@ def test_template_files_with_either_field_names(tmp_path):
     path.write_text("{concepts} {forbidden} {history}")
     with pytest.raises(NacosaeError, match=r"has unknown \{history\}"):
         load_template(path, "main")
-    with pytest.raises(NacosaeError, match="does not exist: give a file or one of main, cot, few-shot"):
+    with pytest.raises(
+        NacosaeError, match="does not exist: give a file or one of main, cot, few-shot"
+    ):
         load_template(tmp_path / "absent.txt", "main")
 
 
