@@ -174,6 +174,31 @@ def test_top_images_equal_a_brute_force_sort(invoke, isolated_env, controls, ima
     assert outside.exit_code == 1 and "valid ids are 0 to 31" in words(outside.output)
 
 
+def test_top_classes_are_the_class_means_the_search_starts_from(invoke, isolated_env, controls):
+    from nacosae.controls import open_controls
+    from nacosae.evaluation.top_images import top_classes
+    from nacosae.store.activations import classes_by_mean
+
+    store = open_controls(isolated_env / "controls", "tiny_cnn", "avgpool")
+    column = store.unit(5).double().numpy()
+    means = {c["folder"]: column[slice(*c["rows"])].mean() for c in store.classes}
+    brute = sorted(means, key=lambda f: -means[f])
+    found = top_classes(store, 5, k=3)
+    assert [c.class_folder for c in found] == brute
+    assert [c.mean for c in found] == pytest.approx([means[f] for f in brute])
+    assert [c.images for c in found] == [4, 4, 4]
+    assert [c.class_folder for c in top_classes(store, 5, lowest=True)] == brute[::-1]
+    assert classes_by_mean([0.5, float("nan"), 0.9, 0.5]) == [2, 0, 3, 1]  # NaN last, ties kept
+    assert classes_by_mean([0.5, float("nan"), 0.9, 0.5], lowest=True) == [0, 3, 2, 1]
+    result = invoke("top-images", "--model", "tiny_cnn", "--neuron-id", "5", "--classes")
+    assert result.exit_code == 0, result.output
+    listed = words(result.output)
+    assert all(c.concept in listed for c in found) and f"{found[0].mean:.4f}" in listed
+    assert listed.index(found[0].concept) < listed.index(found[-1].concept)
+    outside = invoke("top-images", "--model", "tiny_cnn", "--neuron-id", "32", "--classes")
+    assert outside.exit_code == 1 and "valid ids are 0 to 31" in words(outside.output)
+
+
 def test_novelty_against_imagenet_and_a_word_list(invoke, tmp_path):
     explanations = tmp_path / "found.csv"
     explanations.write_text("neuron,concept\n0,fire truck\n1,checkered pattern\n2,frozen surface\n")

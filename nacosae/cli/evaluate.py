@@ -262,22 +262,42 @@ def top_images(
     lowest: Annotated[
         bool, typer.Option(help="The images that drive it least.", metavar="")
     ] = False,
+    classes: Annotated[
+        bool,
+        typer.Option(
+            help="Control classes by the unit's class mean instead of images (where the "
+            "search's initial history starts).",
+            metavar="",
+        ),
+    ] = False,
     token_pooling: TokenPoolingOption = "cls",
     sae: SaeOption = None,
 ) -> None:
-    """The control images that activate a unit most (or least), from its control store."""
+    """The control images (or classes) that activate a unit most (or least), from its store."""
     from rich.table import Table
 
     from nacosae.config import settings
     from nacosae.controls import open_controls
+    from nacosae.evaluation.top_images import top_classes
     from nacosae.evaluation.top_images import top_images as find
     from nacosae.models.units import make_readout
 
     if k < 1:
         raise typer.BadParameter("must be at least 1", param_hint="--k")
     store = open_controls(settings().controls_dir, model, layer, make_readout(token_pooling, sae))  # type: ignore[arg-type]
-    found = find(store, neuron_id, k, lowest)
     which = "least" if lowest else "most"
+    if classes:
+        ranked = top_classes(store, neuron_id, k, lowest)
+        table = Table(
+            title=f"control classes that drive unit {neuron_id} of {model} {layer} {which}"
+        )
+        for column in ("rank", "class mean", "class", "images"):
+            table.add_column(column, overflow="fold")
+        for c in ranked:
+            table.add_row(str(c.rank), f"{c.mean:.4f}", c.concept, str(c.images))
+        progress.console.print(table)
+        return
+    found = find(store, neuron_id, k, lowest)
     table = Table(title=f"control images that drive unit {neuron_id} of {model} {layer} {which}")
     for column in ("rank", "activation", "class", "image"):
         table.add_column(column, overflow="fold")

@@ -1,4 +1,5 @@
-"""The control images that drive a unit most (or least), straight from its control store."""
+"""The control images, or control classes, that drive a unit most (or least), straight from its
+control store."""
 
 from __future__ import annotations
 
@@ -58,6 +59,38 @@ def top_images(store: Any, neuron: int, k: int = 16, lowest: bool = False) -> li
                 class_folder=c.get("folder", "?"),
                 concept=c.get("concept") or c.get("label", "?"),
                 activation=float(values[row]),
+            )
+        )
+    return found
+
+
+@dataclass(frozen=True)
+class TopClass:
+    rank: int
+    class_folder: str
+    concept: str  # the words the search uses for the class
+    mean: float  # the unit's mean activation over the class's control images
+    images: int
+
+
+def top_classes(store: Any, neuron: int, k: int = 16, lowest: bool = False) -> list[TopClass]:
+    """The `k` control classes with the highest (or lowest) mean activation of `neuron`: the
+    classes the search's initial history starts from (`classes_by_mean`)."""
+    from nacosae.data.images import class_concept
+    from nacosae.store.activations import classes_by_mean
+
+    store.check_unit(neuron)
+    means = store.class_means()[:, neuron].double().numpy()
+    found = []
+    for rank, index in enumerate(classes_by_mean(means, lowest)[: max(0, k)], start=1):
+        c = store.classes[index]
+        found.append(
+            TopClass(
+                rank=rank,
+                class_folder=c["folder"],
+                concept=class_concept(c["label"], c.get("wnid"), c.get("concept")),
+                mean=float(means[index]),
+                images=c["rows"][1] - c["rows"][0],
             )
         )
     return found

@@ -36,6 +36,7 @@ from nacosae.search.history import History, Scored, normalise
 from nacosae.search.prompts import PromptValues, Proposal, Template, parse_answer
 from nacosae.search.scoring import score_all
 from nacosae.seeds import stable_seed
+from nacosae.store.activations import classes_by_mean
 from nacosae.store.runs import RunWriter
 
 if TYPE_CHECKING:
@@ -357,8 +358,7 @@ class Search:
     # ------------------------------------------------------------ events
 
     def _initial_concepts(self, state: NeuronState) -> list[tuple[str, str]]:
-        means = self.parts.class_means[:, state.neuron]
-        order = [int(i) for i in np.argsort(-np.nan_to_num(means, nan=-np.inf), kind="stable")]
+        order = classes_by_mean(self.parts.class_means[:, state.neuron])
         top = order[: self.settings.n_top]
         rest = order if self.settings.initial_random == "any" else order[self.settings.n_top :]
         randoms = state.rng.sample(rest, min(self.settings.n_random, len(rest)))

@@ -41,6 +41,17 @@ UNITS = "units.safetensors"
 IDENTITY_KEYS = ("model", "layer", "weights", "dataset", "dtype", "preprocessing", "units")
 
 
+def classes_by_mean(means: Any, lowest: bool = False) -> list[int]:
+    """Class indices by one unit's class mean (`[classes]`), highest first (`lowest`: lowest
+    first); a class without images (NaN) comes last, ties keep class order. The search's
+    initial history starts from the first of these; `top-images --classes` lists them."""
+    import numpy as np
+
+    values = np.asarray(means, dtype=np.float64)
+    keys = np.nan_to_num(values, nan=np.inf) if lowest else -np.nan_to_num(values, nan=-np.inf)
+    return [int(i) for i in np.argsort(keys, kind="stable")]
+
+
 def store_dir(controls_root: Path, model: str, layer: str, variant: str = "") -> Path:
     """`<root>/<model>/<layer>`, or `<layer>@<variant>` for other units of the layer (token
     mean, SAE latents); `hf:org/repo` becomes the folder `hf--org--repo`."""
@@ -325,8 +336,8 @@ class ControlStore:
     def classes(self) -> list[dict[str, Any]]:
         return self.index["classes"]
 
-    def unit(self, u: int) -> torch.Tensor:
-        """All control activations of unit `u`, `[images]`, in row order."""
+    def check_unit(self, u: int) -> None:
+        """NeuronOutOfRange, naming the valid ids, unless the layer has unit `u`."""
         from nacosae.errors import NeuronOutOfRange
 
         if not 0 <= u < self.n_units:
@@ -334,6 +345,10 @@ class ControlStore:
                 f"unit {u} is outside layer {self.index['layer']} of {self.index['model']}: "
                 f"valid ids are 0 to {self.n_units - 1}"
             )
+
+    def unit(self, u: int) -> torch.Tensor:
+        """All control activations of unit `u`, `[images]`, in row order."""
+        self.check_unit(u)
         return self._slice[u]
 
     def class_means(self) -> torch.Tensor:
