@@ -29,6 +29,40 @@ def test_usage_error_exits_2(invoke, runner):
     assert result.exit_code == 2
 
 
+OUT_OF_RANGE = [
+    ("explain", "--num-img", "1"),
+    ("explain", "--num-img", "0"),
+    ("explain", "--num-inf-steps", "0"),
+    ("explain", "--num-inf-steps", "-5"),
+    ("explain", "--n-iters", "-1"),
+    ("explain", "--t2i-batch", "0"),
+    ("explain", "--llm-batch", "0"),
+    ("explain", "--max-new-tokens", "0"),
+    ("explain", "--llm-concurrency", "0"),
+    ("explain", "--reasoning-chars", "0"),
+    ("controls", "--batch-size", "0"),
+    ("controls", "--shard-size", "0"),
+    ("controls", "--workers", "-1"),
+    ("evaluate", "--top-k", "0"),
+    ("evaluate", "--num-img", "1"),
+    ("evaluate", "--num-inf-steps", "0"),
+    ("evaluate", "--t2i-batch", "0"),
+]
+
+
+def test_out_of_range_option_values_are_usage_errors(runner, isolated_env, tmp_path):
+    """Click's own range checks: exit 2 naming the option, before anything is read or made."""
+    from nacosae.cli import app
+
+    for command, flag, value in OUT_OF_RANGE:
+        extra = ["--neuron-id", "0"] if command == "explain" else []
+        extra += [str(tmp_path / "found.csv")] if command == "evaluate" else []
+        result = runner.invoke(app, [command, *extra, flag, value])
+        assert result.exit_code == 2, (flag, value, result.output)
+        assert f"Invalid value for '{flag}'" in result.output, result.output
+    assert not (tmp_path / "runs").exists() and not (isolated_env / "controls").exists()
+
+
 def test_cli_module_does_not_import_heavy_libraries():
     code = (
         "import sys, nacosae.cli; "

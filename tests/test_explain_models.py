@@ -217,5 +217,5 @@ def test_a_server_that_drops_the_connection_is_not_called_unreachable():
 def test_limits_must_be_positive(invoke, controls, t2i_dir, flag, value):
     with ChatServer(REPLIES) as server:
         result = invoke(*explain_args(t2i_dir, server, "--neuron-id", "0", flag, value))
-    assert result.exit_code == 1
-    assert f"{flag} must be at least 1" in result.output
+    assert result.exit_code == 2  # a usage error (Click's range check), tests/test_cli.py
+    assert f"Invalid value for '{flag}'" in result.output

@@ -160,3 +160,18 @@ def test_slugs_are_safe_and_distinct():
     assert slugify("../../x").startswith("x-")
     assert "/" not in slugify("a/b") and slugify("a/b") != slugify("a b")
     assert slugify("???").startswith("concept-")
+
+
+def test_options_from_the_python_api_are_checked_like_the_cli(tmp_path):
+    """The library's own checks (the CLI's Click ranges do not reach `nacosae.api` callers)."""
+    from nacosae.search.options import ExplainOptions
+
+    for field, value, problem in (
+        ("num_inf_steps", 0, "--num-inf-steps must be at least 1"),
+        ("max_new_tokens", 8, "--max-new-tokens must be at least 16"),
+        ("reasoning_chars", 0, "--reasoning-chars must be at least 1"),
+    ):
+        options = ExplainOptions(["0"], tmp_path / "runs", tmp_path / "controls")
+        setattr(options, field, value)
+        with pytest.raises(NacosaeError, match=problem):
+            options.validate()

@@ -83,19 +83,20 @@ def controls(
             "name, or a state-dict PATH."
         ),
     ] = "default",
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.", min=1)] = 64,
     workers: Annotated[
         int | None,
         typer.Option(
             help="Decoding worker processes \\[default: CPU cores - 1; with --ray, each Ray "
-            "worker's share of its cluster's CPUs]."
+            "worker's share of its cluster's CPUs].",
+            min=0,
         ),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cuda, cuda:N, mps or cpu.")] = "auto",
     dtype: Annotated[
         Literal["float16", "float32"], typer.Option(help="Stored values (float16 halves the size).")
     ] = "float32",
-    shard_size: Annotated[int, typer.Option(help="Images per shard file.")] = 4096,
+    shard_size: Annotated[int, typer.Option(help="Images per shard file.", min=1)] = 4096,
     token_pooling: TokenPoolingOption = "cls",
     sae: SaeOption = None,
     image_size: ImageSizeOption = None,

@@ -15,6 +15,7 @@ from nacosae.distributed.cluster import check_ray_options
 from nacosae.errors import NacosaeError
 from nacosae.evaluation.job import COSY_IMAGES, COSY_PROMPT, COSY_SEED, COSY_T2I
 from nacosae.evaluation.novelty import DEFAULT_THRESHOLD
+from nacosae.models.concept_images import MIN_IMAGES
 from nacosae.models.downloads import DEFAULT_EMBEDDER
 
 
@@ -42,11 +43,11 @@ def evaluate(
     t2i_model: Annotated[str, typer.Option(help="Text-to-image model (CoSy: SDXL base).")] = (
         COSY_T2I
     ),
-    num_img: Annotated[int, typer.Option(help="Images per concept.")] = COSY_IMAGES,
+    num_img: Annotated[int, typer.Option(help="Images per concept.", min=MIN_IMAGES)] = COSY_IMAGES,
     image_prompt: Annotated[str, typer.Option(help="Prompt with {concept}.")] = COSY_PROMPT,
     seed: Annotated[int, typer.Option(help="Seed of the one noise generator.")] = COSY_SEED,
     num_inf_steps: Annotated[
-        int | None, typer.Option(help="Diffusion steps \\[default: the model's own].")
+        int | None, typer.Option(help="Diffusion steps \\[default: the model's own].", min=1)
     ] = None,
     guidance_scale: Annotated[
         float | None, typer.Option(help="Guidance \\[default: the model's own].")
@@ -56,13 +57,15 @@ def evaluate(
         typer.Option(help="Another control store folder of the model/layer \\[default: its own]."),
     ] = None,
     top_k: Annotated[
-        int | None, typer.Option(help="From a run directory: the K best distinct concepts.")
+        int | None,
+        typer.Option(help="From a run directory: the K best distinct concepts.", min=1),
     ] = None,
     t2i_batch: Annotated[
         int | None,
         typer.Option(
             help="Images per text-to-image call \\[default: the memory plan's; 8 on a CPU].",
             show_default=False,
+            min=1,
         ),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cuda, cuda:N, mps or cpu.")] = "auto",

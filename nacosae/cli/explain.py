@@ -22,8 +22,9 @@ from nacosae.cli.unit_options import (
 if TYPE_CHECKING:
     from nacosae.search.options import ExplainOptions
     from nacosae.search.runner import ExplainResult
+from nacosae.models.concept_images import MIN_IMAGES
 from nacosae.models.downloads import DEFAULT_EMBEDDER, DEFAULT_LANGUAGE_MODEL, DEFAULT_T2I_MODEL
-from nacosae.models.language import HTTP_CONCURRENCY, MAX_NEW_TOKENS
+from nacosae.models.language import HTTP_CONCURRENCY, MAX_NEW_TOKENS, MIN_NEW_TOKENS
 
 
 def explain(
@@ -66,9 +67,9 @@ def explain(
     t2i_model: Annotated[str, typer.Option(help="Text-to-image (diffusers) repo id.")] = (
         DEFAULT_T2I_MODEL
     ),
-    num_img: Annotated[int, typer.Option(help="Images rendered per concept.")] = 5,
+    num_img: Annotated[int, typer.Option(help="Images rendered per concept.", min=MIN_IMAGES)] = 5,
     num_inf_steps: Annotated[
-        int | None, typer.Option(help="Diffusion steps \\[default: the model's own].")
+        int | None, typer.Option(help="Diffusion steps \\[default: the model's own].", min=1)
     ] = None,
     guidance_scale: Annotated[
         str | None,
@@ -78,7 +79,9 @@ def explain(
             show_default=False,
         ),
     ] = None,
-    n_iters: Annotated[int, typer.Option(help="LLM proposals before the summary step.")] = 10,
+    n_iters: Annotated[
+        int, typer.Option(help="LLM proposals before the summary step.", min=0)
+    ] = 10,
     metric: Annotated[
         Literal["auc", "mad", "mean"], typer.Option(help="The score that steers the search.")
     ] = "auc",
@@ -116,17 +119,22 @@ def explain(
     t2i_batch: Annotated[
         int | None,
         typer.Option(
-            help="Images per text-to-image call \\[default: the memory plan's, <= 32; 8 on a CPU]."
+            help="Images per text-to-image call \\[default: the memory plan's, <= 32; 8 on a CPU].",
+            min=1,
         ),
     ] = None,
     llm_batch: Annotated[
         int | None,
         typer.Option(
-            help="Local LLM chats per generate call \\[default: the memory plan's, <= 16]."
+            help="Local LLM chats per generate call \\[default: the memory plan's, <= 16].",
+            min=1,
         ),
     ] = None,
     max_new_tokens: Annotated[
-        int, typer.Option(help="Most tokens an LLM answer may have (local and --llm-url).")
+        int,
+        typer.Option(
+            help="Most tokens an LLM answer may have (local and --llm-url).", min=MIN_NEW_TOKENS
+        ),
     ] = MAX_NEW_TOKENS,
     reasoning_chars: Annotated[
         int | None,
@@ -137,7 +145,7 @@ def explain(
         ),
     ] = None,
     llm_concurrency: Annotated[
-        int, typer.Option(help="Most requests in flight to an --llm-url server.")
+        int, typer.Option(help="Most requests in flight to an --llm-url server.", min=1)
     ] = HTTP_CONCURRENCY,
     llm_output: Annotated[
         Literal["auto", "json", "tags"],

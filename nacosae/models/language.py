@@ -37,6 +37,7 @@ Message = dict[str, str]
 TEMPERATURE = 0.5
 TOP_P = 0.9
 MAX_NEW_TOKENS = 1024  # room for the chain-of-thought prompts' reasoning before the answer
+MIN_NEW_TOKENS = 16  # room for an answer
 LOCAL_BATCH = 16
 HTTP_CONCURRENCY = 16
 HTTP_RETRIES = 5

@@ -16,7 +16,7 @@ from nacosae.distributed.cluster import check_ray_options
 from nacosae.errors import NacosaeError
 from nacosae.models.concept_images import check_num_img
 from nacosae.models.downloads import DEFAULT_EMBEDDER, DEFAULT_LANGUAGE_MODEL, DEFAULT_T2I_MODEL
-from nacosae.models.language import HTTP_CONCURRENCY, MAX_NEW_TOKENS
+from nacosae.models.language import HTTP_CONCURRENCY, MAX_NEW_TOKENS, MIN_NEW_TOKENS
 from nacosae.models.preprocessing import check_image_size
 from nacosae.models.residency import OFFLOAD_MODES
 from nacosae.models.text2image import IMAGE_PROMPTS, IMAGE_SEEDS
@@ -95,8 +95,12 @@ class ExplainOptions:
             raise NacosaeError("--t2i-batch must be at least 1")
         if self.llm_batch is not None and self.llm_batch < 1:
             raise NacosaeError("--llm-batch must be at least 1")
-        if self.max_new_tokens < 16:
-            raise NacosaeError("--max-new-tokens must be at least 16 (room for an answer)")
+        if self.max_new_tokens < MIN_NEW_TOKENS:
+            raise NacosaeError(
+                f"--max-new-tokens must be at least {MIN_NEW_TOKENS} (room for an answer)"
+            )
+        if self.num_inf_steps is not None and self.num_inf_steps < 1:
+            raise NacosaeError("--num-inf-steps must be at least 1")
         if self.reasoning_chars is not None and self.reasoning_chars < 1:
             raise NacosaeError("--reasoning-chars must be at least 1")
         if self.reasoning_chars is not None and self.llm_output == "tags":
