@@ -152,6 +152,8 @@ def test_fragments_and_copies_of_the_instructions_are_re_asked():
         ("<answer>red of</answer>", "unfinished phrase"),
         ("<answer>the</answer>", "unfinished phrase"),
         ("<answer>A volcano is</answer>", "unfinished phrase"),
+        ("<answer>guitar kite kite</answer>", "repeats a word"),
+        ("<answer>Kite kite</answer>", "repeats a word"),
     ):
         with pytest.raises(ConceptParseError, match=problem):
             parse_answer(reply, set())

@@ -250,6 +250,8 @@ def _check_not_a_fragment(concept: str) -> None:
         raise ConceptParseError(
             f"'{concept}' repeats the instructions; give the concept itself, such as 'red apple'"
         )
+    if len(set(words)) < len(words):
+        raise ConceptParseError(f"'{concept}' repeats a word; give the concept once")
     if words[-1] in FUNCTION_WORDS:
         raise ConceptParseError(
             f"'{concept}' is an unfinished phrase; give a complete concept of one to three words"
