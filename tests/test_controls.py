@@ -105,6 +105,11 @@ def test_index_describes_the_store(invoke, isolated_env, image_tree):
     assert all(len(s["sha256"]) == 64 for s in index["shards"])
     assert "Resize(224" in index["preprocessing"] and "class token" in index["pooling"]
     assert index["nacosae_version"] and index["created"]
+    store = isolated_env / "controls/tiny_cnn/avgpool"
+    umask = os.umask(0o022)
+    os.umask(umask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in store.iterdir()}
+    assert set(modes.values()) == {0o666 & ~umask}, modes  # shards readable as index.json is
 
 
 def test_list_shows_stores(invoke, image_tree):

@@ -218,8 +218,10 @@ def wait_for_port(port: int, up: bool, seconds: float) -> bool:
 @pytest.mark.slow
 def test_the_server_stops_with_its_command(runs_dir):
     """SIGTERM to `nacosae dashboard` (what a job scheduler sends) stops its Streamlit child
-    too: nothing keeps the port."""
+    too: nothing keeps the port. It listens on this machine's loopback only."""
     import signal
+
+    import psutil
 
     port = free_port()
     command = subprocess.Popen(
@@ -229,6 +231,12 @@ def test_the_server_stops_with_its_command(runs_dir):
     )
     try:
         assert wait_for_port(port, up=True, seconds=90), "the dashboard did not start"
+        listening = {
+            c.laddr.ip
+            for c in psutil.net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+        }
+        assert listening and listening <= {"127.0.0.1", "::1"}  # this machine only, by default
         command.send_signal(signal.SIGTERM)
         assert command.wait(timeout=30) in (0, 130)
         assert wait_for_port(port, up=False, seconds=20), "the Streamlit child kept the port"

@@ -139,6 +139,7 @@ def no_run_made(tmp_path) -> bool:
         (("--neurons", "5:2"), "neuron range '5:2' is empty: write start:stop with stop above"),
         (("--neurons", "0:4:0"), "has step 0"),
         (("--neurons", "five"), "bad neuron selection 'five'"),
+        (("--neurons", "0:2000000"), "goes past the layer's 32 units: valid ids are 0 to 31"),
     ],
 )
 def test_bad_neuron_selections_fail_before_any_run_or_model(

@@ -34,6 +34,8 @@ def test_selections():
         resolve(["5:12"], 10, 42, "layer avgpool of m")
     with pytest.raises(NacosaeError, match="bad neuron selection 'x1'"):
         parse_spec("x1", 10, 42)
+    with pytest.raises(NeuronOutOfRange, match="goes past the layer's 512 units"):
+        parse_spec("0:2000000", 512, 42)  # refused before the range is expanded
 
 
 def test_neurons_file(tmp_path):

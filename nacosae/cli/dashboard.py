@@ -26,6 +26,13 @@ def dashboard(
         typer.Argument(help="Runs directory \\[default: SAVE_DIR].", show_default=False),
     ] = None,
     port: Annotated[int, typer.Option(help="Port to serve on.")] = 8501,
+    address: Annotated[
+        str,
+        typer.Option(
+            help="Address to listen on: this machine only by default; 0.0.0.0 for every "
+            "interface (anyone who can reach the machine sees the runs)."
+        ),
+    ] = "localhost",
 ) -> None:
     """Browse runs in the browser (Streamlit): overview, images, reasoning, compare."""
     import os
@@ -49,6 +56,8 @@ def dashboard(
         str(dashboard_app()),
         "--server.port",
         str(port),
+        "--server.address",
+        address,
         "--server.headless",
         "true",
         "--browser.gatherUsageStats",

@@ -34,6 +34,11 @@ def parse_spec(spec: str, n_units: int, seed: int) -> list[int]:
                     f"neuron range {part!r} is empty: write start:stop with stop above start "
                     f"(e.g. {stop}:{start + 1})"
                 )
+            if stop > n_units:  # before expanding it: a typo must not fill the memory
+                raise NeuronOutOfRange(
+                    f"neuron range {part!r} goes past the layer's {n_units} units: valid ids are "
+                    f"0 to {n_units - 1}"
+                )
             chosen.extend(range(start, stop, step or 1))
         elif part.isdigit():
             chosen.append(int(part))

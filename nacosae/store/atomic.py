@@ -15,6 +15,17 @@ from pathlib import Path
 from typing import Any
 
 
+def _process_umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it back at once
+    os.umask(mask)
+    return mask
+
+
+# the mode an ordinary new file gets here: every atomic write ends with it, whatever its writer
+# chose (safetensors creates its files 0600, which a lab-shared NACOSAE_HOME could not read)
+FILE_MODE = 0o666 & ~_process_umask()
+
+
 def _temporary_for(path: Path) -> Path:
     return path.with_name(f"{path.name}.tmp-{os.getpid()}")
 
@@ -27,6 +38,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         write(tmp)
         with tmp.open("rb") as fh:
             os.fsync(fh.fileno())
+        tmp.chmod(FILE_MODE)
         tmp.replace(path)
     finally:
         with contextlib.suppress(FileNotFoundError):
