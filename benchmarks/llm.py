@@ -62,10 +62,10 @@ def proposal_requests(
 def valid_proposals(llm: Any, answer_format: str, template_name: str) -> dict[str, Any]:
     """How many first replies give a valid new concept (fragments and copies of the worked
     examples rejected, as the search does), how many within the search's re-asks (the problem
-    stated, as search/loop.py words it), seconds per first reply, and the concepts."""
+    stated, through the search's own `re_ask`), seconds per first reply, and the concepts."""
     from nacosae.errors import ConceptParseError
     from nacosae.search.loop import SearchSettings
-    from nacosae.search.prompts import load_template, parse_answer
+    from nacosae.search.prompts import load_template, parse_answer, re_ask
 
     examples = load_template(template_name, "main").example_answers
     pending = dict(enumerate(proposal_requests(answer_format, template_name)))
@@ -82,9 +82,7 @@ def valid_proposals(llm: Any, answer_format: str, template_name: str) -> dict[st
             try:
                 concept = parse_answer(reply, set(CLASSES), answer_format, examples).concept  # type: ignore[arg-type]
             except ConceptParseError as exc:
-                again = f"That answer cannot be used: {exc}. Try again."
-                answered = {"role": "assistant", "content": reply}
-                pending[index] = ([*chat, answered, {"role": "user", "content": again}], seed + 1)
+                pending[index] = (re_ask(chat, reply, exc), seed + 1)
                 continue
             concepts[index] = concept
             first_try += attempt == 0

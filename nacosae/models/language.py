@@ -147,9 +147,10 @@ class LLMBundle:
 
         key = (reasoning_chars, structured.ANSWER_FIELDS)
         if key not in self._grammars:
-            width = getattr(self.model.config, "vocab_size", None) or len(self.tokenizer)
+            # the model's logits may be wider than the tokenizer, or the tokenizer hold more
+            width = max(getattr(self.model.config, "vocab_size", 0) or 0, len(self.tokenizer))
             self._grammars[key] = structured.AnswerGrammar(
-                self.tokenizer, max(width, len(self.tokenizer)), self.stop_ids(), reasoning_chars
+                self.tokenizer, width, self.stop_ids(), reasoning_chars
             )
         return self._grammars[key]
 
@@ -284,7 +285,7 @@ class LocalLLM:
                 generation_config=config,
                 logits_processor=LogitsProcessorList(processors),
             )
-        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        new_tokens = output[:, prompt_length:]
         return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
 
 

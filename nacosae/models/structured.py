@@ -85,15 +85,15 @@ class AnswerGrammar:
     ) -> None:
         import xgrammar as xgr
 
-        self.fields = fields = tuple(fields or ANSWER_FIELDS)
+        fields = tuple(fields or ANSWER_FIELDS)
         self.vocab_size, self.stop_ids = vocab_size, [int(i) for i in stop_ids]
-        self.info = _tokenizer_info(tokenizer, vocab_size, self.stop_ids)
+        info = _tokenizer_info(tokenizer, vocab_size, self.stop_ids)
         schema = json.dumps(answer_schema(reasoning_chars, fields))
-        compiler = xgr.GrammarCompiler(self.info, max_threads=1)
+        compiler = xgr.GrammarCompiler(info, max_threads=1)
         self.compiled = compiler.compile_json_schema(
             schema, any_whitespace=False, separators=SEPARATORS
         )
-        self.pieces: list[bytes] = self.info.decoded_vocab  # each token's bytes in a reply
+        self.pieces: list[bytes] = info.decoded_vocab  # each token's bytes in a reply
         self.closers = [i for i, piece in enumerate(self.pieces) if piece.startswith(b'"')]
         self.whole = [i for i, piece in enumerate(self.pieces) if _ends_whole(piece)]
         self._bits: tuple[Any, Any] | None = None

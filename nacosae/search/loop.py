@@ -33,7 +33,7 @@ from nacosae.errors import ConceptParseError
 from nacosae.models.concept_images import FillCounts, FillSettings, fill_concept_cache
 from nacosae.search.controls import ControlSelector, stored_class_concept
 from nacosae.search.history import History, Scored, normalise
-from nacosae.search.prompts import PromptValues, Proposal, Template, parse_answer
+from nacosae.search.prompts import PromptValues, Proposal, Template, parse_answer, re_ask
 from nacosae.search.scoring import score_all
 from nacosae.seeds import stable_seed
 from nacosae.store.activations import classes_by_mean
@@ -276,8 +276,10 @@ class Search:
             metric=self.settings.metric,
             answer_format=self.settings.answer_format,  # type: ignore[arg-type]
         )
-        template = self.parts.summary_template if summary else self.parts.main_template
-        return template.render(values)
+        return self._template(summary).render(values)
+
+    def _template(self, summary: bool) -> Template:
+        return self.parts.summary_template if summary else self.parts.main_template
 
     def _ask_all(
         self, iteration: int, summary: bool
@@ -291,7 +293,7 @@ class Search:
             s.neuron: [{"concept": m.concept, "score": m.score} for m in self._shown(s, summary)]
             for s in self.states
         }
-        template = self.parts.summary_template if summary else self.parts.main_template
+        examples = self._template(summary).example_answers
         answers: dict[int, list[str]] = {s.neuron: [] for s in self.states}
         errors: dict[int, list[str]] = {s.neuron: [] for s in self.states}
         done: dict[int, tuple[Proposal | None, dict[str, Any]]] = {}
@@ -313,18 +315,11 @@ class Search:
                         reply,
                         tried[neuron],
                         self.settings.answer_format,  # type: ignore[arg-type]
-                        template.example_answers,
+                        examples,
                     )
                 except ConceptParseError as exc:  # re-ask with the problem stated
                     errors[neuron].append(str(exc))
-                    chats[neuron] = [
-                        *chats[neuron],
-                        {"role": "assistant", "content": reply},
-                        {
-                            "role": "user",
-                            "content": f"That answer cannot be used: {exc}. Try again.",
-                        },
-                    ]
+                    chats[neuron] = re_ask(chats[neuron], reply, exc)
                     still.append(neuron)
                     continue
                 done[neuron] = (

@@ -242,9 +242,15 @@ def parse_answer(
     return Proposal(concept=concept, reasoning=" ".join(reasoning.split()))
 
 
+def re_ask(chat: list[dict[str, str]], reply: str, problem: Exception) -> list[dict[str, str]]:
+    """The chat continued with the unusable reply and the problem stated: the next request."""
+    again = f"That answer cannot be used: {problem}. Try again."
+    return [*chat, {"role": "assistant", "content": reply}, {"role": "user", "content": again}]
+
+
 def _check_not_a_fragment(concept: str) -> None:
-    """Small models copy the instructions ("The concept is") or stop mid-phrase; neither names
-    anything to photograph."""
+    """Small models copy the instructions ("The concept is"), stop mid-phrase or stutter
+    ("kite kite"); none of these names anything to photograph."""
     words = [w.strip("'-").lower() for w in concept.split()]
     if INSTRUCTION_WORDS & set(words):
         raise ConceptParseError(
