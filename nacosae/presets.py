@@ -1,7 +1,10 @@
 """Presets: named sets of explain options, applied where options are made (the CLI and the API).
 
-- `line`: the published method (LINE / NaCoSAE, its `src/` at the published commit), setting by
-  setting; README's settings table lists each beside nacosae's default.
+- `line`: the published experiments (LINE / NaCoSAE: its `src/` at the published commit, run
+  with the settings of its published 100-unit runs on branch `analysis`), setting by setting:
+  SDXL base 1.0 and Llama-3.1-8B-Instruct, the mean activation as the score, the original's
+  class names, answer reading, repeat handling, history update, top-k 50 and per-render framing.
+  README's settings table lists each beside the original's code defaults and nacosae's own.
 - `smoke`: tiny random components built in-process, no downloads, to check an installation end
   to end on a CPU in well under a minute: a tiny CNN, a tiny diffusers pipeline (64 px), a tiny
   Llama whose sampled replies are kept well-formed by a token constraint, a tiny sentence
@@ -39,20 +42,29 @@ SMOKE_CLASSES = (
     "clock",
 )  # fmt: skip
 
+LINE_T2I_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
+LINE_LANGUAGE_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 LINE_SETTINGS: dict[str, Any] = {
+    "t2i_model": LINE_T2I_MODEL,
+    "language_model": LINE_LANGUAGE_MODEL,
     "num_img": 5,
     "num_inf_steps": 25,
     "guidance_scale": "pipeline",  # the original passed it where diffusers ignores it
     "n_iters": 10,
-    "metric": "auc",
+    "metric": "mean",
     "prompt": "line-main",
     "summary_prompt": "line-summary",
     "control_strategy": "dissimilar-class",
     "max_new_tokens": 3000,
-    "image_prompts": "line",
+    "image_prompts": "line-per-render",
     "image_seeds": "index",
     "initial_random": "any",
     "llm_output": "tags",
+    "class_names": "original",
+    "answer_parsing": "original",
+    "repeats": "rescore",
+    "history_update": "original",
+    "llm_top_k": 50,  # transformers' default, which the original's pipeline call kept
     "image_size": 224,  # Resize(224) + CenterCrop(224); the control store must agree
     "seed": 42,
 }
@@ -89,7 +101,8 @@ def apply_presets(
     if "smoke" in names:
         values.update(smoke_settings(Path(options.controls_root).parent))
     if "line" in names:
-        values.update(LINE_SETTINGS)
+        models = ("t2i_model", "language_model") if "smoke" in names else ()
+        values.update({k: v for k, v in LINE_SETTINGS.items() if k not in models})
     explicit = set(explicit)
     if "smoke" in names and "llm_url" in explicit and "language_model" not in explicit:
         values["language_model"] = ""  # a real LLM behind --llm-url: the server's own model

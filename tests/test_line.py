@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from nacosae.models.text2image import LINE_ANGLES, LINE_LIGHTINGS
 from tests.chatserver import ChatServer
 from tests.test_explain import answers, events_of, explain_args, only_run
 
@@ -38,15 +39,22 @@ def test_line_preset_asks_in_the_original_shape(invoke, controls, t2i_dir, tmp_p
         "control_strategy": "dissimilar-class",
         "max_new_tokens": 3000,
         "guidance_scale": "pipeline",
-        "image_prompts": "line",
+        "image_prompts": "line-per-render",
         "image_seeds": "index",
         "initial_random": "any",
+        "metric": "mean",
+        "class_names": "original",
+        "answer_parsing": "original",
+        "repeats": "rescore",
+        "history_update": "original",
+        "llm_top_k": 50,
     }
     assert {k: config[k] for k in line} == line
+    assert config["language_model"] == "scripted"  # given explicitly: it wins over the 8B
     generation = json.loads((run / "run.json").read_text())["generation"]
     assert generation["guidance_scale"] is None  # left to the pipeline, as the original did
     first, second, summary = (r["messages"][-1]["content"] for r in server.requests)
-    assert all(r["max_tokens"] == 3000 for r in server.requests)
+    assert all(r["max_tokens"] == 3000 and r["top_k"] == 50 for r in server.requests)
     initial = [e for e in events_of(run) if e["iteration"] == 0]
     listed = "; ".join(f"{e['concept']}: {e['score']}" for e in initial)
     assert "Concepts and their scores:\n" in first and "Forbidden concepts:\n\n" in first
@@ -54,6 +62,39 @@ def test_line_preset_asks_in_the_original_shape(invoke, controls, t2i_dir, tmp_p
     assert "Forbidden concepts:\nblue sky\n" in second  # the LLM's own proposals only
     assert "Forbidden concepts" not in summary and "summary concept" in summary.lower()
     assert {e["control"]["strategy"] for e in events_of(run)} == {"dissimilar-class"}
+    for event in events_of(run):  # each render its own framing, its images cached under it
+        concept, angle, lighting = event["render"].rsplit(", ", 2)
+        assert concept == event["concept"] and angle in LINE_ANGLES and lighting in LINE_LIGHTINGS
+        assert event["score"] == pytest.approx(event["metrics"]["mean"])
+
+
+def test_line_preset_dry_run_names_the_published_setting(invoke):
+    result = invoke("explain", "--preset", "line", "--neuron-id", "3", "--dry-run")
+    options = json.loads(result.stdout)["options"]
+    assert options["metric"] == "mean" and options["class_names"] == "original"
+    assert options["t2i_model"] == "stabilityai/stable-diffusion-xl-base-1.0"
+    assert options["language_model"] == "meta-llama/Llama-3.1-8B-Instruct"
+    assert options["answer_parsing"] == "original" and options["repeats"] == "rescore"
+    both = invoke("explain", "--preset", "smoke", "--preset", "line", "--dry-run")
+    assert json.loads(both.stdout)["options"]["t2i_model"].endswith("tiny-sd")  # smoke's models
+
+
+def test_rescored_repeats_render_again_and_keep_one_history_entry(
+    invoke, controls, t2i_dir, tmp_path
+):
+    with ChatServer(answers("<thinking>sky</thinking><answer>blue sky</answer>")) as server:
+        args = explain_args(t2i_dir, server, "--neuron-id", "0", "--preset", "line")
+        result = invoke(*args, "--embedder", MINILM, "--n-iters", "3")
+    assert result.exit_code == 0, result.output
+    run = only_run(tmp_path / "runs")
+    proposals = [e for e in events_of(run) if e["iteration"] > 0]
+    assert [e["concept"] for e in proposals] == ["blue sky"] * 4  # never re-asked
+    assert all(e["parse_retries"] == 0 for e in proposals)
+    assert len({e["render"] for e in proposals}) > 1  # framed anew: rendered again
+    summary = json.loads((run / "summary.json").read_text())["neurons"]["0"]
+    history = [h["concept"] for h in summary["history"]]
+    assert history.count("blue sky") == 1
+    assert len(server.requests) == 4
 
 
 def test_summary_that_repeats_a_scored_concept_is_asked_again(invoke, controls, t2i_dir, tmp_path):
@@ -110,6 +151,14 @@ def test_imagenet_classes_enter_the_history_by_their_unambiguous_names(invoke, t
         "cardigan welsh corgi", "cardigan sweater", "construction crane", "crane (bird)",
     }  # fmt: skip
     assert "cardigan welsh corgi" in server.requests[0]["messages"][0]["content"]
+    with ChatServer(answers("<answer>blue sky</answer>", "<answer>moss</answer>")) as server:
+        args = explain_args(t2i_dir, server, "--neuron-id", "0", "--n-iters", "1")
+        result = invoke(*args, "--class-names", "original", "--out", tmp_path / "original")
+    assert result.exit_code == 0, result.output
+    events = events_of(only_run(tmp_path / "original"))
+    initial = {e["concept"] for e in events if e["iteration"] == 0}
+    assert initial == {"cardigan welsh corgi", "cardigan", "crane2", "crane"}
+    assert "crane2" in server.requests[0]["messages"][0]["content"]
 
 
 def test_resume_reapplies_the_presets_of_the_run(invoke, tmp_path, monkeypatch):

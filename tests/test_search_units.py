@@ -134,6 +134,95 @@ def test_history_drops_low_scorers_more_often_when_not_better():
     assert counts["a"] < 20  # the best member is (almost) never dropped
 
 
+@pytest.mark.parametrize(
+    ("reply", "concept", "reasoning"),
+    [
+        ("<thinking>it is red</thinking><answer>a very shiny red apple", "a very shiny red apple",
+         "it is red"),  # no closing tag, five words: the original kept it
+        ("<answer>first one</answer> then <answer>second</answer>", "first one", ""),
+        ("<thinking>open <answer>The concept is</answer>", "The concept is",
+         "open <answer>The concept is</answer>"),  # the original's split keeps the rest
+    ],
+)  # fmt: skip
+def test_original_parsing_reads_the_first_answer_as_it_stands(reply, concept, reasoning):
+    proposal = parse_answer(reply, set(), "tags", parsing="original")
+    assert (proposal.concept, proposal.reasoning) == (concept, reasoning)
+    try:  # the strict reading refuses it or reads another answer
+        assert parse_answer(reply, set(), "tags").concept != concept
+    except ConceptParseError:
+        pass
+
+
+def test_original_parsing_refuses_what_the_original_crashed_on():
+    with pytest.raises(ConceptParseError, match="no <answer>"):
+        parse_answer("just words", set(), "tags", parsing="original")
+    with pytest.raises(ConceptParseError, match="empty"):
+        parse_answer("<answer> </answer>", set(), "tags", parsing="original")
+
+
+def test_original_history_update_deletes_the_victim_and_appends():
+    history = History([Scored("a", 0.9), Scored("b", 0.2), Scored("c", 0.5)], "original")
+    assert history.add(Scored("d", 0.6), random.Random(0)) == Scored("b", 0.2)
+    assert [s.concept for s in history.members] == ["a", "c", "d"]  # appended at the end
+    replace = History([Scored("a", 0.9), Scored("b", 0.2), Scored("c", 0.5)])
+    replace.add(Scored("d", 0.6), random.Random(0))
+    assert [s.concept for s in replace.members] == ["a", "d", "c"]  # in the victim's slot
+
+
+def test_original_history_never_draws_the_best_and_survives_equal_scores():
+    rng = random.Random(3)
+    for _ in range(500):
+        history = History([Scored("a", 0.9), Scored("b", 0.3), Scored("c", 0.5)], "original")
+        assert history.add(Scored("new", 0.1), rng).concept != "a"  # weight max - max = 0
+    equal = History([Scored("a", 0.5), Scored("b", 0.5)], "original")
+    assert equal.add(Scored("c", 0.5), rng) is not None  # the original raised here
+    assert len(equal.members) == 2
+
+
+def test_a_rescored_concept_keeps_one_entry_with_its_new_score():
+    rng = random.Random(0)
+    original = History([Scored("a", 0.9), Scored("b", 0.2), Scored("c", 0.5)], "original")
+    original.add(Scored("C", 0.95), rng)  # better than the worst: b is deleted, c rescored
+    assert original.members == [Scored("a", 0.9), Scored("C", 0.95)]
+    replace = History([Scored("a", 0.9), Scored("b", 0.2), Scored("c", 0.5)])
+    assert replace.add(Scored("c", 0.1), rng) is None  # rescored in place, nothing evicted
+    assert replace.members == [Scored("a", 0.9), Scored("b", 0.2), Scored("c", 0.1)]
+
+
+def test_top_k_sampling_keeps_only_the_k_most_likely_tokens():
+    import torch
+
+    from nacosae.models.language import row_sampler
+
+    scores = torch.tensor([[0.0, 3.0, 2.9, 2.8, -1.0]]).repeat(64, 1)
+    picked = set()
+    for seed in range(64):
+        sampler = row_sampler([seed], temperature=5.0, top_p=1.0, top_k=2)
+        picked |= set(sampler(None, scores[:1]).argmax(dim=-1).tolist())
+    assert picked == {1, 2}
+    wide = {
+        row_sampler([s], temperature=5.0, top_p=1.0)(None, scores[:1]).argmax().item()
+        for s in range(64)
+    }
+    assert len(wide) > 2
+
+
+def test_original_class_names_follow_its_folders():
+    from nacosae.data.imagenet import original_concept_for_wnid, original_folders
+    from nacosae.search.controls import class_concepts
+
+    folders = original_folders()
+    assert len(set(folders.values())) == 1000
+    assert folders["n03126707"] == "crane2" and folders["n02012849"] == "crane"
+    assert folders["n02113186"] == "cardigan_welsh_corgi" and folders["n02963159"] == "cardigan"
+    assert folders["n03710721"] == "tank_suit" and folders["n01440764"] == "tench"
+    assert original_concept_for_wnid("n03126707") == "crane2"
+    classes = [{"label": "n02113186", "wnid": "n02113186"}, {"label": "red_things"}]
+    assert class_concepts(classes, "original") == ["cardigan welsh corgi", "red things"]
+    assert class_concepts(classes) == ["cardigan welsh corgi", "red things"]
+    assert class_concepts([{"label": "n02963159", "wnid": "n02963159"}]) == ["cardigan sweater"]
+
+
 def test_scores_match_their_definitions():
     from sklearn.metrics import roc_auc_score
 

@@ -26,6 +26,8 @@ from nacosae.models.concept_images import MIN_IMAGES
 from nacosae.models.downloads import DEFAULT_EMBEDDER, DEFAULT_LANGUAGE_MODEL, DEFAULT_T2I_MODEL
 from nacosae.models.language import HTTP_CONCURRENCY, MAX_NEW_TOKENS, MIN_NEW_TOKENS
 
+ORIGINAL_PANEL = "The original's behaviours (set by --preset line)"
+
 
 def explain(
     context: typer.Context,
@@ -159,9 +161,53 @@ def explain(
     seed: Annotated[int, typer.Option(help="Seed for every random choice.")] = 42,
     device: Annotated[str, typer.Option(help="auto, cuda, cuda:N, mps or cpu.")] = "auto",
     image_prompts: Annotated[
-        Literal["varied", "line"],
-        typer.Option(help="An angle and light per image, or the original's prompt per concept."),
+        Literal["varied", "line", "line-per-render"],
+        typer.Option(
+            help="An angle and light per image, or the original's prompt: its framing drawn "
+            "once per concept (line) or for every render as the original did."
+        ),
     ] = "varied",
+    class_names: Annotated[
+        Literal["ours", "original"],
+        typer.Option(
+            help="Control classes as concepts: our unambiguous names, or the original's folder "
+            "names ('crane' and 'crane2').",
+            rich_help_panel=ORIGINAL_PANEL,
+        ),
+    ] = "ours",
+    answer_parsing: Annotated[
+        Literal["strict", "original"],
+        typer.Option(
+            help="strict: 1-3 words, no fragments, re-asked otherwise; original: the first "
+            "answer block as it stands.",
+            rich_help_panel=ORIGINAL_PANEL,
+        ),
+    ] = "strict",
+    repeats: Annotated[
+        Literal["re-ask", "rescore"],
+        typer.Option(
+            help="A proposal tried before: asked again, or rendered and scored again with the "
+            "new score in the history (the original).",
+            rich_help_panel=ORIGINAL_PANEL,
+        ),
+    ] = "re-ask",
+    history_update: Annotated[
+        Literal["replace", "original"],
+        typer.Option(
+            help="A new concept takes the evicted one's place, or the evicted one is deleted "
+            "and the new one appended (the original).",
+            rich_help_panel=ORIGINAL_PANEL,
+        ),
+    ] = "replace",
+    llm_top_k: Annotated[
+        int | None,
+        typer.Option(
+            help="Sample from the k most likely tokens only \\[default: no limit; the original: "
+            "50].",
+            min=1,
+            rich_help_panel=ORIGINAL_PANEL,
+        ),
+    ] = None,
     image_seeds: Annotated[
         Literal["hashed", "index"],
         typer.Option(help="Noise seeded per seed, concept and image, or the original's 0..n-1."),
@@ -171,8 +217,8 @@ def explain(
     preset: Annotated[
         list[str] | None,
         typer.Option(
-            help="line: the published method, setting by setting; smoke: tiny random models, "
-            "no downloads, meaningless. Repeatable; options you give win.",
+            help="line: the published experiments, setting by setting; smoke: tiny random "
+            "models, no downloads, meaningless. Repeatable; options you give win.",
             show_default=False,
             metavar="<line|smoke>",
         ),

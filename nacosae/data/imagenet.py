@@ -89,6 +89,32 @@ def concept_for_wnid(wnid: str | None) -> str | None:
     return _concepts_by_wnid().get(wnid or "")
 
 
+# the original project's class folders: the label's first synonym, lower case, spaces as "_";
+# three synonyms two classes share were renamed there, and only these
+ORIGINAL_RENAMED = {
+    "n03126707": "crane2",  # the machine; n02012849 (the bird) kept "crane"
+    "n02113186": "cardigan_welsh_corgi",  # the dog; n02963159 (the sweater) kept "cardigan"
+    "n03710721": "tank_suit",  # n03710637 kept "maillot"
+}
+
+
+@cache
+def original_folders() -> dict[str, str]:
+    """WordNet id -> the original project's class folder name (the 1,000 names of its
+    `control_activations/<model>/<layer>/*.pt` files)."""
+    return {
+        wnid: ORIGINAL_RENAMED.get(wnid) or label.split(",")[0].strip().lower().replace(" ", "_")
+        for wnid, _concept, label in _class_rows()
+    }
+
+
+def original_concept_for_wnid(wnid: str | None) -> str | None:
+    """What the original project called an ImageNet class: its folder name, `_` as a space
+    ("crane" and "crane2" kept apart)."""
+    folder = original_folders().get(wnid or "")
+    return folder.replace("_", " ") if folder else None
+
+
 @dataclass
 class ExtractionReport:
     written: int

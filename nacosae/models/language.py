@@ -1,7 +1,8 @@
 """LLM backends that turn a chat (list of messages) into the model's reply text.
 
 - LocalLLM: a transformers causal LM with its chat template; sampling with temperature 0.5 and
-  top-p 0.9, bounded new tokens; each chat samples with its own seeded generator, so runs repeat
+  top-p 0.9 (and top-k when asked, as transformers applies it: before the nucleus), bounded new
+  tokens; each chat samples with its own seeded generator, so runs repeat
   exactly and a chat's draws do not depend on its batch (on the CPU in float32 neither do its
   replies; in half precision on a GPU the logits, and so rarely a token, may differ in the last
   bits with the batch). It takes its model from the ModelCache inside each batch
@@ -172,9 +173,15 @@ def pad_token_id(tokenizer: Any) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
-def row_sampler(seeds: list[int], temperature: float = TEMPERATURE, top_p: float = TOP_P) -> Any:
-    """A logits processor that samples each row's next token (temperature, then nucleus) with
-    that row's own generator, and leaves only that token open. With greedy decoding around it,
+def row_sampler(
+    seeds: list[int],
+    temperature: float = TEMPERATURE,
+    top_p: float = TOP_P,
+    top_k: int | None = None,
+) -> Any:
+    """A logits processor that samples each row's next token (temperature, the `top_k` most
+    likely tokens when given, then nucleus) with that row's own generator, and leaves only that
+    token open. With greedy decoding around it,
     a chat's reply depends on its own seed, not on the other chats in its batch."""
     import torch
     from transformers import LogitsProcessor
@@ -189,6 +196,8 @@ def row_sampler(seeds: list[int], temperature: float = TEMPERATURE, top_p: float
                     torch.Generator(scores.device).manual_seed(seed) for seed in seeds
                 ]
             ordered, order = (scores.float() / temperature).sort(dim=-1, descending=True)
+            if top_k is not None and top_k < ordered.shape[-1]:
+                ordered[:, top_k:] = float("-inf")
             probs = ordered.softmax(dim=-1)
             outside = probs.cumsum(dim=-1) - probs >= top_p  # beyond the nucleus (never the top)
             probs = probs.masked_fill(outside, 0.0)
@@ -216,6 +225,7 @@ class LocalLLM:
         json_answers: bool = False,
         backoff: BackOff | None = None,
         reasoning_chars: int | None = None,
+        top_k: int | None = None,
     ) -> None:
         from nacosae.models.backoff import BackOff
 
@@ -226,6 +236,7 @@ class LocalLLM:
         self.constraint = constraint
         self.json_answers = json_answers
         self.reasoning_chars = reasoning_chars
+        self.top_k = top_k
         self.backoff = backoff or BackOff({"llm": batch_size})
 
     def prepare(self) -> None:
@@ -265,7 +276,7 @@ class LocalLLM:
             self.device
         )
         prompt_length = inputs["input_ids"].shape[1]
-        processors = [row_sampler([s for _, s in chats])]
+        processors = [row_sampler([s for _, s in chats], top_k=self.top_k)]
         extra: dict[str, Any] = {}
         if self.json_answers:
             grammar = bundle.answer_grammar(self.reasoning_chars)
@@ -306,6 +317,7 @@ class HTTPLLM:
     timeout: float = HTTP_TIMEOUT
     json_answers: bool = False
     reasoning_chars: int | None = None  # a bound on the JSON answer's reasoning
+    top_k: int | None = None  # sent as the `top_k` extra that vLLM, llama.cpp and Ollama read
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -362,6 +374,8 @@ class HTTPLLM:
             from nacosae.models.structured import response_format
 
             extra["response_format"] = response_format(self.reasoning_chars)
+        if self.top_k is not None:
+            extra["extra_body"] = {"top_k": self.top_k}
         try:
             reply = self.client().chat.completions.create(
                 model=self.name,

@@ -10,6 +10,8 @@ starting noise:
   drawn from an RNG seeded by (seed, concept, k); "line" (the original project's): "A realstic
   photo of a {concept}" (its words, typo included) plus one of its four camera angles and one of
   its three lightings, drawn once per concept, so all images of a concept share one prompt;
+  "line-per-render": the same words, with the framing drawn anew for every render as the
+  original did (the search names each render "{concept}, {angle}, {lighting}", search/loop.py);
 - noise "hashed" (default): a generator on the device seeded by (seed, concept, k); "index" (the
   original's): a CPU generator seeded k, the same starting noise for every concept.
 The evaluation (CoSy's protocol) uses a third of each: prompts "template" (one fixed text with a
@@ -57,7 +59,7 @@ LIGHTINGS = (
 LINE_PREFIX = "A realstic photo of a"  # the original project's prompt, its typo included
 LINE_ANGLES = ("extreme close-up", "wide angle shot", "aerial view", "low angle")
 LINE_LIGHTINGS = ("cinematic lighting", "natural sunlight", "studio lighting")
-IMAGE_PROMPTS = ("varied", "line")  # the search's schemes; the evaluation's is "template"
+IMAGE_PROMPTS = ("varied", "line", "line-per-render")  # the search's schemes; the evaluation's is "template"
 IMAGE_SEEDS = ("hashed", "index")  # the search's; the evaluation's is "single"
 
 PROMPT_SCHEME = "A realistic photo of a {concept}, {camera angle}, {lighting} (v1)"
@@ -221,6 +223,8 @@ def image_prompt(
 ) -> str:
     if scheme == "template":
         return (template or "{concept}").format(concept=concept)
+    if scheme == "line-per-render":  # the render's name carries its framing
+        return f"{LINE_PREFIX} {concept}"
     if scheme == "line":
         rng = random.Random(stable_seed("prompt", seed, concept))  # one draw per concept
         angle, lighting = rng.choice(LINE_ANGLES), rng.choice(LINE_LIGHTINGS)

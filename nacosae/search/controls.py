@@ -15,6 +15,9 @@ from typing import Any
 import numpy as np
 
 STRATEGIES = ("full", "dissimilar-class")
+# what a control class is called as a concept: nacosae's unambiguous names, or the original
+# project's (its folder names with "_" as a space: "crane" and "crane2", "cardigan")
+CLASS_NAMES = ("ours", "original")
 
 
 def stored_class_concept(control_class: dict[str, Any]) -> str:
@@ -27,12 +30,26 @@ def stored_class_concept(control_class: dict[str, Any]) -> str:
     )
 
 
+def class_concepts(classes: list[dict[str, Any]], names: str = "ours") -> list[str]:
+    """Each control class as the search names it: initial concepts, what the LLM reads and
+    what the dissimilar-class draw embeds. `original` falls back to the folder label (`_` as a
+    space) for classes that are not ImageNet's."""
+    from nacosae.data.imagenet import original_concept_for_wnid
+
+    if names == "ours":
+        return [stored_class_concept(c) for c in classes]
+    return [
+        original_concept_for_wnid(c.get("wnid")) or c["label"].replace("_", " ") for c in classes
+    ]
+
+
 @dataclass
 class ControlSelector:
     unit_activations: Any  # callable: neuron -> np.ndarray [images]
     classes: list[dict[str, Any]]
     strategy: str = "full"
     embed: Any = None  # callable: list[str] -> np.ndarray [n, d] (normalised)
+    names: list[str] | None = None  # the classes as concepts (None: class_concepts' own)
     _class_vectors: np.ndarray | None = field(default=None, init=False, repr=False)
 
     def select(
@@ -42,7 +59,7 @@ class ControlSelector:
         if self.strategy == "full":
             return values, {"strategy": "full", "images": int(len(values))}
         if self._class_vectors is None:
-            self._class_vectors = self.embed([stored_class_concept(c) for c in self.classes])
+            self._class_vectors = self.embed(self.names or class_concepts(self.classes))
         similarity = self._class_vectors @ self.embed([concept])[0]
         weights = np.clip(1.0 - similarity, 0.0, None)
         nonempty = np.array([c["rows"][1] > c["rows"][0] for c in self.classes])

@@ -31,7 +31,8 @@ import numpy as np
 
 from nacosae.errors import ConceptParseError
 from nacosae.models.concept_images import FillCounts, FillSettings, fill_concept_cache
-from nacosae.search.controls import ControlSelector, stored_class_concept
+from nacosae.models.text2image import LINE_ANGLES, LINE_LIGHTINGS
+from nacosae.search.controls import ControlSelector
 from nacosae.search.history import History, Scored, normalise
 from nacosae.search.prompts import PromptValues, Proposal, Template, parse_answer, re_ask
 from nacosae.search.scoring import score_all
@@ -81,6 +82,10 @@ class SearchSettings:
     save_images: bool = True
     t2i_batch: int = 10  # images per text-to-image call
     answer_format: str = "tags"  # how the LLM answers: tags or json (prompts and parsing)
+    answer_parsing: str = "strict"  # or "original": the original project's reading of a reply
+    repeats: str = "re-ask"  # a proposal tried before: re-asked, or "rescore"d (the original)
+    history_update: str = "replace"  # or "original" (search/history.py)
+    framing_per_render: bool = False  # the original's framing, drawn anew for every render
 
 
 @dataclass
@@ -90,7 +95,7 @@ class SearchParts:
     executor: Executor  # the model side's render_pngs / activations_of_pngs, here or on Ray
     chat_many: Callable[[list[tuple[list[Message], int]]], list[str]]
     class_means: np.ndarray  # [classes, units]
-    classes: list[dict[str, Any]]
+    class_names: list[str]  # each control class as a concept (search/controls.py)
     controls: ControlSelector
     main_template: Template
     summary_template: Template
@@ -208,7 +213,7 @@ class Search:
         expected = [(s.neuron, 0) for s in self.states for _ in plans[s.neuron]]
         recorded = self.replay.take(expected)
         if recorded is None:
-            self._ensure([c for s in self.states for c, _ in plans[s.neuron]])
+            self._ensure([self._render(s, c, 0) for s in self.states for c, _ in plans[s.neuron]])
         events = iter(recorded or [])
         for state in self.states:
             scored = []
@@ -217,7 +222,7 @@ class Search:
                 if recorded:
                     self._replay_score(state, event)
                 scored.append(Scored(concept, event["score"]))
-            state.history = History(scored)
+            state.history = History(scored, self.settings.history_update)
         self._flush_live(recorded)
 
     def _proposal_phase(self, iteration: int, source: str) -> None:
@@ -228,7 +233,13 @@ class Search:
                 self._replay_proposal(state, event)
             return
         proposals = self._ask_all(iteration, summary=source == "summary")
-        self._ensure([p.concept for p, _ in proposals.values() if p is not None])
+        self._ensure(
+            [
+                self._render(s, proposals[s.neuron][0].concept, iteration)  # type: ignore[union-attr]
+                for s in self.states
+                if proposals[s.neuron][0] is not None
+            ]
+        )
         for state in self.states:
             proposal, record = proposals[state.neuron]
             if proposal is None:
@@ -238,6 +249,17 @@ class Search:
             state.proposed.append(proposal.concept)
             state.history.add(Scored(proposal.concept, event["score"]), state.rng)
         self._flush_live(None)
+
+    def _render(self, state: NeuronState, concept: str, iteration: int) -> str:
+        """The name a concept's images are rendered and cached under: the concept, or with the
+        original's per-render framing the concept and that render's camera angle and lighting
+        (drawn from the neuron, the iteration and the concept, so a resumed run draws the same)."""
+        if not self.settings.framing_per_render:
+            return concept
+        rng = random.Random(
+            stable_seed("framing", self.settings.seed, state.neuron, iteration, normalise(concept))
+        )
+        return f"{concept}, {rng.choice(LINE_ANGLES)}, {rng.choice(LINE_LIGHTINGS)}"
 
     def _ensure(self, concepts: list[str]) -> None:
         """Every concept's activations at hand: from memory, else from the concept cache,
@@ -288,7 +310,10 @@ class Search:
         chats = {
             s.neuron: [{"role": "user", "content": self._prompt(s, summary)}] for s in self.states
         }
-        tried = {s.neuron: {normalise(c) for c in s.tried} for s in self.states}
+        tried = {
+            s.neuron: {normalise(c) for c in s.tried} if self.settings.repeats == "re-ask" else set()
+            for s in self.states
+        }
         shown = {
             s.neuron: [{"concept": m.concept, "score": m.score} for m in self._shown(s, summary)]
             for s in self.states
@@ -316,6 +341,7 @@ class Search:
                         tried[neuron],
                         self.settings.answer_format,  # type: ignore[arg-type]
                         examples,
+                        self.settings.answer_parsing,
                     )
                 except ConceptParseError as exc:  # re-ask with the problem stated
                     errors[neuron].append(str(exc))
@@ -361,7 +387,7 @@ class Search:
         seen: set[str] = set()
         concepts = []
         for i, source in chosen:
-            concept = stored_class_concept(self.parts.classes[i])
+            concept = self.parts.class_names[i]
             if normalise(concept) not in seen:
                 seen.add(normalise(concept))
                 concepts.append((concept, source))
@@ -371,14 +397,15 @@ class Search:
         self, state: NeuronState, concept: str, iteration: int, source: str, extra: dict[str, Any]
     ) -> dict[str, Any]:
         started = time.perf_counter()
-        acts = self.activations[concept]
+        render = self._render(state, concept, iteration)
+        acts = self.activations[render]
         with self.timer.phase("scoring"):
             control, control_info = self.parts.controls.select(state.neuron, concept, state.rng)
             metrics = score_all(control, acts[:, state.neuron])
         files: list[str] = []
         if self.settings.save_images:
             with self.timer.phase("io"):
-                files = self._link_images(state.neuron, iteration, concept)
+                files = self._link_images(state.neuron, iteration, concept, render)
         score = metrics[self.settings.metric]
         event = {
             "neuron": state.neuron,
@@ -389,6 +416,7 @@ class Search:
             "metrics": metrics,
             "control": control_info,
             "images": files,
+            **({"render": render} if render != concept else {}),
             **extra,
             "seconds": round(time.perf_counter() - started, 4),
         }
@@ -431,14 +459,15 @@ class Search:
             state.proposed.append(event["concept"])
             state.history.add(Scored(event["concept"], event["score"]), state.rng)
 
-    def _link_images(self, neuron: int, iteration: int, concept: str) -> list[str]:
-        """The run's copy of the concept's images: hard links into the concept cache."""
+    def _link_images(self, neuron: int, iteration: int, concept: str, render: str) -> list[str]:
+        """The run's copy of the concept's images (rendered under `render`): hard links into
+        the concept cache."""
         folder = self.writer.image_folder(neuron, iteration, concept)
         files = []
         for k in range(self.settings.num_img):
             target = folder / f"{k}.png"
             if not target.exists():
-                source = self.parts.concept_cache.image_path(concept, k)
+                source = self.parts.concept_cache.image_path(render, k)
                 _link_or_copy(source, target)
             files.append(target.relative_to(self.writer.directory).as_posix())
         return files

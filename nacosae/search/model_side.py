@@ -185,6 +185,7 @@ def build_models(
             concurrency=options.llm_concurrency,
             json_answers=options.answer_format() == "json",
             reasoning_chars=options.reasoning_chars,
+            top_k=options.llm_top_k,
         )
     else:
         llm_spec = placed(
@@ -200,6 +201,7 @@ def build_models(
             json_answers=options.answer_format() == "json",
             backoff=backoff,
             reasoning_chars=options.reasoning_chars,
+            top_k=options.llm_top_k,
         )
     embedder = None
     if options.control_strategy == "dissimilar-class":

@@ -20,12 +20,15 @@ from nacosae.models.language import HTTP_CONCURRENCY, MAX_NEW_TOKENS, MIN_NEW_TO
 from nacosae.models.preprocessing import check_image_size
 from nacosae.models.residency import OFFLOAD_MODES
 from nacosae.models.text2image import IMAGE_PROMPTS, IMAGE_SEEDS
-from nacosae.search.controls import STRATEGIES
+from nacosae.search.controls import CLASS_NAMES, STRATEGIES
+from nacosae.search.history import HISTORY_UPDATES
+from nacosae.search.prompts import ANSWER_PARSING
 from nacosae.search.scoring import METRICS
 
 INITIAL_RANDOM = ("others", "any")
 TOKEN_POOLING = ("cls", "mean")
 LLM_OUTPUTS = ("auto", "json", "tags")
+REPEATS = ("re-ask", "rescore")
 
 
 @dataclass
@@ -69,6 +72,11 @@ class ExplainOptions:
     image_prompts: str = "varied"  # or "line": the original's prompt, one draw per concept
     image_seeds: str = "hashed"  # or "index": the original's starting noise, seeded 0..n-1
     initial_random: str = "others"  # random initial classes from the non-top ones, or "any"
+    class_names: str = "ours"  # control classes as concepts: ours, or the original's names
+    answer_parsing: str = "strict"  # or "original": the original's reading of a reply
+    repeats: str = "re-ask"  # a proposal tried before: re-asked, or "rescore"d
+    history_update: str = "replace"  # or "original": delete the victim, append the new one
+    llm_top_k: int | None = None  # sampling: the k most likely tokens only (None: no limit)
     ray: str | None = None  # a Ray cluster: local, auto or an address (None: this process)
     ray_workers: int | None = None  # worker actors (None: serve's, or one per GPU / CPU slot)
     preset: list[str] = field(default_factory=list)  # names only: the settings are above
@@ -119,6 +127,12 @@ class ExplainOptions:
         _one_of("initial_random", self.initial_random, INITIAL_RANDOM)
         _one_of("--token-pooling", self.token_pooling, TOKEN_POOLING)
         _one_of("--llm-output", self.llm_output, LLM_OUTPUTS)
+        _one_of("--class-names", self.class_names, CLASS_NAMES)
+        _one_of("--answer-parsing", self.answer_parsing, ANSWER_PARSING)
+        _one_of("--repeats", self.repeats, REPEATS)
+        _one_of("--history-update", self.history_update, HISTORY_UPDATES)
+        if self.llm_top_k is not None and self.llm_top_k < 1:
+            raise NacosaeError("--llm-top-k must be at least 1")
         check_image_size(self.image_size)
         if isinstance(self.guidance_scale, str) and self.guidance_scale != "pipeline":
             raise NacosaeError(

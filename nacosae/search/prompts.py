@@ -210,14 +210,23 @@ class Proposal:
     reasoning: str
 
 
+ANSWER_PARSING = ("strict", "original")
+
+
 def parse_answer(
     text: str,
     tried: set[str],
     answer_format: AnswerFormat = "tags",
     example_answers: frozenset[str] = frozenset(),
+    parsing: str = "strict",
 ) -> Proposal:
     """The proposed concept, or ConceptParseError saying what was wrong (fed back to the LLM).
-    `example_answers` are the prompt's worked examples' concepts (Template.example_answers)."""
+    `example_answers` are the prompt's worked examples' concepts (Template.example_answers);
+    a concept in `tried` is refused (pass an empty set to allow repeats). `parsing` "original"
+    reads a reply as the original project did: the first answer block, its closing tag
+    optional, no word limit and no fragment checks; only an empty answer is refused."""
+    if parsing == "original":
+        return _parse_original(text, tried, answer_format)
     if answer_format == "json":
         concept, reasoning = _read_json_answer(text)
     else:
@@ -233,13 +242,39 @@ def parse_answer(
     if "<" in concept or ">" in concept:
         raise ConceptParseError("the answer contains markup; give only the concept's words")
     _check_not_a_fragment(concept)
-    if normalise(concept) in tried:
-        raise ConceptParseError(f"'{concept}' was already tried; propose a different concept")
+    _check_not_tried(concept, tried)
     if normalise(concept) in example_answers:
         raise ConceptParseError(
             f"'{concept}' is the answer of a worked example; propose a concept for this unit"
         )
     return Proposal(concept=concept, reasoning=" ".join(reasoning.split()))
+
+
+def _parse_original(text: str, tried: set[str], answer_format: AnswerFormat) -> Proposal:
+    """The original's reading: text after the first <answer> up to the first </answer> (or
+    the end), reasoning from the first <thinking> block. Where the original crashed (no
+    <answer> at all) the reply is re-asked."""
+    if answer_format == "json":
+        concept, reasoning = _read_json_answer(text)
+    else:
+        opened = re.search(r"<answer>", text, re.IGNORECASE)
+        if opened is None:
+            raise ConceptParseError(
+                "the reply has no <answer>; give the concept inside <answer></answer>"
+            )
+        concept = re.split(r"</answer>", text[opened.end() :], maxsplit=1, flags=re.IGNORECASE)[0]
+        thinking = re.search(r"<thinking>(.*?)(?:</thinking>|$)", text, re.IGNORECASE | re.DOTALL)
+        reasoning = thinking.group(1) if thinking else ""
+    concept = concept.strip()
+    if not concept:
+        raise ConceptParseError("the concept is empty; give the concept inside <answer></answer>")
+    _check_not_tried(concept, tried)
+    return Proposal(concept=concept, reasoning=reasoning.strip())
+
+
+def _check_not_tried(concept: str, tried: set[str]) -> None:
+    if normalise(concept) in tried:
+        raise ConceptParseError(f"'{concept}' was already tried; propose a different concept")
 
 
 def re_ask(chat: list[dict[str, str]], reply: str, problem: Exception) -> list[dict[str, str]]:

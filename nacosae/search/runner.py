@@ -386,6 +386,7 @@ def _build_parts(
     """The search's parts (model steps, controls, concept cache), its settings, and the facts
     about them that run.json keeps. `executor` runs the model side: in this process, or on the
     workers of a Ray cluster."""
+    from nacosae.search.controls import class_concepts
     from nacosae.search.loop import SearchParts, SearchSettings
     from nacosae.store.concepts import ConceptCache
 
@@ -402,7 +403,7 @@ def _build_parts(
         chat_many=lambda requests: executor.call("chat_many", requests),
         concept_cache=ConceptCache(Path(options.controls_root).parent / "concepts", facts.keys),
         class_means=store.class_means().float().numpy(),
-        classes=store.classes,
+        class_names=class_concepts(store.classes, options.class_names),
         controls=_control_selector(store, options, executor),
         main_template=templates[0],
         summary_template=templates[1],
@@ -416,6 +417,10 @@ def _build_parts(
         save_images=options.save_images,
         t2i_batch=facts.t2i_batch,
         answer_format=options.answer_format(),
+        answer_parsing=options.answer_parsing,
+        repeats=options.repeats,
+        history_update=options.history_update,
+        framing_per_render=options.image_prompts == "line-per-render",
     )
     record = {
         "device": facts.device,
@@ -455,7 +460,7 @@ def store_preprocessing(options: ExplainOptions, store: ControlStore) -> Preproc
 def _control_selector(store: ControlStore, options: ExplainOptions, executor: Executor) -> Any:
     import scipy.stats  # noqa: F401 - imported here, with the models, not inside the timed loop
 
-    from nacosae.search.controls import ControlSelector
+    from nacosae.search.controls import ControlSelector, class_concepts
 
     def embed(texts: list[str]) -> Any:
         return executor.call("embed", texts)
@@ -465,4 +470,5 @@ def _control_selector(store: ControlStore, options: ExplainOptions, executor: Ex
         classes=store.classes,
         strategy=options.control_strategy,
         embed=embed if options.control_strategy == "dissimilar-class" else None,
+        names=class_concepts(store.classes, options.class_names),
     )
