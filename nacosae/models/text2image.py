@@ -59,7 +59,8 @@ LIGHTINGS = (
 LINE_PREFIX = "A realstic photo of a"  # the original project's prompt, its typo included
 LINE_ANGLES = ("extreme close-up", "wide angle shot", "aerial view", "low angle")
 LINE_LIGHTINGS = ("cinematic lighting", "natural sunlight", "studio lighting")
-IMAGE_PROMPTS = ("varied", "line", "line-per-render")  # the search's schemes; the evaluation's is "template"
+# the search's schemes; the evaluation's is "template"
+IMAGE_PROMPTS = ("varied", "line", "line-per-render")
 IMAGE_SEEDS = ("hashed", "index")  # the search's; the evaluation's is "single"
 
 PROMPT_SCHEME = "A realistic photo of a {concept}, {camera angle}, {lighting} (v1)"

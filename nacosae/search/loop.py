@@ -310,8 +310,9 @@ class Search:
         chats = {
             s.neuron: [{"role": "user", "content": self._prompt(s, summary)}] for s in self.states
         }
+        refuse_repeats = self.settings.repeats == "re-ask"
         tried = {
-            s.neuron: {normalise(c) for c in s.tried} if self.settings.repeats == "re-ask" else set()
+            s.neuron: {normalise(c) for c in s.tried} if refuse_repeats else set()
             for s in self.states
         }
         shown = {
