@@ -62,6 +62,22 @@ def list_layers_command(model: str, weights: str) -> None:
     progress.console.print(table)
 
 
+def import_command(folder: Path, model: str, layer: str, weights: str, overwrite: bool) -> None:
+    """`controls --from-original`: the original's .pt files as a store."""
+    from nacosae.config import settings
+    from nacosae.controls.from_original import import_original
+
+    result = import_original(folder, model, layer, weights, settings().controls_dir, overwrite)
+    index = result.index
+    if result.already_complete:
+        progress.info(f"store already complete: {result.directory}; use --overwrite to rebuild")
+        return
+    progress.info(
+        f"[green]imported[/green]: {index['n_images']} rows x {index['n_units']} units "
+        f"({index['dtype']}, {len(index['classes'])} classes) in {result.directory}"
+    )
+
+
 def controls(
     model: Annotated[
         str,
@@ -113,6 +129,14 @@ def controls(
         bool,
         typer.Option(help="List the model's layers with their output shapes and exit.", metavar=""),
     ] = False,
+    from_original: Annotated[
+        Path | None,
+        typer.Option(
+            help="Import the original project's activations instead: its control_activations/"
+            "<model>/<layer> folder of per-class (or per-image) .pt tensors.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Store every unit's activation on every control image (safetensors shards)."""
     if list_stores:
@@ -120,6 +144,14 @@ def controls(
         return
     if list_layers:
         list_layers_command(model, weights)
+        return
+    if from_original is not None:
+        if images is not None or sae is not None:
+            raise typer.BadParameter(
+                "the original's files are the activations: give no --images or --sae with it",
+                param_hint="--from-original",
+            )
+        import_command(from_original, model, layer, weights, overwrite)
         return
     from nacosae.config import settings
     from nacosae.controls import ControlsRequest, build_controls

@@ -294,17 +294,18 @@ def top_images(
         table = Table(
             title=f"control classes that drive unit {neuron_id} of {model} {layer} {which}"
         )
-        for column in ("rank", "class mean", "class", "images"):
+        for column in ("rank", "class mean", "class", "folder", "images"):
             table.add_column(column, overflow="fold")
         for c in ranked:
-            table.add_row(str(c.rank), f"{c.mean:.4f}", c.concept, str(c.images))
+            table.add_row(str(c.rank), f"{c.mean:.4f}", c.concept, c.class_folder, str(c.images))
         progress.console.print(table)
         return
     found = find(store, neuron_id, k, lowest)
     table = Table(title=f"control images that drive unit {neuron_id} of {model} {layer} {which}")
     for column in ("rank", "activation", "class", "image"):
         table.add_column(column, overflow="fold")
+    missing = "imported, no image files" if store.index.get("imported_from") else "dataset moved"
     for image in found:
-        path = str(image.path) if image.path else f"(row {image.row}; dataset moved)"
+        path = str(image.path) if image.path else f"(row {image.row}; {missing})"
         table.add_row(str(image.rank), f"{image.activation:.4f}", image.concept, path)
     progress.console.print(table)

@@ -227,7 +227,7 @@ def load_vision_model(name: str, weights: str = "default") -> tuple[nn.Module, s
         model = info.builder()
         state = read_state_dict(places365_safetensors())
         load_exactly(model, state, PLACES365_FILE, name)
-        weights_id = "places365:resnet50_places365.pth.tar"
+        weights_id = f"places365:{PLACES365_FILE}"
         recipe = PLACES365_PREPROCESSING
     elif (tv := _torchvision_weights(_arch(info), choice)) is not None:
         model = info.builder()
@@ -245,6 +245,26 @@ def load_vision_model(name: str, weights: str = "default") -> tuple[nn.Module, s
         weights_id = load_state_dict_file(model, choice, name)
     model.nacosae_preprocessing = recipe
     return model.eval(), weights_id
+
+
+def declared_weights_id(name: str, weights: str = "default") -> str:
+    """The weights id `load_vision_model(name, weights)` would report, without the weights
+    where their name says it (random init, Places365, a torchvision weights name): an imported
+    store must carry the id explain will find. Other weights are loaded to learn it."""
+    from nacosae.models import sources
+
+    if not sources.is_external(name):
+        info = model_info(name)
+        choice = info.default_weights if weights == "default" else weights
+        if choice in ("none", "random"):
+            from nacosae.models.weights import RANDOM_INIT_ID
+
+            return RANDOM_INIT_ID
+        if choice == "places365":
+            return f"places365:{PLACES365_FILE}"
+        if (tv := _torchvision_weights(_arch(info), choice)) is not None:
+            return f"torchvision:{tv}"
+    return load_vision_model(name, weights)[1]
 
 
 # the Places365 project's own demo: squash to 256 x 256, then center crop 224
