@@ -101,8 +101,8 @@ def class_rows(item: OriginalClass) -> torch.Tensor:
         tensors = [load_plain_tensor(f) for f in item.files]
         shapes = {tuple(t.shape) for t in tensors}
         if len(shapes) > 1:
-            raise NacosaeError(f"the files of {item.folder}/ have different shapes {sorted(shapes)}")
-        return pool(torch.stack(tensors).reshape(len(tensors), *tensors[0].shape))
+            raise NacosaeError(f"the files of {item.folder}/ differ in shape: {sorted(shapes)}")
+        return pool(torch.stack(tensors))
     tensor = load_plain_tensor(item.files[0])
     if tensor.dim() < 2:
         raise NacosaeError(
@@ -234,5 +234,7 @@ def _fingerprint(directory: Path, listing: list[OriginalClass]) -> str:
     digest = hashlib.sha256()
     for item in listing:
         for path in item.files:
-            digest.update(f"{path.relative_to(directory).as_posix()}:{path.stat().st_size};".encode())
+            digest.update(
+                f"{path.relative_to(directory).as_posix()}:{path.stat().st_size};".encode()
+            )
     return digest.hexdigest()[:16]
