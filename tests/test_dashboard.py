@@ -355,6 +355,8 @@ def test_layer_page_lists_every_unit_and_opens_one(runs_dir, monkeypatch):
     assert not at.exception
     table = at.dataframe[0].value
     assert list(table["neuron"]) == [0, 5] and "auc" in table.columns
+    assert any("Across the runs of this layer" in h.value for h in at.subheader)
+    assert "are control-class names (exact match" in texts(at)
     at.text_input(key="layer_filter").input("zzz-no-such-concept").run()
     assert len(at.dataframe[0].value) == 0
     at.text_input(key="layer_filter").input("").run()

@@ -214,3 +214,57 @@ def test_novelty_against_imagenet_and_a_word_list(invoke, tmp_path):
                     "--vocabulary", words_file, "--threshold", "0.3")  # fmt: skip
     assert custom.exit_code == 0, custom.output
     assert "match no entry of words.txt (similarity < 0.3)" in words(custom.output)
+
+
+def test_given_images_are_scored_against_the_controls(invoke, isolated_env, controls, image_tree,
+                                                      tmp_path):  # fmt: skip
+    """The control images of class_01 given as a concept's images: their activations are the
+    store's own rows of that class, so the scores are known without rendering anything."""
+    import csv
+    import shutil
+
+    from sklearn.metrics import roc_auc_score
+
+    from nacosae.store.activations import ControlStore
+
+    tree = tmp_path / "given"
+    for neuron in ("3", "7"):
+        shutil.copytree(image_tree / "class_01", tree / neuron / "class_one")
+    result = invoke("evaluate", "--images", tree, "--model", "tiny_cnn", "--weights", "none",
+                    "--out", tmp_path / "out")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((tmp_path / "out" / "evaluation.csv").open()))
+    assert [(r["neuron"], r["concept"]) for r in rows] == [("3", "class one"), ("7", "class one")]
+    store = ControlStore(isolated_env / "controls" / "tiny_cnn" / "avgpool")
+    start, stop = next(c["rows"] for c in store.classes if c["folder"] == "class_01")
+    for row in rows:
+        controls_of_unit = store.unit(int(row["neuron"])).numpy()
+        given = controls_of_unit[start:stop]
+        labels = [0] * len(controls_of_unit) + [1] * len(given)
+        expected = roc_auc_score(labels, [*controls_of_unit, *given])
+        assert float(row["AUC"]) == pytest.approx(expected, abs=1e-6)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["images"] == str(tree) and summary["held_out"] is None
+
+    flat = tmp_path / "flat"
+    shutil.copytree(image_tree / "class_02", flat / "red_apple")
+    explanations = tmp_path / "ours.csv"
+    explanations.write_text("neuron,concept\n1,red apple\n2,Red Apple\n")
+    per_concept = invoke("evaluate", explanations, "--images", flat, "--model", "tiny_cnn",
+                         "--weights", "none", "--out", tmp_path / "flat-out")  # fmt: skip
+    assert per_concept.exit_code == 0, per_concept.output
+    rows = list(csv.DictReader((tmp_path / "flat-out" / "evaluation.csv").open()))
+    assert [(r["neuron"], r["concept"]) for r in rows] == [("1", "red apple"), ("2", "Red Apple")]
+
+    alone = invoke("evaluate", "--images", flat, "--model", "tiny_cnn", "--weights", "none")
+    assert alone.exit_code == 1 and "give the explanations too" in alone.output
+    explanations.write_text("neuron,concept\n1,blue sky\n")
+    missing = invoke("evaluate", explanations, "--images", flat, "--model", "tiny_cnn",
+                     "--weights", "none")  # fmt: skip
+    assert (
+        missing.exit_code == 1 and "no folder for 1 concept(s), e.g. 'blue sky'" in missing.output
+    )
+    (tree / "3" / "lonely").mkdir()
+    shutil.copy(next((image_tree / "class_00").iterdir()), tree / "3" / "lonely")
+    few = invoke("evaluate", "--images", tree, "--model", "tiny_cnn", "--weights", "none")
+    assert few.exit_code == 1 and "1 readable image(s); a score needs at least 2" in few.output

@@ -132,7 +132,16 @@ def main_options(
 
 
 def _register() -> None:
-    from nacosae.cli import controls, dashboard, download, evaluate, explain, report, serve
+    from nacosae.cli import (
+        controls,
+        dashboard,
+        download,
+        evaluate,
+        explain,
+        import_runs,
+        report,
+        serve,
+    )
 
     rerun = "rerun the same command to continue"
     download.download_app.command("imagenet")(
@@ -149,6 +158,7 @@ def _register() -> None:
     )
     app.command("top-images")(guarded(evaluate.top_images))
     app.command("report")(guarded(report.report))
+    app.command("import-runs")(guarded(import_runs.import_runs))
     app.command("dashboard")(guarded(dashboard.dashboard))
     app.command("serve")(guarded(serve.serve))
 

@@ -56,6 +56,14 @@ def evaluate(
         Path | None,
         typer.Option(help="Another control store folder of the model/layer \\[default: its own]."),
     ] = None,
+    images: Annotated[
+        Path | None,
+        typer.Option(
+            help="Score these images instead of rendering: DIR/<concept>/ (with explanations) "
+            "or DIR/<neuron>/<concept>/.",
+            show_default=False,
+        ),
+    ] = None,
     top_k: Annotated[
         int | None,
         typer.Option(help="From a run directory: the K best distinct concepts.", min=1),
@@ -111,6 +119,10 @@ def evaluate(
     if novelty:
         _novelty(paths, vocabulary, threshold, embedder, out)
         return
+    if images is not None and len(paths) <= 1:
+        source = paths[0] if paths else None
+        _images(dict(context.params), options_given(context), images, source, config, out)
+        return
     if len(paths) != 1:
         raise typer.BadParameter(
             "give one explanations CSV or run directory (or --compare / --novelty)",
@@ -134,13 +146,48 @@ def evaluate(
     _run(request)
 
 
+def _images(
+    params: dict[str, Any],
+    given: set[str],
+    root: Path,
+    source: Path | None,
+    config: Any,
+    out: Path | None,
+) -> None:
+    """`evaluate --images DIR [EXPLANATIONS]`: the given images scored against the controls."""
+    from nacosae.evaluation.given_images import evaluate_images
+    from nacosae.models.cache import shared_cache
+
+    if params["preset"] not in (None, "smoke"):
+        raise typer.BadParameter(f"{params['preset']!r} is not one of smoke", param_hint="--preset")
+    controls_root = config.controls_dir
+    if params["preset"] == "smoke":
+        from nacosae.presets import smoke_evaluation
+
+        controls_root = smoke_evaluation(params, given, config.nacosae_home, shared_cache())
+    name = root.expanduser().resolve().name
+    if out is None:
+        out = config.save_dir / "evaluations" / f"images-{name}-{params['model']}-{params['layer']}"
+    request = _request(params, source, controls_root, out, config.save_dir)
+    result = evaluate_images(request, root, shared_cache())
+    _show(result, f"images in {root}")
+
+
 def _request(
-    params: dict[str, Any], source: Path, controls_root: Path, out: Path | None, save_dir: Path
+    params: dict[str, Any],
+    source: Path | None,
+    controls_root: Path,
+    out: Path | None,
+    save_dir: Path,
 ) -> Any:
     from nacosae.evaluation.job import EvaluateRequest
 
-    name = f"{source.stem if source.is_file() else source.name}-{params['model']}-{params['layer']}"
-    if out is None and source.is_dir():
+    if source is None:
+        name = "images"
+    else:
+        stem = source.stem if source.is_file() else source.name
+        name = f"{stem}-{params['model']}-{params['layer']}"
+    if out is None and source is not None and source.is_dir():
         out = source / "evaluation"  # beside the run: report and dashboard show it
     return EvaluateRequest(
         explanations=source,
@@ -167,14 +214,28 @@ def _request(
 
 
 def _run(request: Any) -> None:
-    from rich.table import Table
-
     from nacosae.evaluation.job import evaluate as run_evaluation
     from nacosae.models.cache import shared_cache
 
     result = run_evaluation(request, shared_cache())
+    _show(result, str(request.explanations))
+    counts = result.summary["counts"]
+    progress.info(
+        f"{result.summary['distinct_concepts']} distinct concepts: {counts['concepts_rendered']} "
+        f"rendered ({counts['images_rendered']} images), {counts['cache_hits']} from the cache; "
+        f"{counts['vision_forward_passes']} vision forward passes"
+    )
+    for note in result.notes:
+        progress.info(f"note: {note}")
+    progress.info(f"written: {result.out / 'evaluation.csv'}, {result.out / 'summary.json'}")
+
+
+def _show(result: Any, what: str) -> None:
+    """The evaluation's table of metric summaries."""
+    from rich.table import Table
+
     summary = result.summary
-    table = Table(title=f"evaluation of {request.explanations} ({len(result.rows)} rows)")
+    table = Table(title=f"evaluation of {what} ({len(result.rows)} rows)")
     for column in ("metric", "mean", "std", "median", "95% CI of the mean", "n"):
         table.add_column(column)
     for metric in ("AUC", "MAD"):
@@ -186,15 +247,10 @@ def _run(request: Any) -> None:
                 f"{low:.4f} .. {high:.4f}", str(s["n"]),
             )  # fmt: skip
     progress.console.print(table)
-    counts = summary["counts"]
-    progress.info(
-        f"{summary['distinct_concepts']} distinct concepts: {counts['concepts_rendered']} "
-        f"rendered ({counts['images_rendered']} images), {counts['cache_hits']} from the cache; "
-        f"{counts['vision_forward_passes']} vision forward passes"
-    )
-    for note in result.notes:
-        progress.info(f"note: {note}")
-    progress.info(f"written: {result.out / 'evaluation.csv'}, {result.out / 'summary.json'}")
+    if "counts" not in summary:  # given images: the notes and files are all there is to say
+        for note in result.notes:
+            progress.info(f"note: {note}")
+        progress.info(f"written: {result.out / 'evaluation.csv'}, {result.out / 'summary.json'}")
 
 
 def _compare(paths: list[Path], out: Path) -> None:

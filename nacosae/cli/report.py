@@ -30,6 +30,14 @@ def report(
             "--out, linked relatively); auto: files for md with --out, else embed."
         ),
     ] = "auto",
+    novelty: Annotated[
+        Path | None,
+        typer.Option(
+            help="md/html: an `evaluate --novelty` CSV, shown beside the share of final "
+            "concepts that are class names.",
+            show_default=False,
+        ),
+    ] = None,
     smoke: Annotated[
         bool,
         typer.Option(
@@ -57,6 +65,11 @@ def report(
         writable_folder(Path(out).expanduser().parent, "--out's folder")
     if images == "files" and out is None:
         raise typer.BadParameter("needs --out (the images go beside it)", param_hint="--images")
+    if novelty is not None and format not in ("md", "html"):
+        raise typer.BadParameter("goes with --format md or html", param_hint="--novelty")
+    from nacosae.report.analyses import read_novelty
+
+    novel = read_novelty(novelty) if novelty is not None else None
     runs = [r for r in list_runs(Path(directory), run) if smoke or not r.is_smoke]
     if format == "table" and out is None:
         _print_table(runs)
@@ -70,7 +83,7 @@ def report(
         import os
 
         render = export.to_markdown if format == "md" else export.to_html
-        text = render(runs, sink, workers=os.cpu_count() or 1)
+        text = render(runs, sink, workers=os.cpu_count() or 1, novelty=novel)
     else:
         text = {"table": _plain_table, "csv": export.to_csv, "json": export.to_json}[format](runs)
     if out is None:

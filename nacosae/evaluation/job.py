@@ -57,7 +57,7 @@ ROUND_CONCEPTS = 4  # concepts rendered per side before the round is saved
 class EvaluateRequest:
     """What `nacosae evaluate` was asked (defaults: CoSy's protocol)."""
 
-    explanations: Path  # a CSV, or a nacosae run directory with top_k
+    explanations: Path | None  # a CSV, or a run directory with top_k (None: --images says)
     model: str
     layer: str
     controls_root: Path
@@ -88,6 +88,8 @@ class EvaluateResult:
 
 
 def read_explanations(request: EvaluateRequest) -> ReadResult:
+    if request.explanations is None:
+        raise NacosaeError("give the explanations: a CSV or a run directory")
     source = Path(request.explanations).expanduser()
     if source.is_dir():
         return read_run(source, request.top_k or 1)
@@ -132,8 +134,8 @@ def evaluate(request: EvaluateRequest, cache: ModelCache) -> EvaluateResult:
     found = read_explanations(request)
     readout = make_readout(request.token_pooling, request.sae)  # type: ignore[arg-type]
     store = open_controls(request.controls_root, request.model, request.layer, readout)
-    controls = _control_store(request, store)
-    _check_neurons(found.explanations, store.n_units, request)
+    controls = control_store_of(request, store)
+    check_neurons(found.explanations, store.n_units, request)
     writable_folder(request.out, "the evaluation folder (--out)")
     cluster = None
     if request.ray:  # the workers resolve the device: the driver may have no GPU
@@ -178,7 +180,7 @@ def evaluate(request: EvaluateRequest, cache: ModelCache) -> EvaluateResult:
         "memory_plan": facts.memory_plan,
         "backoffs": backoffs,
         "seconds": round(time.perf_counter() - started, 3),
-        **_summaries(rows),
+        **metric_summaries(rows),
         "notes": notes,
     }
     write_outputs(request.out, rows, summary)
@@ -227,7 +229,7 @@ def concept_activations(
         )
 
 
-def _control_store(request: EvaluateRequest, store: Any) -> Any:
+def control_store_of(request: EvaluateRequest, store: Any) -> Any:
     """The control images: every image of the model/layer store, or of `--controls STORE`
     (which must hold the same model, layer, weights and units)."""
     from nacosae.store.activations import ControlStore
@@ -244,7 +246,7 @@ def _control_store(request: EvaluateRequest, store: Any) -> Any:
     return other
 
 
-def _check_neurons(explanations: list[Explanation], n_units: int, request: EvaluateRequest) -> None:
+def check_neurons(explanations: list[Explanation], n_units: int, request: EvaluateRequest) -> None:
     for e in explanations:
         if e.neuron >= n_units:
             raise NeuronOutOfRange(
@@ -441,7 +443,7 @@ def score_rows(
     return rows
 
 
-def _summaries(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def metric_summaries(rows: list[dict[str, Any]]) -> dict[str, Any]:
     from nacosae.evaluation.metrics import summarise
 
     return {metric: summarise([r[metric] for r in rows]) for metric in ("AUC", "MAD")}

@@ -40,7 +40,8 @@ def index_runs(runs_dir: Path) -> list[RunEntry]:
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         return []
-    for path in sorted((p for p in runs_dir.iterdir() if p.is_dir()), reverse=True):
+    folders = (p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for path in sorted(folders, reverse=True):
         try:
             record = json.loads((path / RUN_FILE).read_text())
             config = record.get("config", {})

@@ -249,16 +249,52 @@ def render_panels(jobs: list[tuple[list[dict[str, Any]], list[float], str]], wor
         return list(pool.map(_panels, jobs, chunksize=max(1, len(jobs) // (workers * 4))))
 
 
+def _across_units(
+    doc: _Document, runs: list[RunView], sink: ImageSink, novelty: tuple[int, int] | None
+) -> None:
+    """The original's analyses per model, layer and metric (report/analyses.py)."""
+    from nacosae.report.analyses import analyse
+
+    for group in analyse(runs):
+        doc.heading(f"Across units: {group.title}", 2)
+        doc.image(
+            sink.plot(plots.best_iteration_histogram(group.best_iteration_counts())),
+            "iteration that found each unit's best concept (0: an initial class)",
+        )
+        doc.image(
+            sink.plot(plots.cumulative_best_curves([u.curve for u in group.units], group.metric)),
+            "best score after each iteration, every unit and the median",
+        )
+        names, total = group.class_name_share()
+        line = (
+            f"final concepts that are control-class names (exact match, as the original counts "
+            f"'predefined'): {names} of {total} ({100 * names / total:.0f}%); new: "
+            f"{total - names} ({100 * (total - names) / total:.0f}%)"
+        )
+        if novelty is not None:
+            novel, counted = novelty
+            line += (
+                f"; new by MiniLM similarity (evaluate --novelty): {novel} of {counted} "
+                f"({100 * novel / max(counted, 1):.0f}%)"
+            )
+        doc.text(line)
+
+
 def build_document(
-    runs: list[RunView], sink: ImageSink | None = None, workers: int = 1
+    runs: list[RunView],
+    sink: ImageSink | None = None,
+    workers: int = 1,
+    novelty: tuple[int, int] | None = None,
 ) -> _Document:
-    """The full report: a summary across neurons, then per run and neuron the details.
-    `workers` > 1 draws the neurons' figures in that many processes (the CLI does)."""
+    """The full report: a summary across neurons, the original's analyses across units, then
+    per run and neuron the details. `workers` > 1 draws the neurons' figures in that many
+    processes (the CLI does); `novelty` is (novel, concepts) of an `evaluate --novelty` table."""
     from nacosae.report.browse import run_evaluation, top_control_images
 
     sink = sink or ImageSink()
     doc = _Document("nacosae report")
     _summary(doc, runs, sink)
+    _across_units(doc, runs, sink, novelty)
     jobs, keys = [], []
     for run in runs:
         events = run.events()
@@ -350,9 +386,19 @@ def build_document(
     return doc
 
 
-def to_markdown(runs: list[RunView], sink: ImageSink | None = None, workers: int = 1) -> str:
-    return build_document(runs, sink, workers).markdown()
+def to_markdown(
+    runs: list[RunView],
+    sink: ImageSink | None = None,
+    workers: int = 1,
+    novelty: tuple[int, int] | None = None,
+) -> str:
+    return build_document(runs, sink, workers, novelty).markdown()
 
 
-def to_html(runs: list[RunView], sink: ImageSink | None = None, workers: int = 1) -> str:
-    return build_document(runs, sink, workers).html()
+def to_html(
+    runs: list[RunView],
+    sink: ImageSink | None = None,
+    workers: int = 1,
+    novelty: tuple[int, int] | None = None,
+) -> str:
+    return build_document(runs, sink, workers, novelty).html()

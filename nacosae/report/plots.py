@@ -147,3 +147,36 @@ def neuron_panels(events: list[dict[str, Any]], curve: list[float], metric: str)
         _relative_scores_drawer(events, metric),
         dpi=72,
     )
+
+
+def best_iteration_histogram(counts: dict[str, int]) -> bytes:
+    """Units per iteration that found their best concept (0: an initial class; summary last)."""
+
+    def draw(ax: Any) -> None:
+        labels = list(counts)
+        ax.bar(range(len(labels)), list(counts.values()), color="#4c72b0")
+        ax.set_xticks(range(len(labels)), labels, fontsize=7)
+        ax.set_xlabel("iteration of the best concept")
+        ax.set_ylabel("units")
+
+    return _png(draw)
+
+
+def cumulative_best_curves(curves: list[list[float]], metric: str) -> bytes:
+    """Every unit's best score after each iteration (faint), with the median across units."""
+    import statistics
+
+    def draw(ax: Any) -> None:
+        for curve in curves:
+            ax.plot(range(len(curve)), curve, color="#8c8c8c", alpha=0.3, linewidth=0.8)
+        longest = max((len(c) for c in curves), default=0)
+        median = [
+            statistics.median(c[min(i, len(c) - 1)] for c in curves if c) for i in range(longest)
+        ]
+        if median:
+            ax.plot(range(longest), median, color="#dd8452", linewidth=2, label="median unit")
+            ax.legend(fontsize=7, loc="lower right")
+        ax.set_xlabel("iteration (0: initial history)")
+        ax.set_ylabel(f"best {metric} so far")
+
+    return _png(draw)

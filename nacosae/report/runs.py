@@ -110,7 +110,11 @@ def list_runs(runs_dir: Path, only: list[str] | None = None) -> list[RunView]:
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         return []
-    paths = sorted(p for p in runs_dir.iterdir() if (p / RUN_FILE).exists() or p.is_dir())
+    paths = sorted(
+        p
+        for p in runs_dir.iterdir()
+        if not p.name.startswith(".") and ((p / RUN_FILE).exists() or p.is_dir())
+    )  # a dot folder is work in progress (an import's staging folder)
     if only:
         paths = [runs_dir / run_id for run_id in only]
     return [load_run(p) for p in paths if p.is_dir()]
