@@ -210,7 +210,7 @@ def test_a_read_only_out_folder_is_one_line(invoke):
 def test_programming_errors_in_parsing_are_not_taken_for_bad_answers(invoke, monkeypatch):
     from nacosae.search import loop
 
-    def broken(reply, tried, answer_format, example_answers):
+    def broken(reply, tried, answer_format, example_answers, parsing):
         raise ValueError("a bug, not the LLM's fault")
 
     monkeypatch.setattr(loop, "parse_answer", broken)
