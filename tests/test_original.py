@@ -203,7 +203,7 @@ STEPS = [
 FINAL = [("tench", 1.5), ("red, bright apple", 2.5), ("bright apple", 2.0), ("crane2", 0.5)]
 
 
-def test_the_originals_runs_import_for_report_and_evaluate(invoke, tmp_path):
+def test_the_originals_runs_import_for_report_and_evaluate(invoke, tmp_path, monkeypatch):
     save = tmp_path / "original-results"
     write_original_run(save, "2025-05-01_120000tiny_cnnavgpool1", 1, STEPS, FINAL,
                        ("red, bright apple", 2.5))  # fmt: skip
@@ -250,6 +250,14 @@ def test_the_originals_runs_import_for_report_and_evaluate(invoke, tmp_path):
     again = invoke("import-runs", save, "--out", tmp_path / "runs")
     assert again.exit_code == 0 and "already imported" in again.output
     assert not list((tmp_path / "runs").glob(".*"))  # no staging folder left
+
+    from tests.test_dashboard import app
+
+    at = app("app.py", tmp_path / "runs", monkeypatch, run.name)
+    assert not at.exception and at.header[0].value == "Neuron 1: red, bright apple"
+    for page in ("pages/1_Images.py", "pages/2_Reasoning.py", "pages/4_Layer.py"):
+        at.switch_page(page).run()
+        assert not at.exception, page
 
 
 def test_a_damaged_original_run_is_skipped_with_one_line(invoke, tmp_path):
