@@ -20,6 +20,8 @@ from nacosae.report.browse import (  # noqa: E402
     top_control_images,
 )
 
+SHOWN_METRICS = (*export.ALL_METRICS, "p")
+
 st.title("Overview")
 run, neuron = sidebar()
 if run is not None and neuron is not None:
@@ -73,7 +75,7 @@ if run is not None and neuron is not None:
                 "iteration": e["iteration"],
                 "source": e["source"],
                 "concept": e.get("concept"),
-                **{m: (e.get("metrics") or {}).get(m) for m in ("auc", "mad", "mean", "p")},
+                **{m: (e.get("metrics") or {}).get(m) for m in SHOWN_METRICS},
             }
             for e in events
         ],

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy.stats import mannwhitneyu
-from sklearn.metrics import roc_auc_score
+from scipy.stats import mannwhitneyu, pointbiserialr
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from nacosae.evaluation.metrics import cosy_scores, summarise
 from tests.test_explain import only_run
@@ -31,6 +31,14 @@ def test_scores_equal_sklearn_and_scipy_on_the_same_arrays():
     assert (scores["U1"], scores["p"]) == pytest.approx((reference.statistic, reference.pvalue))
     mad = (synthetic.mean() - control.mean()) / control.std()
     assert scores["MAD"] == pytest.approx(mad)
+    assert scores["AUPRC"] == pytest.approx(
+        average_precision_score(labels, np.r_[control, synthetic])
+    )
+    assert scores["correlation"] == pytest.approx(
+        pointbiserialr(labels, np.r_[control, synthetic])[0]
+    )
+    flat = cosy_scores(np.ones(5), np.ones(3))
+    assert np.isnan(flat["correlation"]) and flat["AUPRC"] == pytest.approx(3 / 8)
     summary = summarise([0.5, 0.7, 0.9, 0.6])
     assert summary["mean"] == pytest.approx(0.675) and summary["median"] == pytest.approx(0.65)
     assert summary["std"] == pytest.approx(np.std([0.5, 0.7, 0.9, 0.6], ddof=1))
@@ -102,7 +110,9 @@ def test_round_trip_explain_report_evaluate_compare(invoke, tmp_path, isolated_e
     first = invoke("evaluate", "--preset", "smoke", report, "--num-img", "4", "--out", "a")
     assert first.exit_code == 0, first.output
     rows = read_rows(tmp_path / "a" / "evaluation.csv")
-    assert list(rows[0]) == ["neuron", "concept", "AUC", "U1", "p", "MAD", "source", "rank"]
+    assert list(rows[0]) == [
+        "neuron", "concept", "AUC", "U1", "p", "MAD", "AUPRC", "correlation", "source", "rank",
+    ]  # fmt: skip
     assert sorted(int(r["neuron"]) for r in rows) == [0, 1, 2]
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     distinct = len({r["concept"] for r in rows})
@@ -223,8 +233,6 @@ def test_given_images_are_scored_against_the_controls(invoke, isolated_env, cont
     import csv
     import shutil
 
-    from sklearn.metrics import roc_auc_score
-
     from nacosae.store.activations import ControlStore
 
     tree = tmp_path / "given"
@@ -241,8 +249,10 @@ def test_given_images_are_scored_against_the_controls(invoke, isolated_env, cont
         controls_of_unit = store.unit(int(row["neuron"])).numpy()
         given = controls_of_unit[start:stop]
         labels = [0] * len(controls_of_unit) + [1] * len(given)
-        expected = roc_auc_score(labels, [*controls_of_unit, *given])
-        assert float(row["AUC"]) == pytest.approx(expected, abs=1e-6)
+        values = [*controls_of_unit, *given]
+        assert float(row["AUC"]) == pytest.approx(roc_auc_score(labels, values), abs=1e-6)
+        assert float(row["AUPRC"]) == pytest.approx(average_precision_score(labels, values))
+        assert float(row["correlation"]) == pytest.approx(pointbiserialr(labels, values)[0])
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["images"] == str(tree) and summary["held_out"] is None
 

@@ -54,16 +54,23 @@ VALUES = dict(
 
 
 @pytest.mark.parametrize("name", ["main", "cot", "line-main", "summary", "line-summary"])
-@pytest.mark.parametrize("metric", ["auc", "mad", "mean"])
+@pytest.mark.parametrize("metric", ["auc", "mad", "mean", "auprc", "correlation"])
 def test_builtin_templates_describe_the_metric_in_use(name, metric):
     kind = "summary" if "summary" in name else "main"
     text = load_template(name, kind).render(PromptValues(**VALUES, metric=metric))
     assert "<answer>" in text and "red apple" in text and "{" not in text
-    assert {"auc": "0.5 is chance", "mad": "standard deviations", "mean": "raw mean"}[
-        metric
-    ] in text
+    meaning = {
+        "auc": "0.5 is chance",
+        "mad": "standard deviations",
+        "mean": "raw mean",
+        "auprc": "average precision",
+        "correlation": "0 is no relation",
+    }
+    assert meaning[metric] in text
     if metric != "auc":
-        assert "1.0 is perfect" not in text and "0.5 is chance" not in text
+        assert "0.5 is chance" not in text
+    if metric in ("mad", "mean"):
+        assert "1.0 is perfect" not in text
 
 
 def test_the_two_forms_of_concept_list_and_forbidden_list():
@@ -235,6 +242,17 @@ def test_scores_match_their_definitions():
     assert metrics["mean"] == pytest.approx(synthetic.mean())
     assert metrics["u1"] == pytest.approx((1 - metrics["auc"]) * 200 * 5)
     assert 0 < metrics["p"] < 0.05
+    from scipy.stats import pointbiserialr
+    from sklearn.metrics import average_precision_score
+
+    values = np.r_[control, synthetic]
+    assert metrics["auprc"] == pytest.approx(average_precision_score(labels, values), rel=1e-7)
+    assert metrics["correlation"] == pytest.approx(pointbiserialr(labels, values)[0], rel=1e-7)
+    tied = np.round(np.r_[control, synthetic], 0)  # many ties: they enter together
+    assert score_all(tied[:200], tied[200:])["auprc"] == pytest.approx(
+        average_precision_score(labels, tied), rel=1e-7
+    )
+    assert score_all(np.zeros(4), np.zeros(2))["correlation"] == 0.0  # flat: no relation
 
 
 def test_mad_divides_by_one_when_controls_do_not_spread_and_ties_count_half():

@@ -13,7 +13,7 @@ from nacosae.cli.ray_options import RayOption, RayWorkersOption
 from nacosae.cli.unit_options import SaeOption, TokenPoolingOption
 from nacosae.distributed.cluster import check_ray_options
 from nacosae.errors import NacosaeError
-from nacosae.evaluation.job import COSY_IMAGES, COSY_PROMPT, COSY_SEED, COSY_T2I
+from nacosae.evaluation.job import COSY_IMAGES, COSY_PROMPT, COSY_SEED, COSY_T2I, SUMMARISED
 from nacosae.evaluation.novelty import DEFAULT_THRESHOLD
 from nacosae.models.concept_images import MIN_IMAGES
 from nacosae.models.downloads import DEFAULT_EMBEDDER
@@ -238,8 +238,8 @@ def _show(result: Any, what: str) -> None:
     table = Table(title=f"evaluation of {what} ({len(result.rows)} rows)")
     for column in ("metric", "mean", "std", "median", "95% CI of the mean", "n"):
         table.add_column(column)
-    for metric in ("AUC", "MAD"):
-        s = summary[metric]
+    for metric in SUMMARISED:
+        s = summary.get(metric, {})
         if s.get("n"):
             low, high = s["mean_ci95"]
             table.add_row(

@@ -85,7 +85,8 @@ def explain(
         int, typer.Option(help="LLM proposals before the summary step.", min=0)
     ] = 10,
     metric: Annotated[
-        Literal["auc", "mad", "mean"], typer.Option(help="The score that steers the search.")
+        Literal["auc", "mad", "mean", "auprc", "correlation"],
+        typer.Option(help="The score that steers the search."),
     ] = "auc",
     prompt: Annotated[
         str,

@@ -45,7 +45,19 @@ COSY_T2I = "stabilityai/stable-diffusion-xl-base-1.0"
 COSY_PROMPT = "realistic photo of a close up of {concept}"
 COSY_IMAGES = 50
 COSY_SEED = 0
-CSV_COLUMNS = ("neuron", "concept", "AUC", "U1", "p", "MAD", "source", "rank")
+CSV_COLUMNS = (
+    "neuron",
+    "concept",
+    "AUC",
+    "U1",
+    "p",
+    "MAD",
+    "AUPRC",
+    "correlation",
+    "source",
+    "rank",
+)
+SUMMARISED = ("AUC", "MAD", "AUPRC", "correlation")
 # per-image seeded step noise for ancestral schedulers (v1 used the global RNG: entries rendered
 # then could not be reproduced, so they are not reused)
 STEP_NOISE = "per-image-v2"
@@ -446,7 +458,7 @@ def score_rows(
 def metric_summaries(rows: list[dict[str, Any]]) -> dict[str, Any]:
     from nacosae.evaluation.metrics import summarise
 
-    return {metric: summarise([r[metric] for r in rows]) for metric in ("AUC", "MAD")}
+    return {metric: summarise([r[metric] for r in rows]) for metric in SUMMARISED}
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:

@@ -3,7 +3,9 @@
 Definitions (as CoSy computes them): U1 and p are scipy's `mannwhitneyu(control, synthetic)`
 (two-sided); AUC is the ROC-AUC with control images labelled 0 and synthetic images 1 (ties one
 half), equal to 1 - U1 / (n_control * n_synthetic); MAD = (mean_synthetic - mean_control) /
-std_control with numpy's default (population) standard deviation, which CoSy uses.
+std_control with numpy's default (population) standard deviation, which CoSy uses. Beside them
+(not CoSy's): AUPRC (average precision, synthetic images positive) and the point-biserial
+correlation, the two scores that pass NeuronEval's sanity checks (search/scoring.py).
 """
 
 from __future__ import annotations
@@ -31,12 +33,16 @@ def cosy_scores(control: np.ndarray, synthetic: np.ndarray) -> dict[str, float]:
     control = np.asarray(control, dtype=np.float64)
     synthetic = np.asarray(synthetic, dtype=np.float64)
     result = mannwhitneyu(control, synthetic, alternative="two-sided")
+    from nacosae.search.scoring import average_precision, point_biserial
+
     u1 = float(result.statistic)
     return {
         "AUC": 1.0 - u1 / (len(control) * len(synthetic)),
         "U1": u1,
         "p": float(result.pvalue),
         "MAD": mad_population_std(control, synthetic),
+        "AUPRC": average_precision(control, synthetic),
+        "correlation": point_biserial(control, synthetic),
     }
 
 

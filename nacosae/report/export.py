@@ -16,7 +16,7 @@ from nacosae.report.runs import ROW_COLUMNS, RunView, rows
 
 THUMBNAIL = 96  # pixels, the longer side
 JPEG_QUALITY = 60
-ALL_METRICS = ("auc", "mad", "mean")
+ALL_METRICS = ("auc", "mad", "mean", "auprc", "correlation")
 PARAMETERS = (
     "model", "layer", "weights", "language_model", "llm_url", "t2i_model", "num_img",
     "num_inf_steps", "n_iters", "metric", "prompt", "control_strategy", "seed", "preset",

@@ -120,7 +120,7 @@ def list_runs(runs_dir: Path, only: list[str] | None = None) -> list[RunView]:
     return [load_run(p) for p in paths if p.is_dir()]
 
 
-METRIC_COLUMNS = ("auc", "mad", "mean", "u1", "p")
+METRIC_COLUMNS = ("auc", "mad", "mean", "u1", "p", "auprc", "correlation")
 ROW_COLUMNS = (
     "neuron",
     "concept",

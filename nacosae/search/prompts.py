@@ -80,6 +80,16 @@ METRIC_MEANINGS = {
         "Each score is the unit's raw mean activation on the concept's images. Higher is "
         "better; the scale is the unit's own, with no fixed maximum."
     ),
+    "auprc": (
+        "Each score is an average precision: how cleanly the concept's images outrank ordinary "
+        "photos in the unit's activation. 1.0 is perfect; a concept no better than ordinary "
+        "photos scores about the share of its images among all images compared."
+    ),
+    "correlation": (
+        "Each score is a correlation between the unit's activation and an image being one of "
+        "the concept's: 0 is no relation, 1.0 is perfect, negative means the concept makes the "
+        "unit quieter than ordinary photos."
+    ),
 }
 
 
