@@ -11,10 +11,12 @@ from nacosae import progress
 from nacosae.cli.ray_options import RayOption, RayWorkersOption
 from nacosae.cli.unit_options import (
     ImageSizeOption,
+    LatentPoolingOption,
     MeanOption,
     SaeOption,
     StdOption,
     TokenPoolingOption,
+    sae_layer,
     triple,
 )
 
@@ -79,6 +81,7 @@ def import_command(folder: Path, model: str, layer: str, weights: str, overwrite
 
 
 def controls(
+    context: typer.Context,
     model: Annotated[
         str,
         typer.Option(help="Explained model: a torchvision name, timm:NAME or hf:REPO_ID."),
@@ -115,6 +118,7 @@ def controls(
     shard_size: Annotated[int, typer.Option(help="Images per shard file.", min=1)] = 4096,
     token_pooling: TokenPoolingOption = "cls",
     sae: SaeOption = None,
+    latent_pooling: LatentPoolingOption = "auto",
     image_size: ImageSizeOption = None,
     mean: MeanOption = None,
     std: StdOption = None,
@@ -160,7 +164,7 @@ def controls(
     config = settings()
     request = ControlsRequest(
         model=model,
-        layer=layer,
+        layer=sae_layer(context, model, layer, sae),
         images=images or config.default_imagenet_dir,
         controls_root=config.controls_dir,
         weights=weights,
@@ -172,6 +176,7 @@ def controls(
         shard_size=shard_size,
         token_pooling=token_pooling,  # type: ignore[arg-type]
         sae=sae,
+        latent_pooling=latent_pooling,
         image_size=image_size,
         mean=triple(mean, "--mean"),
         std=triple(std, "--std"),

@@ -10,7 +10,12 @@ import typer
 from nacosae import progress
 from nacosae.cli.given import options_given
 from nacosae.cli.ray_options import RayOption, RayWorkersOption
-from nacosae.cli.unit_options import SaeOption, TokenPoolingOption
+from nacosae.cli.unit_options import (
+    LatentPoolingOption,
+    SaeOption,
+    TokenPoolingOption,
+    sae_layer,
+)
 from nacosae.distributed.cluster import check_ray_options
 from nacosae.errors import NacosaeError
 from nacosae.evaluation.job import COSY_IMAGES, COSY_PROMPT, COSY_SEED, COSY_T2I, SUMMARISED
@@ -40,6 +45,7 @@ def evaluate(
     ),
     token_pooling: TokenPoolingOption = "cls",
     sae: SaeOption = None,
+    latent_pooling: LatentPoolingOption = "auto",
     t2i_model: Annotated[str, typer.Option(help="Text-to-image model (CoSy: SDXL base).")] = (
         COSY_T2I
     ),
@@ -113,6 +119,7 @@ def evaluate(
 
     paths = list(files or []) + ([explanations] if explanations else [])
     config = settings()
+    context.params["layer"] = sae_layer(context, model, layer, sae)
     if compare:
         _compare(paths, out or config.save_dir / "evaluations" / "comparison")
         return
@@ -198,6 +205,7 @@ def _request(
         weights=params["weights"],
         token_pooling=params["token_pooling"],
         sae=str(params["sae"]) if params["sae"] else None,
+        latent_pooling=params["latent_pooling"],
         t2i_model=params["t2i_model"],
         num_img=params["num_img"],
         image_prompt=params["image_prompt"],
@@ -314,6 +322,7 @@ def _novelty(
 
 
 def top_images(
+    context: typer.Context,
     model: Annotated[str, typer.Option(help="Explained model (as for controls).")] = "resnet18",
     layer: Annotated[str, typer.Option(help="Layer module path.")] = "avgpool",
     neuron_id: Annotated[int, typer.Option(help="The unit.")] = 0,
@@ -331,6 +340,7 @@ def top_images(
     ] = False,
     token_pooling: TokenPoolingOption = "cls",
     sae: SaeOption = None,
+    latent_pooling: LatentPoolingOption = "auto",
 ) -> None:
     """The control images (or classes) that activate a unit most (or least), from its store."""
     from rich.table import Table
@@ -343,7 +353,9 @@ def top_images(
 
     if k < 1:
         raise typer.BadParameter("must be at least 1", param_hint="--k")
-    store = open_controls(settings().controls_dir, model, layer, make_readout(token_pooling, sae))  # type: ignore[arg-type]
+    layer = sae_layer(context, model, layer, sae)
+    readout = make_readout(token_pooling, sae, latent_pooling)  # type: ignore[arg-type]
+    store = open_controls(settings().controls_dir, model, layer, readout)
     which = "least" if lowest else "most"
     if classes:
         ranked = top_classes(store, neuron_id, k, lowest)

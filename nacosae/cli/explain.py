@@ -12,10 +12,12 @@ from nacosae.cli.given import options_given
 from nacosae.cli.ray_options import RayOption, RayWorkersOption
 from nacosae.cli.unit_options import (
     ImageSizeOption,
+    LatentPoolingOption,
     MeanOption,
     SaeOption,
     StdOption,
     TokenPoolingOption,
+    sae_layer,
     triple,
 )
 
@@ -57,6 +59,7 @@ def explain(
     ),
     token_pooling: TokenPoolingOption = "cls",
     sae: SaeOption = None,
+    latent_pooling: LatentPoolingOption = "auto",
     image_size: ImageSizeOption = None,
     mean: MeanOption = None,
     std: StdOption = None,
@@ -304,6 +307,7 @@ def _options_from_command_line(context: typer.Context, presets: list[str]) -> Ex
     options.guidance_scale = _guidance(params["guidance_scale"])
     options.mean, options.std = triple(params["mean"], "--mean"), triple(params["std"], "--std")
     options.sae = str(params["sae"].expanduser().resolve()) if params["sae"] else None
+    options.layer = sae_layer(context, options.model, options.layer, params["sae"])
     return apply_presets(options, presets, options_given(context))
 
 

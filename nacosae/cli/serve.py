@@ -9,7 +9,7 @@ import typer
 
 from nacosae import progress
 from nacosae.cli.given import options_given
-from nacosae.cli.unit_options import SaeOption, TokenPoolingOption
+from nacosae.cli.unit_options import LatentPoolingOption, SaeOption, TokenPoolingOption, sae_layer
 from nacosae.distributed.service import DEFAULT_IDLE_RELEASE_S
 from nacosae.models.downloads import DEFAULT_EMBEDDER, DEFAULT_LANGUAGE_MODEL, DEFAULT_T2I_MODEL
 
@@ -44,6 +44,7 @@ def serve(
     weights: Annotated[str, typer.Option(help="Weights of the control store.")] = "default",
     token_pooling: TokenPoolingOption = "cls",
     sae: SaeOption = None,
+    latent_pooling: LatentPoolingOption = "auto",
     language_model: Annotated[str, typer.Option(help="LLM repo id.")] = DEFAULT_LANGUAGE_MODEL,
     llm_url: Annotated[
         str | None, typer.Option(help="An LLM server instead (then no LLM is loaded).")
@@ -113,6 +114,7 @@ def _job(context: typer.Context, presets: list[str]) -> ExplainJob:
         **{k: v for k, v in params.items() if k in fields},
     )
     options.sae = str(Path(params["sae"]).expanduser().resolve()) if params["sae"] else None
+    options.layer = sae_layer(context, options.model, options.layer, params["sae"])
     options = prepare(apply_presets(options, presets, options_given(context)), shared_cache())
     inputs = check_inputs(options)
     return ExplainJob(

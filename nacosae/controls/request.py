@@ -30,6 +30,7 @@ class ControlsRequest:
     shard_size: int = DEFAULT_SHARD_SIZE
     token_pooling: TokenPooling = "cls"
     sae: Path | None = None
+    latent_pooling: str = "auto"  # with an SAE: what its latents read (models/units.py)
     image_size: int | None = None
     mean: Triple | None = None
     std: Triple | None = None
@@ -37,4 +38,4 @@ class ControlsRequest:
     ray_workers: int | None = None
 
     def readout(self) -> Readout:
-        return make_readout(self.token_pooling, self.sae)
+        return make_readout(self.token_pooling, self.sae, self.latent_pooling)

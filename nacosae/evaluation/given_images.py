@@ -134,7 +134,7 @@ def evaluate_images(
         raise NacosaeError("--images needs no text-to-image model: drop --ray")
     given = read_explanations(request) if request.explanations is not None else None
     image_set = read_image_tree(images_root, given.explanations if given else None)
-    readout = make_readout(request.token_pooling, request.sae)  # type: ignore[arg-type]
+    readout = make_readout(request.token_pooling, request.sae, request.latent_pooling)  # type: ignore[arg-type]
     store = open_controls(request.controls_root, request.model, request.layer, readout)
     controls = control_store_of(request, store)
     check_neurons(image_set.explanations, store.n_units, request)

@@ -77,6 +77,7 @@ class EvaluateRequest:
     weights: str = "default"
     token_pooling: str = "cls"
     sae: str | None = None
+    latent_pooling: str = "auto"
     t2i_model: str = COSY_T2I
     num_img: int = COSY_IMAGES
     image_prompt: str = COSY_PROMPT
@@ -144,7 +145,7 @@ def evaluate(request: EvaluateRequest, cache: ModelCache) -> EvaluateResult:
     if "{concept}" not in request.image_prompt:
         raise NacosaeError("--image-prompt must contain {concept}")
     found = read_explanations(request)
-    readout = make_readout(request.token_pooling, request.sae)  # type: ignore[arg-type]
+    readout = make_readout(request.token_pooling, request.sae, request.latent_pooling)  # type: ignore[arg-type]
     store = open_controls(request.controls_root, request.model, request.layer, readout)
     controls = control_store_of(request, store)
     check_neurons(found.explanations, store.n_units, request)

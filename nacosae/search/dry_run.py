@@ -47,7 +47,9 @@ def dry_run(options: ExplainOptions) -> dict[str, Any]:
     if smoke_missing:
         notes.append("--preset smoke builds its tiny models and control store when a run starts")
         return report
-    readout = check(lambda: make_readout(options.token_pooling, options.sae))  # type: ignore[arg-type]
+    readout = check(
+        lambda: make_readout(options.token_pooling, options.sae, options.latent_pooling)  # type: ignore[arg-type]
+    )
     store = None
     if readout is not None:
         store = check(

@@ -42,7 +42,8 @@ class ExplainOptions:
     layer: str = "avgpool"
     weights: str = "default"
     token_pooling: str = "cls"  # token sequences: class token, or "mean" over tokens
-    sae: str | None = None  # a sparse autoencoder's safetensors file: units are its latents
+    sae: str | None = None  # a sparse autoencoder (file or SAELens folder): units are its latents
+    latent_pooling: str = "auto"  # with an SAE: none, or max/mean/cls over tokens (units.py)
     image_size: int | None = None  # preprocessing overrides (None: the control store's own)
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None

@@ -89,7 +89,7 @@ def check_inputs(options: ExplainOptions, pins: dict[str, Any] | None = None) ->
     check_output_folders(options)
     # with Ray the workers resolve the device: the driver may have no GPU
     device = options.device if options.ray else resolve_device(options.device)
-    readout = make_readout(options.token_pooling, options.sae)  # type: ignore[arg-type]
+    readout = make_readout(options.token_pooling, options.sae, options.latent_pooling)  # type: ignore[arg-type]
     store = open_controls(options.controls_root, options.model, options.layer, readout)
     where = f"layer {options.layer} of {options.model}"
     if readout.sae is not None:
