@@ -55,14 +55,17 @@ def write_saelens(folder, weights, **config):
     return folder
 
 
-def expected_latents(tree, weights, pooling, recipe, memo={}):  # noqa: B006 - one model per test run
-    """Forward hook on block 11, every token encoded by hand, pooled per latent."""
-    from nacosae.models.preprocessing import Preprocessing
+@pytest.fixture(scope="module")
+def vit():
     from nacosae.models.vision import load_vision_model
 
-    if "model" not in memo:
-        memo["model"] = load_vision_model("vit_b_16", "none")[0]
-    model = memo["model"]
+    return load_vision_model("vit_b_16", "none")[0]
+
+
+def expected_latents(model, tree, weights, pooling, recipe):
+    """Forward hook on block 11, every token encoded by hand, pooled per latent."""
+    from nacosae.models.preprocessing import Preprocessing
+
     transform = Preprocessing.from_json(recipe).transform()
     files = sorted(tree.glob("*/*.png"))
     batch = torch.stack([transform(Image.open(f).convert("RGB")) for f in files])
@@ -87,7 +90,7 @@ def build(invoke, tree, sae, *extra):
 
 
 def test_token_level_saelens_latents_equal_an_independent_computation(
-    invoke, isolated_env, small_tree, tmp_path
+    invoke, isolated_env, small_tree, tmp_path, vit
 ):
     weights = sae_weights()
     folder = write_saelens(tmp_path / "sae", weights)
