@@ -104,9 +104,8 @@ def test_token_level_saelens_latents_equal_an_independent_computation(
         store = ControlStore(directory)
         assert store.n_units == 64
         assert store.index["identity"]["units"]["latents"] == pooling
-        expected = expected_latents(
-            small_tree, weights, pooling, store.index["preprocessing_recipe"]
-        )
+        recipe = store.index["preprocessing_recipe"]
+        expected = expected_latents(vit, small_tree, weights, pooling, recipe)
         assert torch.allclose(store.image_major(), expected, atol=1e-4), pooling
 
     single = tmp_path / "sae.safetensors"  # the same SAE as one file: the same values
