@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from nacosae.errors import NacosaeError
 from nacosae.store.activations import ControlStore
 
 HOOK_LAYER = "encoder.layers.encoder_layer_11"
@@ -159,3 +160,55 @@ def test_jumprelu_and_topk_encoders():
     assert ((out > 0).sum(dim=1) <= 2).all()
     kept = torch.relu(pre).topk(2, dim=1)
     assert torch.allclose(out.gather(1, kept.indices), kept.values)
+
+
+def test_dead_latents_are_recorded_selected_around_and_not_searched(
+    invoke, isolated_env, controls, image_tree, t2i_dir, tmp_path
+):
+    from tests.chatserver import ChatServer
+    from tests.test_explain import answers, events_of, explain_args, only_run
+
+    generator = torch.Generator().manual_seed(0)
+    b_enc = torch.full((12,), 5.0)
+    b_enc[:4] = -1e4  # latents 0-3 never fire; the others always do
+    b_enc[4:8] = torch.linspace(-0.2, 0.2, 4)  # these fire on some images only
+    sae = tmp_path / "sae.safetensors"
+    save_file({"W_enc": torch.randn(32, 12, generator=generator) * 0.1, "b_enc": b_enc}, str(sae))
+    result = invoke("controls", "--model", "tiny_cnn", "--images", image_tree, "--workers", "0",
+                    "--sae", sae)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (directory,) = (isolated_env / "controls" / "tiny_cnn").glob("avgpool@sae-*")
+    store = ControlStore(directory)
+    rates = store.firing_rates()
+    expected = (store.image_major() > 0).float().mean(dim=0)
+    assert torch.equal(rates, expected)
+    assert store.index["firing"]["dead"] == int((rates == 0).sum()) >= 4
+    assert rates[:4].eq(0).all() and rates[8:].eq(1).all()
+
+    from nacosae.search.neurons import parse_spec
+
+    firing = rates.tolist()
+    alive = parse_spec("alive:6", 12, 42, firing)
+    assert len(set(alive)) == 6 and all(firing[n] > 0 for n in alive)
+    assert parse_spec("alive:6", 12, 42, firing) == alive  # seeded
+    top = parse_spec("top-firing:4", 12, 42, firing)
+    rest = [firing[n] for n in range(12) if n not in top]
+    assert min(firing[n] for n in top) >= max(rest) and top == sorted(top)  # ties by id
+    live = sum(rate > 0 for rate in firing)
+    with pytest.raises(NacosaeError, match=f"only {live} of the 12 latents fire"):
+        parse_spec(f"alive:{live + 1}", 12, 42, firing)
+
+    with ChatServer(answers("<answer>blue sky</answer>", "<answer>moss</answer>")) as server:
+        args = explain_args(t2i_dir, server, "--neurons", "0,9", "--n-iters", "1", "--sae", sae)
+        result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    run = only_run(tmp_path / "runs")
+    summary = json.loads((run / "summary.json").read_text())["neurons"]
+    assert summary["0"]["best"] is None and "never fires on the control set" in summary["0"]["note"]
+    assert summary["9"]["best"] is not None
+    assert {e["neuron"] for e in events_of(run)} == {9}  # nothing spent on latent 0
+    rows = invoke("report", tmp_path / "runs", "--format", "json")
+    note = next(r["note"] for r in json.loads(rows.stdout) if r["neuron"] == 0)
+    assert note.startswith("never fires")
+    plain = invoke("explain", "--preset", "smoke", "--neurons", "alive:3", "--dry-run")
+    assert "give --sae" in plain.output

@@ -122,7 +122,7 @@ def _table_cells(runs: list) -> list[list[str]]:
     cells = []
     for row in rows(runs):
         notes = ["smoke: meaningless" for _ in [0] if "smoke" in (row["preset"] or "")]
-        notes += [row[k] for k in ("error", "warnings") if row[k]]
+        notes += [row[k] for k in ("note", "error", "warnings") if row[k]]
         row = {**row, "note": "; ".join(notes) or None}
         cells.append([_cell(row.get(c)) for c in TABLE_COLUMNS])
     return cells

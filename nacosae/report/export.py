@@ -321,6 +321,9 @@ def build_document(
             mine = [e for e in events if e["neuron"] == neuron]
             best = view.best or {}
             doc.heading(f"Neuron {neuron} of run {run.run_id}: {best.get('concept', '-')}", 3)
+            if view.note:
+                doc.text(view.note)
+                continue
             doc.text(f"best {metric}: {_fmt(best.get('score'))} ({best.get('source', '-')})")
             held_out = evaluated.get((neuron, best.get("concept")))
             if held_out:

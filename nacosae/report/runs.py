@@ -18,6 +18,7 @@ class NeuronView:
     history: list[dict[str, Any]] = field(default_factory=list)
     curve: list[float] = field(default_factory=list)
     iterations: int = 0
+    note: str | None = None  # why there is no search (an SAE latent that never fires)
 
 
 @dataclass
@@ -93,6 +94,7 @@ def load_run(path: Path) -> RunView:
                 found.get("best_so_far", []),
                 max(len(found.get("best_so_far", [])), 0)
                 and record.get("config", {}).get("n_iters", 0) + 1,
+                found.get("note"),
             )
     except FileNotFoundError:
         pass
@@ -135,6 +137,7 @@ ROW_COLUMNS = (
     "iterations",
     "warnings",
     "error",
+    "note",
 )  # the fixed columns of `report --format csv/json`, in this order (README lists them)
 
 
@@ -163,6 +166,7 @@ def rows(runs: list[RunView]) -> list[dict[str, Any]]:
                 "score": best.get("score"),
                 **{m: metrics.get(m) for m in METRIC_COLUMNS},
                 "iterations": view.iterations if view else None,
+                "note": view.note if view else None,
             }
             table.append({column: row.get(column) for column in ROW_COLUMNS})
     return table

@@ -63,6 +63,7 @@ class CheckedInputs:
     readout: Readout  # pooling and SAE
     recipe: Preprocessing  # of the control store
     cluster: Cluster | None = None  # with --ray, reached before anything starts
+    dead: list[int] = field(default_factory=list)  # SAE latents that never fire on the controls
 
 
 def check_output_folders(options: ExplainOptions) -> None:
@@ -94,7 +95,10 @@ def check_inputs(options: ExplainOptions, pins: dict[str, Any] | None = None) ->
     where = f"layer {options.layer} of {options.model}"
     if readout.sae is not None:
         where = f"the SAE {readout.sae.path.name} on {where}"
-    neurons = selection.resolve(options.neurons, store.n_units, options.seed, where)
+    rates = store.firing_rates()
+    firing = rates.tolist() if rates is not None else None
+    neurons = selection.resolve(options.neurons, store.n_units, options.seed, where, firing)
+    dead = [n for n in neurons if firing is not None and firing[n] == 0]
     recipe = store_preprocessing(options, store)
     versions = resolve_models(options, pins)
     cluster = None
@@ -102,7 +106,9 @@ def check_inputs(options: ExplainOptions, pins: dict[str, Any] | None = None) ->
         from nacosae.distributed.cluster import connect
 
         cluster = connect(options.ray)
-    return CheckedInputs(templates, device, store, neurons, versions, readout, recipe, cluster)
+    return CheckedInputs(
+        templates, device, store, neurons, versions, readout, recipe, cluster, dead
+    )
 
 
 @dataclass
@@ -323,9 +329,9 @@ def _search(
 ) -> tuple[dict[str, Any], list[str]]:
     from nacosae.search.loop import Search
 
-    neurons = inputs.neurons
+    neurons = [n for n in inputs.neurons if n not in inputs.dead]  # a dead latent: no search
     parts, settings, facts = _build_parts(options, executor, inputs)
-    writer.update(neurons=neurons, **facts)
+    writer.update(neurons=inputs.neurons, **facts)
     phases = options.n_iters + 2
     label = f"{len(neurons)} neuron" + ("s" if len(neurons) > 1 else "")
     with progress.phase_progress(phases, label) as report:
@@ -342,16 +348,33 @@ def _search(
         search = Search(
             neurons, parts, settings, writer, attempt.timer, recorded, show, attempt.counters
         )
-        results = search.run()
+        results = search.run() if neurons else {}
+    for neuron in inputs.dead:
+        results[neuron] = never_fires(neuron, options.metric, inputs.store.n_images)
     summary = {
         "run_id": writer.directory.name,
         "metric": options.metric,
-        "neurons": {str(n): results[n] for n in neurons},
+        "neurons": {str(n): results[n] for n in inputs.neurons},
     }
     writer.write_summary(summary)
     warnings = run_warnings(read_events(writer.directory), summary)
     writer.update(warnings=warnings)
     return summary, warnings
+
+
+def never_fires(neuron: int, metric: str, images: int) -> dict[str, Any]:
+    """The summary of an SAE latent that is 0 on every control image: nothing to search for."""
+    return {
+        "neuron": neuron,
+        "metric": metric,
+        "best": None,
+        "history": [],
+        "best_so_far": [],
+        "concepts_scored": 0,
+        "llm_calls": 0,
+        "parse_retries": 0,
+        "note": f"never fires on the control set (0 of {images} control images above 0)",
+    }
 
 
 def run_warnings(events: list[dict[str, Any]], summary: dict[str, Any]) -> list[str]:

@@ -8,8 +8,9 @@ Layout of `NACOSAE_HOME/controls/<model>/<layer>/` (see `store_dir`):
   the last file is in place, then `complete`.
 - `activations-0000i-of-0000N.safetensors`: tensor `activations [rows, units]`, image-major,
   one per fixed span of image files (so a killed build resumes at the first missing shard).
-- `units.safetensors`: `activations [units, images]` (one unit is one contiguous read) and
-  `class_means [classes, units]` (float32).
+- `units.safetensors`: `activations [units, images]` (one unit is one contiguous read),
+  `class_means [classes, units]` (float32) and, for SAE latents, `firing_rate [units]`: the
+  share of control images on which a latent is above 0 (`index.json` counts the dead ones).
 
 Every file is written to a temporary name and renamed; `index.json` is rewritten after each
 shard. Nothing is pickled.
@@ -269,6 +270,10 @@ class StoreBuilder:
         units_path = self.directory / UNITS
         meta = {"format": "nacosae-controls-units", "layout": "activations[units, images]"}
         tensors = {"activations": image_major.t().contiguous(), "class_means": class_means}
+        firing = None
+        if self.details.get("sae"):  # latents: which fire on the controls, and how often
+            firing = (image_major > 0).float().mean(dim=0)
+            tensors["firing_rate"] = firing
         _save_safetensors(units_path, tensors, meta)
         bounds = torch.cumsum(counts, 0).tolist()
         classes = []
@@ -289,6 +294,11 @@ class StoreBuilder:
                 "completed": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
         )
+        if firing is not None:
+            self.index["firing"] = {
+                "rule": "share of control images with the latent above 0",
+                "dead": int((firing == 0).sum()),
+            }
         atomic_write_json(self.directory / INDEX, self.index)
         return self.index
 
@@ -353,6 +363,13 @@ class ControlStore:
 
     def class_means(self) -> torch.Tensor:
         return self._units.get_tensor("class_means")
+
+    def firing_rates(self) -> torch.Tensor | None:
+        """Each SAE latent's share of control images above 0 (None: not a store of latents,
+        or one built before firing rates were recorded)."""
+        if "firing_rate" not in self._units.keys():
+            return None
+        return self._units.get_tensor("firing_rate")
 
     def image_major(self) -> torch.Tensor:
         """All activations `[images, units]`, concatenated from the shards."""
