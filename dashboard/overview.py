@@ -32,6 +32,11 @@ if run is not None and neuron is not None:
     event = best_event(events, best)
     st.header(f"Neuron {neuron}: {best.get('concept', '-')}")
     st.caption(f"run {run.run_id} · {run.status} · source {best.get('source', '-')}")
+    if view.note:
+        st.info(view.note)
+    if len(view.explanations) > 1:
+        listed = " · ".join(f"{e['concept']} ({e['score']:.4f})" for e in view.explanations)
+        st.markdown(f"**Explanations** (distinct, significant against the controls): {listed}")
     scores = (event or {}).get("metrics") or {}
     cells = st.columns(5)
     cells[0].metric("AUC", f"{scores['auc']:.4f}" if "auc" in scores else "-")

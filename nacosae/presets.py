@@ -214,7 +214,7 @@ def prepare_smoke(options: ExplainOptions, cache: ModelCache) -> ExplainOptions:
     from nacosae.models.tiny import SMOKE_CONSTRAINT
 
     root = Path(options.controls_root).parent
-    build_smoke_parts(root, cache, options.control_strategy == "dissimilar-class")
+    build_smoke_parts(root, cache, options.needs_embedder())
     if options.llm_url or Path(options.language_model) != root / "models" / SMOKE_LLM:
         return options  # a real LLM (--llm-url or --language-model): no format constraint
     if options.llm_output == "json":

@@ -203,6 +203,14 @@ def explain(
             rich_help_panel=ORIGINAL_PANEL,
         ),
     ] = "replace",
+    explanations: Annotated[
+        int,
+        typer.Option(
+            help="Distinct concepts listed per unit (polysemantic units): each significant "
+            "against the controls (Bonferroni) and unlike the others (MiniLM).",
+            min=1,
+        ),
+    ] = 1,
     llm_top_k: Annotated[
         int | None,
         typer.Option(

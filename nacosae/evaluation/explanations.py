@@ -99,14 +99,21 @@ def read_csv(path: Path, layer: str | None = None) -> ReadResult:
     return ReadResult(explanations, notes)
 
 
-def read_run(run_dir: Path, top_k: int) -> ReadResult:
-    """The `top_k` best distinct concepts of each neuron's scored history in a nacosae run."""
+def read_run(run_dir: Path, top_k: int | None) -> ReadResult:
+    """The `top_k` best distinct concepts of each neuron's scored history in a nacosae run;
+    without `top_k`, each neuron's listed explanations (`explain --explanations K`) where the
+    run lists several, else its best concept."""
     from nacosae.search.history import normalise
     from nacosae.store.runs import read_events
 
     run_dir = Path(run_dir).expanduser()
     if not (run_dir / "run.json").is_file():
         raise NacosaeError(f"{run_dir} is not a nacosae run directory (no run.json)")
+    if top_k is None:
+        listed = _listed_explanations(run_dir)
+        if listed:
+            return ReadResult(listed, [])
+        top_k = 1
     if top_k < 1:
         raise NacosaeError("--top-k must be at least 1")
     best: dict[int, dict[str, tuple[float, str]]] = {}
@@ -125,6 +132,22 @@ def read_run(run_dir: Path, top_k: int) -> ReadResult:
     if not explanations:
         raise NacosaeError(f"the run {run_dir} has no scored concept yet")
     return ReadResult(explanations, [])
+
+
+def _listed_explanations(run_dir: Path) -> list[Explanation]:
+    """summary.json's explanations, when some neuron lists more than one."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+        neurons = summary["neurons"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    if not any(len(v.get("explanations") or []) > 1 for v in neurons.values()):
+        return []
+    return [
+        Explanation(int(key), e["concept"], run_dir.name, int(e["rank"]))
+        for key, value in sorted(neurons.items(), key=lambda kv: int(kv[0]))
+        for e in value.get("explanations") or []
+    ]
 
 
 def run_generation(run_dir: Path) -> dict | None:

@@ -105,7 +105,7 @@ def read_explanations(request: EvaluateRequest) -> ReadResult:
         raise NacosaeError("give the explanations: a CSV or a run directory")
     source = Path(request.explanations).expanduser()
     if source.is_dir():
-        return read_run(source, request.top_k or 1)
+        return read_run(source, request.top_k)
     if request.top_k is not None:
         raise NacosaeError("--top-k reads a nacosae run directory, not a CSV file")
     return read_csv(source, request.layer)

@@ -325,6 +325,11 @@ def build_document(
                 doc.text(view.note)
                 continue
             doc.text(f"best {metric}: {_fmt(best.get('score'))} ({best.get('source', '-')})")
+            if len(view.explanations) > 1:
+                doc.text(
+                    "explanations (distinct, significant): "
+                    + "; ".join(f"{e['concept']} {_fmt(e['score'])}" for e in view.explanations)
+                )
             held_out = evaluated.get((neuron, best.get("concept")))
             if held_out:
                 doc.text(

@@ -19,6 +19,7 @@ class NeuronView:
     curve: list[float] = field(default_factory=list)
     iterations: int = 0
     note: str | None = None  # why there is no search (an SAE latent that never fires)
+    explanations: list[dict[str, Any]] = field(default_factory=list)  # --explanations K
 
 
 @dataclass
@@ -95,6 +96,7 @@ def load_run(path: Path) -> RunView:
                 max(len(found.get("best_so_far", [])), 0)
                 and record.get("config", {}).get("n_iters", 0) + 1,
                 found.get("note"),
+                found.get("explanations") or [],
             )
     except FileNotFoundError:
         pass
@@ -138,6 +140,7 @@ ROW_COLUMNS = (
     "warnings",
     "error",
     "note",
+    "explanations",
 )  # the fixed columns of `report --format csv/json`, in this order (README lists them)
 
 
@@ -167,6 +170,9 @@ def rows(runs: list[RunView]) -> list[dict[str, Any]]:
                 **{m: metrics.get(m) for m in METRIC_COLUMNS},
                 "iterations": view.iterations if view else None,
                 "note": view.note if view else None,
+                "explanations": "; ".join(e["concept"] for e in view.explanations)
+                if view and view.explanations
+                else None,
             }
             table.append({column: row.get(column) for column in ROW_COLUMNS})
     return table

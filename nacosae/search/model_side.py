@@ -204,7 +204,7 @@ def build_models(
             top_k=options.llm_top_k,
         )
     embedder = None
-    if options.control_strategy == "dissimilar-class":
+    if options.needs_embedder():
         embedder = ModelHandle(cache, ModelSpec("embedder", options.embedder), load_embedder)
     models = RunModels(vision, t2i, llm, llm_spec, embedder)
     for handle in models.handles():

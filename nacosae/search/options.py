@@ -78,6 +78,7 @@ class ExplainOptions:
     repeats: str = "re-ask"  # a proposal tried before: re-asked, or "rescore"d
     history_update: str = "replace"  # or "original": delete the victim, append the new one
     llm_top_k: int | None = None  # sampling: the k most likely tokens only (None: no limit)
+    explanations: int = 1  # distinct significant concepts listed per unit (search/explanations.py)
     ray: str | None = None  # a Ray cluster: local, auto or an address (None: this process)
     ray_workers: int | None = None  # worker actors (None: serve's, or one per GPU / CPU slot)
     preset: list[str] = field(default_factory=list)  # names only: the settings are above
@@ -132,6 +133,8 @@ class ExplainOptions:
         _one_of("--answer-parsing", self.answer_parsing, ANSWER_PARSING)
         _one_of("--repeats", self.repeats, REPEATS)
         _one_of("--history-update", self.history_update, HISTORY_UPDATES)
+        if self.explanations < 1:
+            raise NacosaeError("--explanations must be at least 1")
         if self.llm_top_k is not None and self.llm_top_k < 1:
             raise NacosaeError("--llm-top-k must be at least 1")
         check_image_size(self.image_size)
@@ -140,6 +143,11 @@ class ExplainOptions:
                 f"--guidance-scale {self.guidance_scale!r}: give a number or 'pipeline' (the "
                 "pipeline's own default)"
             )
+
+    def needs_embedder(self) -> bool:
+        """The sentence embedder is loaded for the dissimilar-class draw and to tell several
+        explanations apart."""
+        return self.control_strategy == "dissimilar-class" or self.explanations > 1
 
     def answer_format(self) -> str:
         """tags or json: `auto` is json, except for the smoke preset's tiny LLM (tags only)."""

@@ -327,6 +327,7 @@ def _search(
     attempt: Attempt,
     checkpoint: Callable[[], None],
 ) -> tuple[dict[str, Any], list[str]]:
+    from nacosae.search.explanations import distinct_explanations
     from nacosae.search.loop import Search
 
     neurons = [n for n in inputs.neurons if n not in inputs.dead]  # a dead latent: no search
@@ -349,6 +350,12 @@ def _search(
             neurons, parts, settings, writer, attempt.timer, recorded, show, attempt.counters
         )
         results = search.run() if neurons else {}
+    by_neuron = _events_by_neuron(writer.directory, neurons)
+    embed = (lambda texts: executor.call("embed", texts)) if options.explanations > 1 else None
+    for neuron in neurons:
+        results[neuron]["explanations"] = distinct_explanations(
+            by_neuron[neuron], options.explanations, embed
+        )
     for neuron in inputs.dead:
         results[neuron] = never_fires(neuron, options.metric, inputs.store.n_images)
     summary = {
@@ -360,6 +367,14 @@ def _search(
     warnings = run_warnings(read_events(writer.directory), summary)
     writer.update(warnings=warnings)
     return summary, warnings
+
+
+def _events_by_neuron(directory: Path, neurons: list[int]) -> dict[int, list[dict[str, Any]]]:
+    found: dict[int, list[dict[str, Any]]] = {n: [] for n in neurons}
+    for event in read_events(directory):
+        if event.get("neuron") in found:
+            found[event["neuron"]].append(event)
+    return found
 
 
 def never_fires(neuron: int, metric: str, images: int) -> dict[str, Any]:
