@@ -212,3 +212,25 @@ def test_dead_latents_are_recorded_selected_around_and_not_searched(
     assert note.startswith("never fires")
     plain = invoke("explain", "--preset", "smoke", "--neurons", "alive:3", "--dry-run")
     assert "give --sae" in plain.output
+
+
+def test_a_vit_prisma_style_folder_reads_like_saelens(tmp_path):
+    from nacosae.models.sae import SparseAutoencoder, folder_hook, hook_layer
+
+    weights = sae_weights(d_in=16, d_sae=32)
+    folder = tmp_path / "prisma"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "d_in": 16, "expansion_factor": 2, "hook_point": "blocks.3.hook_resid_post",
+        "activation_fn_str": "topk", "activation_fn_kwargs": {"k": 4},
+    }))  # fmt: skip
+    save_file(weights, str(folder / "weights.safetensors"))
+    sae = SparseAutoencoder.load(folder)
+    assert (sae.d_in, sae.d_sae, sae.activation, sae.k) == (16, 32, "topk", 4)
+    assert sae.trained_on_tokens and folder_hook(folder) == "blocks.3.hook_resid_post"
+    assert hook_layer(sae.hook_name, "timm:vit_small_patch16_224") == "blocks.3"
+    assert hook_layer(sae.hook_name, "hf:facebook/dinov2-small") == "encoder.layer.3"
+    assert hook_layer(sae.hook_name, "hf:openai/clip-vit-base-patch32") == (
+        "vision_model.encoder.layers.3"
+    )
+    assert hook_layer(sae.hook_name, "resnet50") is None

@@ -208,7 +208,7 @@ def _load_folder(folder: Path) -> SparseAutoencoder:
             f"--sae {folder} normalises its input with {normalise!r}; nacosae reads "
             f"{', '.join(NORMALISATIONS)}"
         )
-    digest = hashlib.sha256((folder / CONFIG).read_bytes())
+    digest = hashlib.sha256(_config_path(folder).read_bytes())
     from nacosae.store.atomic import sha256_file
 
     digest.update(sha256_file(weights).encode())
@@ -238,8 +238,15 @@ def _activation(config: dict[str, Any], folder: Path) -> str:
     return found
 
 
+def _config_path(folder: Path) -> Path:
+    """cfg.json (SAELens), else config.json (some ViT-Prisma uploads)."""
+    return next(
+        (p for p in (folder / CONFIG, folder / "config.json") if p.is_file()), folder / CONFIG
+    )
+
+
 def _read_config(folder: Path) -> dict[str, Any]:
-    path = folder / CONFIG
+    path = _config_path(folder)
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
