@@ -88,7 +88,7 @@ def test_http_llm_run_records_everything(invoke, controls, t2i_dir, tmp_path, mo
     first_llm = events[3]
     assert first_llm["parse_retries"] == 1 and first_llm["reasoning"] == "round"
     assert "no <answer>" in first_llm["parse_errors"][0]
-    assert set(first_llm["metrics"]) == {"auc", "mad", "mean", "u1", "p"}
+    assert set(first_llm["metrics"]) == {"auc", "mad", "mean", "u1", "p", "auprc", "correlation"}
     assert first_llm["control"] == {"strategy": "full", "images": 12}
     assert 0.0 <= first_llm["score"] <= 1.0
     for event in events:
