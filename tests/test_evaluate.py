@@ -73,7 +73,6 @@ def test_compare_reproduces_the_published_comparison(invoke, tmp_path):
         ("neuron,name\n1,dog\n", "no concept column (concept, description, label)"),
         ("neuron,concept\n1,dog\n999,cat\n", "neuron 999 ('cat') is outside layer avgpool"),
         ("neuron,concept\n1,dog\n2,\n", "row 3: neuron 2 has an empty concept"),
-        ("neuron,concept\n1,dog\n1,Dog\n", "row 3 repeats row 2 (neuron 1, 'Dog')"),
         ("neuron,concept\nx1,dog\n", "row 2: neuron 'x1' is not a unit number"),
     ],
 )
@@ -278,3 +277,28 @@ def test_given_images_are_scored_against_the_controls(invoke, isolated_env, cont
     shutil.copy(next((image_tree / "class_00").iterdir()), tree / "3" / "lonely")
     few = invoke("evaluate", "--images", tree, "--model", "tiny_cnn", "--weights", "none")
     assert few.exit_code == 1 and "1 readable image(s); a score needs at least 2" in few.output
+
+
+def test_other_models_rows_and_repeats_are_left_out_and_neurons_counted(invoke, tmp_path):
+    path = tmp_path / "several.csv"
+    path.write_text(
+        "neuron,concept,model,layer\n1,dog,tiny_cnn,avgpool\n1,Dog,tiny_cnn,avgpool\n"
+        "1,cat,tiny_cnn,avgpool\n2,sky,resnet50,avgpool\n2,tree,tiny_cnn,avgpool\n"
+    )
+    result = invoke(
+        "evaluate", "--preset", "smoke", path, "--num-img", "2", "--out", tmp_path / "o"
+    )
+    assert result.exit_code == 0, result.output
+    rows = read_rows(tmp_path / "o" / "evaluation.csv")
+    assert [(r["neuron"], r["concept"], r["rank"]) for r in rows] == [
+        ("1", "dog", "1"), ("1", "cat", "2"), ("2", "tree", "1"),
+    ]  # fmt: skip
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["AUC"]["n"] == 2  # neurons, not rows
+    said = words(result.output)
+    assert "rows of other models ignored: resnet50" in said
+    assert "1 rows repeating an earlier neuron and concept scored once" in said
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("neuron,concept\n1,caf\xe9\n".encode("latin-1"))
+    refused = invoke("evaluate", "--preset", "smoke", latin)
+    assert refused.exit_code == 1 and "is not UTF-8 text" in refused.output

@@ -111,3 +111,20 @@ def test_figures_drawn_in_processes_equal_those_drawn_in_process(runs_dir):
     jobs = [([e for e in events if e["neuron"] == n], run.neurons[n].curve, "auc") for n in (0, 5)]
     jobs = jobs * 3  # six figures: enough to use the pool
     assert render_panels(jobs, workers=2) == render_panels(jobs, workers=1)
+
+
+def test_evaluations_beside_the_runs_are_not_taken_for_runs(invoke, runs_dir, tmp_path):
+    import shutil
+
+    from nacosae.report.browse import index_runs
+
+    runs = tmp_path / "runs"
+    shutil.copytree(runs_dir, runs, symlinks=True)
+    evaluation = runs / "evaluations" / "ours-resnet18-avgpool"  # evaluate's default --out
+    evaluation.mkdir(parents=True)
+    (evaluation / "evaluation.csv").write_text("neuron,concept,AUC\n0,dog,0.9\n")
+    (evaluation / "summary.json").write_text("{}")
+    rows = json.loads(invoke("report", runs, "--format", "json").stdout)
+    assert "evaluations" not in {r["run_id"] for r in rows}
+    assert "evaluations" not in {entry.run_id for entry in index_runs(runs)}
+    assert "zz-corrupt" in {r["run_id"] for r in rows}  # a damaged run is still listed

@@ -13,6 +13,7 @@ import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from nacosae.errors import NacosaeError
 
@@ -45,20 +46,26 @@ def _column(fields: list[str], names: tuple[str, ...], what: str, path: Path) ->
     )
 
 
-def read_csv(path: Path, layer: str | None = None) -> ReadResult:
-    """Explanations of `path`; one-line errors name the row (counting the header as row 1)."""
+def read_csv(path: Path, layer: str | None = None, model: str | None = None) -> ReadResult:
+    """Explanations of `path`; one-line errors name the row (counting the header as row 1).
+    Rows of another `layer` or `model` (when the file has those columns) are left out with a
+    note; a row that repeats an earlier (neuron, concept), as two runs of one unit give, is
+    dropped with a note."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise NacosaeError(f"explanations file {path} does not exist")
-    with path.open(newline="", encoding="utf-8-sig") as handle:
+    with _text(path) as handle:
         reader = csv.DictReader(handle)
         fields = list(reader.fieldnames or [])
         neuron_col = _column(fields, NEURON_COLUMNS, "neuron", path)
         concept_col = _column(fields, CONCEPT_COLUMNS, "concept", path)
         layer_col = next((f for f in fields if f.strip().lower() == "layer"), None)
+        model_col = next((f for f in fields if f.strip().lower() == "model"), None)
         explanations: list[Explanation] = []
         seen: dict[tuple[int, str], int] = {}
         other_layers: set[str] = set()
+        other_models: set[str] = set()
+        repeats = 0
         skipped_empty = 0
         ranks: dict[int, int] = {}
         for row_number, row in enumerate(reader, start=2):
@@ -66,6 +73,9 @@ def read_csv(path: Path, layer: str | None = None) -> ReadResult:
             concept = " ".join((row.get(concept_col) or "").split())
             if layer and layer_col and (row.get(layer_col) or "").strip() not in ("", layer):
                 other_layers.add(row[layer_col].strip())
+                continue
+            if model and model_col and (row.get(model_col) or "").strip() not in ("", model):
+                other_models.add(row[model_col].strip())
                 continue
             if not neuron_text and not concept:
                 skipped_empty += 1  # e.g. report's row for a run with no neuron yet
@@ -82,16 +92,21 @@ def read_csv(path: Path, layer: str | None = None) -> ReadResult:
                 raise NacosaeError(f"{path} row {row_number}: neuron {neuron} has an empty concept")
             key = (neuron, concept.lower())
             if key in seen:
-                raise NacosaeError(
-                    f"{path} row {row_number} repeats row {seen[key]} (neuron {neuron}, "
-                    f"{concept!r}): remove one"
-                )
+                repeats += 1
+                continue
             seen[key] = row_number
             ranks[neuron] = ranks.get(neuron, 0) + 1
             explanations.append(Explanation(neuron, concept, path.name, ranks[neuron]))
     notes = []
     if other_layers:
         notes.append(f"rows of other layers ignored: {', '.join(sorted(other_layers))}")
+    if other_models:
+        notes.append(
+            f"rows of other models ignored: {', '.join(sorted(other_models))} (this evaluation "
+            f"reads {model}'s units; evaluate those with their own --model)"
+        )
+    if repeats:
+        notes.append(f"{repeats} rows repeating an earlier neuron and concept scored once")
     if skipped_empty:
         notes.append(f"{skipped_empty} rows without neuron and concept ignored")
     if not explanations:
@@ -148,6 +163,19 @@ def _listed_explanations(run_dir: Path) -> list[Explanation]:
         for key, value in sorted(neurons.items(), key=lambda kv: int(kv[0]))
         for e in value.get("explanations") or []
     ]
+
+
+def _text(path: Path) -> Any:
+    """The file as text: UTF-8 (a byte-order mark allowed), or one line saying it is not."""
+    import io
+
+    raw = path.read_bytes()
+    try:
+        return io.StringIO(raw.decode("utf-8-sig"), newline="")
+    except UnicodeDecodeError as exc:
+        raise NacosaeError(
+            f"{path} is not UTF-8 text (byte {exc.start}): save it as UTF-8 and rerun"
+        ) from None
 
 
 def run_generation(run_dir: Path) -> dict | None:

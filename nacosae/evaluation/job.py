@@ -108,7 +108,7 @@ def read_explanations(request: EvaluateRequest) -> ReadResult:
         return read_run(source, request.top_k)
     if request.top_k is not None:
         raise NacosaeError("--top-k reads a nacosae run directory, not a CSV file")
-    return read_csv(source, request.layer)
+    return read_csv(source, request.layer, request.model)
 
 
 def held_out(request: EvaluateRequest) -> tuple[bool, str]:
@@ -459,7 +459,14 @@ def score_rows(
 def metric_summaries(rows: list[dict[str, Any]]) -> dict[str, Any]:
     from nacosae.evaluation.metrics import summarise
 
-    return {metric: summarise([r[metric] for r in rows]) for metric in SUMMARISED}
+    first_per_neuron: dict[int, dict[str, Any]] = {}
+    for row in sorted(rows, key=lambda r: r["rank"]):
+        first_per_neuron.setdefault(row["neuron"], row)
+    chosen = list(first_per_neuron.values())
+    return {
+        **{metric: summarise([r[metric] for r in chosen]) for metric in SUMMARISED},
+        "summarised": "one row per neuron (its first-ranked explanation), n = neurons",
+    }
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:

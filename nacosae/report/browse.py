@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from nacosae.report.runs import RunView, load_run
-from nacosae.store.runs import RUN_FILE, effective_status
+from nacosae.store.runs import RUN_FILE, effective_status, is_run_directory
 
 RUNS_ENV = "NACOSAE_DASHBOARD_RUNS"
 
@@ -40,7 +40,7 @@ def index_runs(runs_dir: Path) -> list[RunEntry]:
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         return []
-    folders = (p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders = (p for p in runs_dir.iterdir() if is_run_directory(p))
     for path in sorted(folders, reverse=True):
         try:
             record = json.loads((path / RUN_FILE).read_text())
@@ -80,7 +80,7 @@ def index_stamp(runs_dir: Path) -> tuple:
     if not runs_dir.is_dir():
         return ()
     stamp = []
-    for path in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
+    for path in sorted(p for p in runs_dir.iterdir() if is_run_directory(p)):
         times = []
         for name in (RUN_FILE, "heartbeat"):
             try:

@@ -8,7 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nacosae.store.runs import EVENTS_FILE, RUN_FILE, SUMMARY_FILE, effective_status, read_events
+from nacosae.store.runs import (
+    EVENTS_FILE,
+    RUN_FILE,
+    SUMMARY_FILE,
+    effective_status,
+    is_run_directory,
+    read_events,
+)
 
 
 @dataclass
@@ -114,11 +121,7 @@ def list_runs(runs_dir: Path, only: list[str] | None = None) -> list[RunView]:
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         return []
-    paths = sorted(
-        p
-        for p in runs_dir.iterdir()
-        if not p.name.startswith(".") and ((p / RUN_FILE).exists() or p.is_dir())
-    )  # a dot folder is work in progress (an import's staging folder)
+    paths = sorted(p for p in runs_dir.iterdir() if is_run_directory(p))
     if only:
         paths = [runs_dir / run_id for run_id in only]
     return [load_run(p) for p in paths if p.is_dir()]

@@ -231,6 +231,18 @@ class RunWriter:
         return folder
 
 
+def is_run_directory(path: Path) -> bool:
+    """A run directory has its record or its events (a damaged run still has one of them); a
+    folder with neither, such as `evaluations/` beside the runs or an import's dot-named staging
+    folder, is not a run."""
+    path = Path(path)
+    return (
+        path.is_dir()
+        and not path.name.startswith(".")
+        and ((path / RUN_FILE).exists() or (path / EVENTS_FILE).exists())
+    )
+
+
 def read_events(directory: Path) -> list[dict[str, Any]]:
     """Every complete event line (a line cut short by a kill is ignored)."""
     path = Path(directory) / EVENTS_FILE
