@@ -128,3 +128,42 @@ def test_evaluations_beside_the_runs_are_not_taken_for_runs(invoke, runs_dir, tm
     assert "evaluations" not in {r["run_id"] for r in rows}
     assert "evaluations" not in {entry.run_id for entry in index_runs(runs)}
     assert "zz-corrupt" in {r["run_id"] for r in rows}  # a damaged run is still listed
+
+
+def test_wrong_typed_records_and_events_do_not_break_the_others(invoke, runs_dir, tmp_path,
+                                                                 monkeypatch):  # fmt: skip
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(runs_dir, runs, symlinks=True)
+    done = next(runs.glob("*n0-5"))
+    events = (done / "events.jsonl").read_text().splitlines()
+    first = json.loads(events[0])
+    first["score"] = "0.9"  # a string where a number belongs
+    (done / "events.jsonl").write_text("\n".join([json.dumps(first), *events[1:], "[1, 2]"]) + "\n")
+    summary = json.loads((done / "summary.json").read_text())
+    summary["neurons"]["5"]["best"]["score"] = "high"
+    (done / "summary.json").write_text(json.dumps(summary))
+    odd = runs / "odd-types"
+    shutil.copytree(done, odd)
+    record = json.loads((odd / "run.json").read_text())
+    record["config"], record["error"], record["run_id"] = "not a mapping", 12, "odd-types"
+    (odd / "run.json").write_text(json.dumps(record))
+    for format in ("table", "csv", "json", "md", "html"):
+        out = tmp_path / f"report.{format}"
+        result = invoke("report", runs, "--format", format, "--out", out)
+        assert result.exit_code == 0, (format, result.output)
+    rows = json.loads((tmp_path / "report.json").read_text())
+    assert (
+        "run.json has a damaged config"
+        in next(r for r in rows if r["run_id"] == "odd-types")["error"]
+    )
+    assert any(r["concept"] for r in rows if r["run_id"] == done.name)
+
+    from tests.test_dashboard import app
+
+    for page in ("app.py", "pages/2_Reasoning.py", "pages/3_Compare.py", "pages/4_Layer.py"):
+        at = app("app.py", runs, monkeypatch, done.name)
+        if page != "app.py":
+            at.switch_page(page).run()
+        assert not at.exception, page

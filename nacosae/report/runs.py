@@ -56,12 +56,47 @@ class RunView:
         return list(self.record.get("warnings") or [])
 
     def events(self) -> list[dict[str, Any]]:
-        return read_events(self.path)
+        """The run's well-formed events (a damaged one is left out, never a crash)."""
+        return [e for e in read_events(self.path) if well_formed(e)]
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def well_formed(event: Any) -> bool:
+    """An event the readers can show: integer neuron and iteration, a numeric score (or none),
+    metrics as a mapping of numbers."""
+    if not isinstance(event, dict):
+        return False
+    if not (isinstance(event.get("neuron"), int) and isinstance(event.get("iteration"), int)):
+        return False
+    if event.get("score") is not None and not is_number(event["score"]):
+        return False
+    metrics = event.get("metrics", {})
+    return isinstance(metrics, dict) and all(v is None or is_number(v) for v in metrics.values())
+
+
+def _n_iters(record: dict[str, Any]) -> int:
+    value = record.get("config", {}).get("n_iters", 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _best_or_none(best: Any) -> dict[str, Any] | None:
+    """A summary's best entry if it is readable (a concept and a numeric score)."""
+    if (
+        isinstance(best, dict)
+        and isinstance(best.get("concept"), str)
+        and is_number(best.get("score"))
+    ):
+        metrics = best.get("metrics")
+        return {**best, "metrics": metrics if isinstance(metrics, dict) else {}}
+    return None
 
 
 def _neurons_from_events(events: list[dict[str, Any]]) -> dict[int, NeuronView]:
     views: dict[int, NeuronView] = {}
-    for event in events:
+    for event in (e for e in events if well_formed(e)):
         view = views.setdefault(event["neuron"], NeuronView(event["neuron"], None))
         view.iterations = max(view.iterations, event["iteration"])
         if event.get("score") is None:
@@ -83,31 +118,48 @@ def load_run(path: Path) -> RunView:
             raise ValueError("run.json is not an object")
     except (OSError, ValueError) as exc:
         return RunView(path.name, path, {}, "corrupt", f"unreadable run.json: {exc}")
+    damaged = [
+        k
+        for k, kind in (("config", dict), ("neurons", list))
+        if not isinstance(record.get(k, kind()), kind)
+    ]
+    for key in damaged:  # shown as the run's error; the rest of the record still reads
+        record = {**record, key: {} if key == "config" else []}
     view = RunView(
-        record.get("run_id", path.name),
+        str(record.get("run_id") or path.name),
         path,
         record,
         effective_status(path, record),
         record.get("error"),
     )
+    if view.error is not None and not isinstance(view.error, str):
+        view.error = str(view.error)
+    if damaged:
+        found = f"run.json has a damaged {' and '.join(damaged)}"
+        view.error = f"{found}; {view.error}" if view.error else found
     if view.status == "stale" and not view.error:
         view.error = "its process was killed (stale): resume it with nacosae explain --resume"
     try:
         summary = json.loads((path / SUMMARY_FILE).read_text())
         for key, found in summary.get("neurons", {}).items():
+            if not isinstance(found, dict):
+                raise ValueError(f"neuron {key} is not an object")
+            history = found.get("history", [])
+            curve = found.get("best_so_far", [])
             view.neurons[int(key)] = NeuronView(
                 int(key),
-                found.get("best"),
-                found.get("history", []),
-                found.get("best_so_far", []),
-                max(len(found.get("best_so_far", [])), 0)
-                and record.get("config", {}).get("n_iters", 0) + 1,
+                _best_or_none(found.get("best")),
+                [h for h in history if isinstance(h, dict) and is_number(h.get("score"))]
+                if isinstance(history, list)
+                else [],
+                [v for v in curve if is_number(v)] if isinstance(curve, list) else [],
+                bool(curve) and _n_iters(record) + 1,
                 found.get("note"),
                 found.get("explanations") or [],
             )
     except FileNotFoundError:
         pass
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, AttributeError, TypeError) as exc:
         view.error = view.error or f"unreadable summary.json: {exc}"
     wanted = record.get("neurons")
     if (path / EVENTS_FILE).is_file() and (not view.neurons or wanted != list(view.neurons)):
