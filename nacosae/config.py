@@ -6,6 +6,7 @@ wins, as with python-dotenv's default). The HF token is held but never shown: it
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -41,9 +42,23 @@ class Settings:
 def _merged_environment(dotenv_path: Path) -> dict[str, str]:
     values: dict[str, str] = {}
     if dotenv_path.is_file():
-        values.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
+        found = dotenv_values(stream=io.StringIO(_dotenv_text(dotenv_path)))
+        values.update({k: v for k, v in found.items() if v is not None})
     values.update({k: v for k, v in os.environ.items() if k in ENV_KEYS})
     return values
+
+
+def _dotenv_text(path: Path) -> str:
+    """`.env` as text: UTF-8, else Latin-1 (said once), so that an editor's encoding never
+    stops every command."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        from nacosae import progress
+
+        progress.warn(f"{path} is not UTF-8; read as Latin-1 (save it as UTF-8 to silence this)")
+        return raw.decode("latin-1")
 
 
 def load_settings(dotenv_path: Path | None = None) -> Settings:

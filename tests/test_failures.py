@@ -282,3 +282,46 @@ def test_report_table_to_a_file_fixed_columns_errors_and_smoke(invoke, runs_dir,
     assert any(r["error"] == "the language model broke down" for r in rows)
     kept = invoke("report", runs_dir, "--format", "csv", "--exclude-smoke").output
     assert ",smoke," not in kept and kept.splitlines()[0] == ",".join(ROW_COLUMNS)
+
+
+def test_files_that_are_not_utf8_or_not_json_are_one_line(
+    invoke, tmp_path, image_tree, monkeypatch
+):
+    """A Latin-1 .env is read (with a warning); a Latin-1 template, evaluation CSV or vocabulary
+    and a damaged classes.json are each one line, never a traceback."""
+    import shutil
+
+    from nacosae.config import settings
+
+    (tmp_path / ".env").write_bytes("SAVE_DIR=r\xe9sultats\n".encode("latin-1"))
+    monkeypatch.delenv("SAVE_DIR")
+    settings.cache_clear()
+    listed = invoke("controls", "--list")
+    assert listed.exit_code == 0 and "is not UTF-8; read as Latin-1" in listed.output
+    assert settings().save_dir.name == "résultats"
+    (tmp_path / ".env").unlink()
+    settings.cache_clear()
+
+    latin = "caf\xe9".encode("latin-1")
+    template = tmp_path / "prompt.txt"
+    template.write_bytes(b"{concepts} {forbidden} " + latin)
+    result = invoke(*SMOKE, "--prompt", template)
+    assert result.exit_code == 1 and "prompt template" in result.output
+    assert "is not UTF-8 text" in result.output
+    scores = tmp_path / "evaluation.csv"
+    scores.write_bytes(b"neuron,concept,AUC,MAD\n1," + latin + b",0.9,1.0\n")
+    compared = invoke("evaluate", "--compare", scores, scores)
+    assert compared.exit_code == 1 and "is not UTF-8 text" in compared.output
+    vocabulary = tmp_path / "words.txt"
+    vocabulary.write_bytes(latin + b"\n")
+    explanations = tmp_path / "ours.csv"
+    explanations.write_text("neuron,concept\n1,dog\n")
+    novelty = invoke("evaluate", "--novelty", explanations, "--vocabulary", vocabulary)
+    assert novelty.exit_code == 1 and "vocabulary file" in novelty.output
+
+    tree = tmp_path / "tree"
+    shutil.copytree(image_tree, tree)
+    (tree / "classes.json").write_text("{not json")
+    built = invoke("controls", "--model", "tiny_cnn", "--images", tree, "--workers", "0")
+    assert built.exit_code == 0 and "classes.json is unreadable" in built.output
+    assert "Traceback" not in built.output + novelty.output + compared.output + result.output

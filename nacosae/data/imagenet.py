@@ -17,7 +17,6 @@ concept names instead.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterable
@@ -304,7 +303,14 @@ def _count_images(folder: Path) -> int:
 
 def read_classes_json(out: Path) -> dict[str, Any] | None:
     path = Path(out) / CLASSES_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    from nacosae.textfiles import read_json
+
+    found = read_json(path, "the class list")
+    if not isinstance(found, dict):
+        raise NacosaeError(f"the class list {path} is not a JSON object: remove it and rerun")
+    return found
 
 
 def download_imagenet(

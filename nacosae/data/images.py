@@ -73,11 +73,16 @@ def _class_metadata(root: Path) -> dict[str, dict[str, Any]]:
     if not path.is_file():
         return {}
     try:
-        entries = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # not JSON, or not UTF-8
+        from nacosae import progress
+
+        progress.warn(f"{path} is unreadable ({exc}); the class folders' names are used instead")
         return {}
     if isinstance(entries, dict):
         entries = entries.get("classes", [])
+    if not isinstance(entries, list):
+        return {}
     return {e["folder"]: e for e in entries if isinstance(e, dict) and "folder" in e}
 
 

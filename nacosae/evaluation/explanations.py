@@ -166,16 +166,12 @@ def _listed_explanations(run_dir: Path) -> list[Explanation]:
 
 
 def _text(path: Path) -> Any:
-    """The file as text: UTF-8 (a byte-order mark allowed), or one line saying it is not."""
+    """The file as a text stream for csv (one line when it is not UTF-8)."""
     import io
 
-    raw = path.read_bytes()
-    try:
-        return io.StringIO(raw.decode("utf-8-sig"), newline="")
-    except UnicodeDecodeError as exc:
-        raise NacosaeError(
-            f"{path} is not UTF-8 text (byte {exc.start}): save it as UTF-8 and rerun"
-        ) from None
+    from nacosae.textfiles import read_utf8
+
+    return io.StringIO(read_utf8(path, "explanations file"), newline="")
 
 
 def run_generation(run_dir: Path) -> dict | None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from nacosae.errors import NacosaeError
+from nacosae.textfiles import read_utf8
 
 DEFAULT_THRESHOLD = 0.75
 
@@ -42,7 +43,7 @@ def read_vocabulary(path: Path | None) -> tuple[list[str], str]:
         raise NacosaeError(f"vocabulary file {path} does not exist (one concept a line)")
     entries = [
         line.strip()
-        for line in path.read_text(encoding="utf-8").splitlines()
+        for line in read_utf8(path, "vocabulary file").splitlines()
         if line.strip() and not line.lstrip().startswith("#")
     ]
     if not entries:

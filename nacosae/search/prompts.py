@@ -32,6 +32,7 @@ from typing import Literal
 from nacosae.errors import ConceptParseError, NacosaeError
 from nacosae.models import structured
 from nacosae.search.history import Scored, normalise
+from nacosae.textfiles import read_utf8
 
 TemplateKind = Literal["main", "summary"]
 CONCEPT_FIELDS = frozenset({"concepts", "concept_list"})
@@ -184,7 +185,7 @@ def load_template(choice: str | Path, kind: TemplateKind) -> Template:
         raise NacosaeError(
             f"prompt template {path} does not exist: give a file or one of {builtin}"
         )
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path, "prompt template")
     try:
         fields = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
     except ValueError as exc:
