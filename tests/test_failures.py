@@ -325,3 +325,14 @@ def test_files_that_are_not_utf8_or_not_json_are_one_line(
     built = invoke("controls", "--model", "tiny_cnn", "--images", tree, "--workers", "0")
     assert built.exit_code == 0 and "classes.json is unreadable" in built.output
     assert "Traceback" not in built.output + novelty.output + compared.output + result.output
+
+
+def test_a_store_of_other_weights_is_named_before_anything_is_created(invoke, image_tree, tmp_path):
+    built = invoke("controls", "--model", "resnet18", "--weights", "none", "--images", image_tree,
+                   "--workers", "0")  # fmt: skip
+    assert built.exit_code == 0, built.output
+    result = invoke("explain", "--model", "resnet18", "--neuron-id", "3", "--out", tmp_path / "r")
+    assert result.exit_code == 1
+    assert "built with weights random-init:seed=0" in result.output
+    assert "pass --weights none" in result.output
+    assert not (tmp_path / "r").exists()  # no run folder, no hub retries

@@ -247,24 +247,47 @@ def load_vision_model(name: str, weights: str = "default") -> tuple[nn.Module, s
     return model.eval(), weights_id
 
 
-def declared_weights_id(name: str, weights: str = "default") -> str:
-    """The weights id `load_vision_model(name, weights)` would report, without the weights
-    where their name says it (random init, Places365, a torchvision weights name): an imported
-    store must carry the id explain will find. Other weights are loaded to learn it."""
+def named_weights_id(name: str, weights: str = "default") -> str | None:
+    """The weights id `load_vision_model(name, weights)` would report, where the weights' name
+    says it (random init, Places365, a torchvision weights name); None where only loading the
+    weights tells (timm, hf:, a state-dict file)."""
     from nacosae.models import sources
 
-    if not sources.is_external(name):
+    if sources.is_external(name):
+        return None
+    try:
         info = model_info(name)
-        choice = info.default_weights if weights == "default" else weights
-        if choice in ("none", "random"):
-            from nacosae.models.weights import RANDOM_INIT_ID
+    except UnknownModel:  # a module handed to the Python API: its own id, known once loaded
+        return None
+    choice = info.default_weights if weights == "default" else weights
+    if choice in ("none", "random"):
+        from nacosae.models.weights import RANDOM_INIT_ID
 
-            return RANDOM_INIT_ID
-        if choice == "places365":
-            return f"places365:{PLACES365_FILE}"
-        if (tv := _torchvision_weights(_arch(info), choice)) is not None:
-            return f"torchvision:{tv}"
-    return load_vision_model(name, weights)[1]
+        return RANDOM_INIT_ID
+    if choice == "places365":
+        return f"places365:{PLACES365_FILE}"
+    if (tv := _torchvision_weights(_arch(info), choice)) is not None:
+        return f"torchvision:{tv}"
+    return None
+
+
+def declared_weights_id(name: str, weights: str = "default") -> str:
+    """The weights id of `name` with `weights` (an imported store must carry the id explain
+    will find): from the name where it says it, else by loading them."""
+    return named_weights_id(name, weights) or load_vision_model(name, weights)[1]
+
+
+def weights_option(weights_id: str) -> str:
+    """The `--weights` value that gives a weights id (for a store's error message)."""
+    from nacosae.models.weights import RANDOM_INIT_ID
+
+    if weights_id == RANDOM_INIT_ID:
+        return "none"
+    if weights_id.startswith("places365:"):
+        return "places365"
+    if weights_id.startswith("torchvision:"):
+        return weights_id.rsplit(".", 1)[-1]
+    return f"the file or weights it names ({weights_id})"
 
 
 # the Places365 project's own demo: squash to 256 x 256, then center crop 224

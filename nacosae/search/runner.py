@@ -66,6 +66,21 @@ class CheckedInputs:
     dead: list[int] = field(default_factory=list)  # SAE latents that never fire on the controls
 
 
+def check_store_weights(options: ExplainOptions, store: ControlStore) -> None:
+    """A store built with other weights is one line before anything is created or loaded,
+    naming the `--weights` to pass (where the weights' name gives their id without loading)."""
+    from nacosae.models.vision import named_weights_id, weights_option
+
+    asked = named_weights_id(options.model, options.weights)
+    stored = store.index["weights"]
+    if asked is not None and asked != stored:
+        raise NacosaeError(
+            f"the control store of {options.model} {options.layer} was built with weights "
+            f"{stored}, not {asked}: pass --weights {weights_option(stored)} (or rebuild the "
+            "store with `nacosae controls --overwrite`)"
+        )
+
+
 def check_output_folders(options: ExplainOptions) -> None:
     """The runs folder and NACOSAE_HOME (control stores, concept cache) can be written."""
     from nacosae.config import writable_folder
@@ -87,7 +102,6 @@ def check_inputs(options: ExplainOptions, pins: dict[str, Any] | None = None) ->
         load_template(options.prompt, "main"),
         load_template(options.summary_prompt, "summary"),
     )
-    check_output_folders(options)
     # with Ray the workers resolve the device: the driver may have no GPU
     device = options.device if options.ray else resolve_device(options.device)
     readout = make_readout(options.token_pooling, options.sae, options.latent_pooling)  # type: ignore[arg-type]
@@ -95,6 +109,8 @@ def check_inputs(options: ExplainOptions, pins: dict[str, Any] | None = None) ->
     where = f"layer {options.layer} of {options.model}"
     if readout.sae is not None:
         where = f"the SAE {readout.sae.path.name} on {where}"
+    check_store_weights(options, store)
+    check_output_folders(options)  # after the store's checks: a refused run creates nothing
     rates = store.firing_rates()
     firing = rates.tolist() if rates is not None else None
     neurons = selection.resolve(options.neurons, store.n_units, options.seed, where, firing)
