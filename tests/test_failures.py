@@ -336,3 +336,63 @@ def test_a_store_of_other_weights_is_named_before_anything_is_created(invoke, im
     assert "built with weights random-init:seed=0" in result.output
     assert "pass --weights none" in result.output
     assert not (tmp_path / "r").exists()  # no run folder, no hub retries
+
+
+def test_an_image_cut_short_before_its_phase_was_recorded_is_written_again(
+    invoke, tmp_path, monkeypatch
+):
+    """A kill (or a full disk) after a phase linked its images but before its events were
+    written: the resumed run writes those images again instead of keeping a cut file."""
+    import json as json_module
+
+    from nacosae.models import language
+    from tests.test_explain import events_of, only_run
+
+    real = language.LocalLLM.chat_many
+    calls = []
+
+    def interrupted(self, requests):
+        calls.append(1)
+        if len(calls) == 3:  # the summary's call: iterations 1 and 2 are recorded
+            raise KeyboardInterrupt
+        return real(self, requests)
+
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(language.LocalLLM, "chat_many", interrupted)
+        assert invoke(*SMOKE, "--out", tmp_path / "runs").exit_code == 130
+    run = only_run(tmp_path / "runs")
+    events = events_of(run)
+    last = [e for e in events if e["iteration"] == 2]
+    cut = run / last[0]["images"][0]
+    cut.unlink()  # a copy (not a link) that the full disk cut to nothing
+    cut.write_bytes(b"")
+    kept = [e for e in events if e["iteration"] < 2]  # ... before iteration 2 was recorded
+    (run / "events.jsonl").write_text("".join(json_module.dumps(e) + "\n" for e in kept))
+    assert invoke("explain", "--resume", run).exit_code == 0
+    for event in events_of(run):
+        for image in event["images"]:
+            assert (run / image).stat().st_size > 0, image
+    assert not list(run.rglob(".*.part"))
+
+
+def test_an_events_file_deleted_mid_run_is_a_warning(invoke, tmp_path, monkeypatch):
+    import json as json_module
+
+    from nacosae.models import language
+    from tests.test_explain import only_run
+
+    real = language.LocalLLM.chat_many
+    calls = []
+
+    def deleting(self, requests):
+        calls.append(1)
+        if len(calls) == 2:
+            next((tmp_path / "runs").glob("*/events.jsonl")).unlink()
+        return real(self, requests)
+
+    monkeypatch.setattr(language.LocalLLM, "chat_many", deleting)
+    result = invoke(*SMOKE, "--out", tmp_path / "runs")
+    assert result.exit_code == 0, result.output
+    record = json_module.loads((only_run(tmp_path / "runs") / "run.json").read_text())
+    assert any("events.jsonl holds" in w for w in record["warnings"])
+    assert "events.jsonl holds" in result.output

@@ -467,15 +467,24 @@ class Search:
         files = []
         for k in range(self.settings.num_img):
             target = folder / f"{k}.png"
-            if not target.exists():
-                source = self.parts.concept_cache.image_path(render, k)
-                _link_or_copy(source, target)
+            _link_or_copy(self.parts.concept_cache.image_path(render, k), target)
             files.append(target.relative_to(self.writer.directory).as_posix())
         return files
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
+    """`target` as a hard link of `source` (a copy where links fail), made under a staging
+    name and renamed, so no half-written image is ever at `target`; an existing `target` is
+    kept only if it is that file or as long as it (a kill or a full disk may have cut it)."""
     try:
-        os.link(source, target)
+        if os.path.samefile(source, target) or target.stat().st_size == source.stat().st_size:
+            return
     except OSError:
-        shutil.copyfile(source, target)
+        pass  # no target yet
+    staging = target.with_name(f".{target.name}.part")
+    staging.unlink(missing_ok=True)
+    try:
+        os.link(source, staging)
+    except OSError:
+        shutil.copyfile(source, staging)
+    staging.replace(target)

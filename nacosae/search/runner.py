@@ -380,7 +380,15 @@ def _search(
         "neurons": {str(n): results[n] for n in inputs.neurons},
     }
     writer.write_summary(summary)
-    warnings = run_warnings(read_events(writer.directory), summary)
+    events = read_events(writer.directory)
+    warnings = run_warnings(events, summary)
+    expected = (search.replay.position if neurons else 0) + writer.events_written
+    if len(events) < expected:
+        warnings.append(
+            f"events.jsonl holds {len(events)} of the run's {expected} events (it was deleted "
+            "or cut while the run went on): summary.json is complete, but report, the "
+            "dashboard and --resume see only what is left"
+        )
     writer.update(warnings=warnings)
     return summary, warnings
 

@@ -151,6 +151,7 @@ class RunWriter:
         self.directory = Path(directory)
         self.images_dir = self.directory / "images"
         self.record: dict[str, Any] = {}
+        self.events_written = 0  # appended by this process (to notice a deleted events file)
         self._lock = RunLock(self.directory)
         self._heartbeat: Heartbeat | None = None
 
@@ -215,6 +216,7 @@ class RunWriter:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        self.events_written += len(events)
 
     def keep_events(self, count: int) -> None:
         """Cut events.jsonl back to its first `count` complete events (before a resume)."""
