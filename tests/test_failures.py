@@ -396,3 +396,26 @@ def test_an_events_file_deleted_mid_run_is_a_warning(invoke, tmp_path, monkeypat
     record = json_module.loads((only_run(tmp_path / "runs") / "run.json").read_text())
     assert any("events.jsonl holds" in w for w in record["warnings"])
     assert "events.jsonl holds" in result.output
+
+
+def test_overwrite_keeps_the_old_store_until_the_new_one_is_complete(
+    invoke, controls, image_tree, isolated_env, tmp_path
+):
+    from nacosae.store.activations import ControlStore
+
+    store = isolated_env / "controls" / "tiny_cnn" / "avgpool"
+    before = (store / "index.json").read_text()
+    broken = tmp_path / "broken"
+    (broken / "a").mkdir(parents=True)
+    for k in range(3):
+        (broken / "a" / f"{k}.jpg").write_bytes(b"not an image")
+    result = invoke("controls", "--model", "tiny_cnn", "--images", broken, "--workers", "0",
+                    "--overwrite")  # fmt: skip
+    assert result.exit_code == 1 and "could be read" in result.output
+    assert (store / "index.json").read_text() == before
+    assert ControlStore(store).n_images == 12
+    rebuilt = invoke("controls", "--model", "tiny_cnn", "--images", image_tree, "--workers", "0",
+                     "--overwrite", "--shard-size", "5")  # fmt: skip
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert len(ControlStore(store).index["shards"]) == 3
+    assert sorted(p.name for p in store.parent.iterdir()) == ["avgpool"]

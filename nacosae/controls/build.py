@@ -61,6 +61,10 @@ def build_controls(request: ControlsRequest, cache: ModelCache) -> ControlsResul
     job = ControlsJob(request, listing, shard_spans(len(listing), request.shard_size))
     with _executor(job, cache) as executor:
         builder = _store_builder(request, listing, job.spans, executor.facts())
+        target = builder.directory
+        if request.overwrite and (target / "index.json").is_file():
+            # the new store is built beside the old one, which stays until it is complete
+            builder.directory = target.with_name(f"{target.name}.overwrite")
         done = builder.begin(overwrite=request.overwrite)
         if builder.complete:
             return ControlsResult(builder.directory, builder.index, True, 0)
@@ -76,6 +80,9 @@ def build_controls(request: ControlsRequest, cache: ModelCache) -> ControlsResul
             f"{listing.files[0]}): check that they are images, then rerun"
         )
     index = builder.finish([c.folder for c in listing.classes])
+    if builder.directory != target:
+        _swap_in(builder.directory, target)
+        builder.directory = target
     if index["skipped"]:
         names = ", ".join(index["skipped"][:5]) + (" ..." if len(index["skipped"]) > 5 else "")
         progress.warn(
@@ -83,6 +90,18 @@ def build_controls(request: ControlsRequest, cache: ModelCache) -> ControlsResul
             f"all are listed under 'skipped' in {builder.directory / 'index.json'}"
         )
     return ControlsResult(builder.directory, index, False, processed)
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    """Replace the store at `target` with the complete one at `new` (two renames: at every
+    moment one complete store is in place or beside it)."""
+    import shutil
+
+    old = target.with_name(f"{target.name}.replaced")
+    shutil.rmtree(old, ignore_errors=True)
+    target.rename(old)
+    new.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 @contextmanager
