@@ -188,6 +188,14 @@ def _write_folder_once(folder: Path, marker: str, write: Callable[[Path], Any]) 
 def build_smoke_parts(home: Path, cache: ModelCache, embedder_too: bool = False) -> Path:
     """The smoke preset's tiny models and control store under `home` (NACOSAE_HOME/smoke),
     built once; returns the smoke control root."""
+    from nacosae.store.atomic import exclusive
+
+    with exclusive(home / ".building.lock"):  # two commands at once on a fresh home
+        _build_smoke_parts(home, cache, embedder_too)
+    return home / "controls"
+
+
+def _build_smoke_parts(home: Path, cache: ModelCache, embedder_too: bool) -> None:
     from nacosae.controls import ControlsRequest, build_controls
 
     write_smoke_models(home / "models", embedder_too)
@@ -205,7 +213,6 @@ def build_smoke_parts(home: Path, cache: ModelCache, embedder_too: bool = False)
         ),
         cache,
     )
-    return home / "controls"
 
 
 def prepare_smoke(options: ExplainOptions, cache: ModelCache) -> ExplainOptions:

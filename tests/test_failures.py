@@ -419,3 +419,20 @@ def test_overwrite_keeps_the_old_store_until_the_new_one_is_complete(
     assert rebuilt.exit_code == 0, rebuilt.output
     assert len(ControlStore(store).index["shards"]) == 3
     assert sorted(p.name for p in store.parent.iterdir()) == ["avgpool"]
+
+
+def test_two_commands_preparing_the_smoke_models_at_once_both_succeed(tmp_path):
+    """Two processes (here: threads, whose flocks exclude each other the same way) building
+    the smoke parts on one fresh NACOSAE_HOME: one builds, the other waits and reuses."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from nacosae.models.cache import ModelCache
+    from nacosae.presets import SMOKE_LLM, SMOKE_T2I, build_smoke_parts
+
+    home = tmp_path / "fresh" / "smoke"
+    with ThreadPoolExecutor(2) as pool:
+        done = list(pool.map(lambda _: build_smoke_parts(home, ModelCache()), range(2)))
+    assert done == [home / "controls"] * 2
+    assert (home / "models" / SMOKE_T2I / "model_index.json").is_file()
+    assert (home / "models" / SMOKE_LLM / "config.json").is_file()
+    assert not list((home / "models").glob("*.tmp"))

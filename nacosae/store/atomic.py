@@ -66,3 +66,22 @@ def sha256_file(path: Path) -> str:
         while block := fh.read(1 << 22):
             digest.update(block)
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def exclusive(path: Path) -> Any:
+    """Hold an exclusive flock on `path` (created) for the block: work that several processes
+    may start at once on a shared NACOSAE_HOME (building the smoke models) runs once, the
+    others wait and then find it done. Where flock is missing (Windows) it does not wait."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
