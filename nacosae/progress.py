@@ -39,7 +39,14 @@ class _UI:
 
 
 ui = _UI()
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False)  # messages, warnings, progress
+results = Console(highlight=False)  # what a command found: tables a user may redirect
+
+
+def result(renderable: Any) -> None:
+    """Print a command's result (a table) on stdout, so `> file` captures it; messages and
+    progress stay on stderr."""
+    results.print(renderable)
 
 
 def configure(*, quiet: bool = False, verbose: bool = False) -> None:

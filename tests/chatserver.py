@@ -4,7 +4,9 @@
 `fail(n) -> status | None` makes request n (counted from 1) fail with that HTTP status, with a
 `retry-after-ms: 1` header so that the client's backoff stays short. `delay` holds each
 answer that many seconds; `max_in_flight` records the most requests served at once. `models`
-are listed at GET /v1/models (none: 404, as some servers answer).
+are listed at GET /v1/models (none: 404, as some servers answer). `page` (content type, body)
+answers every GET instead (an HTML page where the API was expected); `body_of(n)` replaces
+answer n's body with raw bytes (a truncated JSON body).
 """
 
 from __future__ import annotations
@@ -23,8 +25,12 @@ class ChatServer:
         fail: Callable[[int], int | None] = lambda n: None,
         delay: float = 0.0,
         models: tuple[str, ...] = (),
+        page: tuple[str, bytes] | None = None,
+        body_of: Callable[[int], bytes | None] = lambda n: None,
     ) -> None:
         self.reply = reply
+        self.page = page
+        self.body_of = body_of
         self.models = models
         self.fail = fail
         self.delay = delay
@@ -43,6 +49,8 @@ class ChatServer:
                 pass
 
             def do_GET(self) -> None:
+                if server.page is not None:
+                    return self._send_raw(200, *server.page)
                 if self.path != "/v1/models" or not server.models:
                     return self._send(404, {"error": "not found"})
                 listed = [{"id": m, "object": "model", "owned_by": "test"} for m in server.models]
@@ -65,15 +73,20 @@ class ChatServer:
                     server.requests.append(body)
                     server.auth.append(self.headers.get("Authorization"))
                     content = server.reply(body["messages"])
+                    raw = server.body_of(number)
+                    if raw is not None:
+                        return self._send_raw(200, "application/json", raw)
                     return self._send(200, completion(number, body["model"], content))
                 finally:
                     with server._lock:
                         server.in_flight -= 1
 
             def _send(self, status: int, data: dict) -> None:
-                raw = json.dumps(data).encode()
+                self._send_raw(status, "application/json", json.dumps(data).encode())
+
+            def _send_raw(self, status: int, kind: str, raw: bytes) -> None:
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(raw)))
                 self.send_header("retry-after-ms", "1")
                 self.end_headers()

@@ -302,3 +302,21 @@ def test_other_models_rows_and_repeats_are_left_out_and_neurons_counted(invoke, 
     latin.write_bytes("neuron,concept\n1,caf\xe9\n".encode("latin-1"))
     refused = invoke("evaluate", "--preset", "smoke", latin)
     assert refused.exit_code == 1 and "is not UTF-8 text" in refused.output
+
+
+def test_results_go_to_stdout_and_messages_to_stderr(invoke, isolated_env, controls, image_tree):
+    table = invoke("top-images", "--model", "tiny_cnn", "--neuron-id", "2", "--k", "3")
+    assert table.exit_code == 0 and "control images that drive unit 2" in table.stdout
+    assert "control images" not in table.stderr
+    rows = invoke("top-images", "--model", "tiny_cnn", "--neuron-id", "2", "--k", "3",
+                  "--format", "csv")  # fmt: skip
+    parsed = list(csv.DictReader(rows.stdout.splitlines()))
+    assert [r["rank"] for r in parsed] == ["1", "2", "3"]
+    assert all(Path(r["path"]).is_file() and str(image_tree) in r["path"] for r in parsed)
+    classes = invoke("top-images", "--model", "tiny_cnn", "--neuron-id", "2", "--classes",
+                     "--format", "json")  # fmt: skip
+    assert [c["rank"] for c in json.loads(classes.stdout)] == [1, 2, 3]
+    listed = invoke("controls", "--list")
+    assert "tiny_cnn" in listed.stdout and "tiny_cnn" not in listed.stderr
+    explained = invoke("explain", "--preset", "smoke", "--n-iters", "0")
+    assert "best concept" in explained.stdout and "run directory" in explained.stderr

@@ -177,6 +177,39 @@ def test_a_server_that_keeps_failing_is_one_line_and_finished_work_is_kept(
     assert record["config"]["max_new_tokens"] == 99
 
 
+def test_a_server_that_moved_takes_the_run_on_with_resume(invoke, controls, t2i_dir, tmp_path):
+    with ChatServer(answers("<answer>red apple</answer>"), fail=lambda n: 500) as broken:
+        assert invoke(*explain_args(t2i_dir, broken, "--neuron-id", "0")).exit_code == 1
+    run = only_run(tmp_path / "runs")
+    with ChatServer(REPLIES) as moved:
+        resumed = invoke("explain", "--resume", run, "--llm-url", moved.url, "--llm-timeout", "30")
+    assert resumed.exit_code == 0, resumed.output
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "done" and record["config"]["llm_url"] == moved.url
+    assert record["config"]["llm_timeout"] == 30
+
+
+def test_a_web_page_or_a_cut_body_where_the_api_belongs_is_one_line(invoke, controls, t2i_dir):
+    from nacosae.errors import NacosaeError
+    from nacosae.models.language import HTTPLLM
+
+    page = ("text/html", b"<html><body>llama.cpp</body></html>")
+    with ChatServer(REPLIES, page=page) as server:
+        without_v1 = SimpleNamespace(url=server.url.removesuffix("/v1"))
+        result = invoke(*explain_args(t2i_dir, without_v1, "--neuron-id", "0"))
+    assert result.exit_code == 1 and "is not an OpenAI-compatible API" in result.output
+    assert "under /v1" in result.output and "Traceback" not in result.output
+    cut = ChatServer(REPLIES, body_of=lambda n: b'{"id": "chat-1", "choi')
+    not_json = pytest.raises(NacosaeError, match="did not answer in the chat-completions format")
+    with cut as server, not_json:
+        HTTPLLM(server.url, "served", retries=0).chat([{"role": "user", "content": "x"}], 1)
+    too_slow = pytest.raises(NacosaeError, match="within 0.2 s .* --llm-timeout")
+    with ChatServer(REPLIES, delay=1.0) as server, too_slow:
+        HTTPLLM(server.url, "served", retries=0, timeout=0.2).chat(
+            [{"role": "user", "content": "x"}], 1
+        )
+
+
 def test_an_unreachable_server_fails_before_any_model_loads(invoke, controls, t2i_dir):
     from nacosae.models.cache import shared_cache
 

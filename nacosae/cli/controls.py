@@ -30,7 +30,7 @@ def list_command() -> None:
 
     rows = list_stores(settings().controls_dir)
     if not rows:
-        progress.console.print(f"no control stores in {settings().controls_dir}")
+        progress.info(f"no control stores in {settings().controls_dir}")
         return
     table = Table(title=f"control stores in {settings().controls_dir}")
     for column in ("model", "layer", "units", "images", "dtype", "size", "status"):
@@ -45,7 +45,7 @@ def list_command() -> None:
             progress.human_bytes(r["bytes"]),
             str(r["status"]),
         )
-    progress.console.print(table)
+    progress.result(table)
 
 
 def list_layers_command(model: str, weights: str) -> None:
@@ -61,7 +61,7 @@ def list_layers_command(model: str, weights: str) -> None:
     for layer in list_layers(module):
         shape = "x".join(str(d) for d in layer.shape) if layer.shape else "(not run)"
         table.add_row(layer.path, layer.kind, shape, str(layer.units or "-"))
-    progress.console.print(table)
+    progress.result(table)
 
 
 def import_command(folder: Path, model: str, layer: str, weights: str, overwrite: bool) -> None:

@@ -113,4 +113,4 @@ def models(
         table.add_column(column, justify="right" if column in ("files", "size") else "left")
     for c in cached:
         table.add_row(c.kind, c.id, str(c.files), human_bytes(c.bytes), str(c.path))
-    progress.console.print(table)
+    progress.result(table)

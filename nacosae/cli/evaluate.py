@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -254,11 +254,27 @@ def _show(result: Any, what: str) -> None:
                 metric, f"{s['mean']:.4f}", f"{s['std']:.4f}", f"{s['median']:.4f}",
                 f"{low:.4f} .. {high:.4f}", str(s["n"]),
             )  # fmt: skip
-    progress.console.print(table)
+    progress.result(table)
     if "counts" not in summary:  # given images: the notes and files are all there is to say
         for note in result.notes:
             progress.info(f"note: {note}")
         progress.info(f"written: {result.out / 'evaluation.csv'}, {result.out / 'summary.json'}")
+
+
+def _rows_out(rows: list[dict[str, Any]], format: str) -> None:
+    """Rows as CSV or JSON on stdout (no table folding: paths whole)."""
+    import csv
+    import io
+    import json
+
+    if format == "json":
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else [], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    typer.echo(buffer.getvalue(), nl=False)
 
 
 def _compare(paths: list[Path], out: Path) -> None:
@@ -276,7 +292,7 @@ def _compare(paths: list[Path], out: Path) -> None:
             r.method_a, r.method_b, r.metric, str(r.n), f"{r.mean_a:.4f}", f"{r.mean_b:.4f}",
             f"{r.mean_difference:+.4f}", r.test, f"{r.p:.4g}",
         )  # fmt: skip
-    progress.console.print(table)
+    progress.result(table)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "comparison.json", as_json(results))
     box_plot(methods, out / "comparison.png")
@@ -314,7 +330,7 @@ def _novelty(
         for r in rows:
             new = "yes" if r.novel else ""
             table.add_row(str(r.neuron), r.concept, r.nearest, f"{r.similarity:.3f}", new)
-        progress.console.print(table)
+        progress.result(table)
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(out / f"novelty-{path.stem}.csv", to_csv(rows))
@@ -341,8 +357,14 @@ def top_images(
     token_pooling: TokenPoolingOption = "cls",
     sae: SaeOption = None,
     latent_pooling: LatentPoolingOption = "auto",
+    format: Annotated[
+        Literal["table", "csv", "json"],
+        typer.Option("--format", help="A table, or CSV / JSON rows with full paths."),
+    ] = "table",
 ) -> None:
     """The control images (or classes) that activate a unit most (or least), from its store."""
+    from dataclasses import asdict
+
     from rich.table import Table
 
     from nacosae.config import settings
@@ -359,6 +381,9 @@ def top_images(
     which = "least" if lowest else "most"
     if classes:
         ranked = top_classes(store, neuron_id, k, lowest)
+        if format != "table":
+            _rows_out([asdict(c) for c in ranked], format)
+            return
         table = Table(
             title=f"control classes that drive unit {neuron_id} of {model} {layer} {which}"
         )
@@ -366,9 +391,12 @@ def top_images(
             table.add_column(column, overflow="fold")
         for c in ranked:
             table.add_row(str(c.rank), f"{c.mean:.4f}", c.concept, c.class_folder, str(c.images))
-        progress.console.print(table)
+        progress.result(table)
         return
     found = find(store, neuron_id, k, lowest)
+    if format != "table":
+        _rows_out([{**asdict(i), "path": str(i.path) if i.path else None} for i in found], format)
+        return
     table = Table(title=f"control images that drive unit {neuron_id} of {model} {layer} {which}")
     for column in ("rank", "activation", "class", "image"):
         table.add_column(column, overflow="fold")
@@ -376,4 +404,4 @@ def top_images(
     for image in found:
         path = str(image.path) if image.path else f"(row {image.row}; {missing})"
         table.add_row(str(image.rank), f"{image.activation:.4f}", image.concept, path)
-    progress.console.print(table)
+    progress.result(table)

@@ -26,7 +26,12 @@ if TYPE_CHECKING:
     from nacosae.search.runner import ExplainResult
 from nacosae.models.concept_images import MIN_IMAGES
 from nacosae.models.downloads import DEFAULT_EMBEDDER, DEFAULT_LANGUAGE_MODEL, DEFAULT_T2I_MODEL
-from nacosae.models.language import HTTP_CONCURRENCY, MAX_NEW_TOKENS, MIN_NEW_TOKENS
+from nacosae.models.language import (
+    HTTP_CONCURRENCY,
+    HTTP_TIMEOUT,
+    MAX_NEW_TOKENS,
+    MIN_NEW_TOKENS,
+)
 
 ORIGINAL_PANEL = "The original's behaviours (set by --preset line)"
 
@@ -153,6 +158,13 @@ def explain(
     llm_concurrency: Annotated[
         int, typer.Option(help="Most requests in flight to an --llm-url server.", min=1)
     ] = HTTP_CONCURRENCY,
+    llm_timeout: Annotated[
+        float,
+        typer.Option(
+            help="Seconds an --llm-url request may take before it is retried (5 retries).",
+            min=0.001,
+        ),
+    ] = HTTP_TIMEOUT,
     llm_output: Annotated[
         Literal["auto", "json", "tags"],
         typer.Option(
@@ -254,7 +266,13 @@ def explain(
     cache = shared_cache()
     if resume is not None:
         options = resumed_options(resume)
-        for name in _resume_overrides(context):
+        overrides = _resume_overrides(context)
+        if "llm_url" in overrides and not options.llm_url:
+            raise typer.BadParameter(
+                "this run used a local LLM; --llm-url moves a run's LLM server, not its LLM",
+                param_hint="--llm-url",
+            )
+        for name in overrides:
             setattr(options, name, context.params[name])
     else:
         options = _options_from_command_line(context, preset or [])
@@ -319,12 +337,14 @@ def _options_from_command_line(context: typer.Context, presets: list[str]) -> Ex
     return apply_presets(options, presets, options_given(context))
 
 
-RESUME_OVERRIDES = {"ray", "ray_workers"}  # where the models run: the results are the same
+# where the models run (a cluster, an LLM server that moved): the results are the same
+RESUME_OVERRIDES = {"ray", "ray_workers", "llm_url", "llm_timeout", "llm_concurrency"}
 
 
 def _resume_overrides(context: typer.Context) -> set[str]:
-    """The options a resumed run takes from the command line: --ray and --ray-workers (a
-    cluster's address may change); any other setting is the run's own."""
+    """The options a resumed run takes from the command line: where its models run (--ray,
+    --ray-workers, an LLM server that moved: --llm-url, --llm-timeout, --llm-concurrency);
+    any other setting is the run's own."""
     given = options_given(context, ("COMMANDLINE",))
     refused = given - RESUME_OVERRIDES - {"resume"}
     if refused:
@@ -352,13 +372,14 @@ def show(result: ExplainResult) -> None:
     """The final table: neuron -> best concept and score."""
     from rich.table import Table
 
-    caption = "\n".join(f"warning: {w}" for w in result.warnings) or None
-    table = Table(title=f"run {result.run_dir.name}", caption=caption, caption_style="yellow")
+    table = Table(title=f"run {result.run_dir.name}")
     for column in ("neuron", "best concept", result.summary["metric"], "source"):
         table.add_column(column)
     for neuron, found in result.summary["neurons"].items():
         best = found["best"] or {}
         score = f"{best['score']:.4f}" if best else "-"
         table.add_row(neuron, str(best.get("concept", "-")), score, str(best.get("source", "-")))
-    progress.console.print(table)
+    progress.result(table)
+    for warning in result.warnings:  # full lines on stderr, not wrapped to the table's width
+        progress.warn(warning)
     progress.info(f"run directory: {result.run_dir}")

@@ -142,4 +142,4 @@ def show_status(workers: list[dict]) -> None:
             f"{w['gpu_gib']:.2f}",
             f"{w['idle_s']:.0f}",
         )
-    progress.console.print(table)
+    progress.result(table)

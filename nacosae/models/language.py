@@ -355,6 +355,12 @@ class HTTPLLM:
             raise NacosaeError(
                 f"cannot reach the LLM server at {self.url}: start it or fix --llm-url"
             ) from exc
+        except (openai.APIError, AttributeError, TypeError, ValueError) as exc:
+            # the openai client fails this way on a page that is not the API (HTML, text)
+            raise NacosaeError(
+                f"{self.url}/models is not an OpenAI-compatible API (a web page?): check "
+                "--llm-url; most servers serve the API under /v1 (e.g. http://localhost:8000/v1)"
+            ) from exc
         if not self.name:  # no model named: the server's own (first listed) model
             served = [m.id for m in getattr(models, "data", None) or []]
             self.name = served[0] if served else "default"
@@ -400,8 +406,8 @@ class HTTPLLM:
             ) from exc
         except openai.APITimeoutError as exc:
             raise NacosaeError(
-                f"the LLM server at {self.url} did not answer within {self.timeout:.0f} s "
-                f"({self.retries} retries): check the server"
+                f"the LLM server at {self.url} did not answer within {self.timeout:g} s "
+                f"({self.retries} retries): check the server, or allow more with --llm-timeout"
             ) from exc
         except openai.APIConnectionError as exc:
             if not _never_connected(exc):
@@ -413,10 +419,11 @@ class HTTPLLM:
             raise NacosaeError(
                 f"cannot reach the LLM server at {self.url}: start it or fix --llm-url"
             ) from exc
-        except openai.APIError as exc:
+        except (openai.APIError, ValueError, AttributeError, TypeError) as exc:
+            # a body that is not the API's JSON (cut short, HTML): the client's parse errors
             raise NacosaeError(
                 f"the LLM server at {self.url} did not answer in the chat-completions format "
-                f"({_first_line(str(exc))})"
+                f"({type(exc).__name__}: {_first_line(str(exc))})"
             ) from exc
         try:
             content = reply.choices[0].message.content

@@ -183,6 +183,7 @@ def build_models(
             versions.served_llm or options.language_model,
             max_tokens=options.max_new_tokens,
             concurrency=options.llm_concurrency,
+            timeout=options.llm_timeout,
             json_answers=options.answer_format() == "json",
             reasoning_chars=options.reasoning_chars,
             top_k=options.llm_top_k,

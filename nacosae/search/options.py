@@ -16,7 +16,12 @@ from nacosae.distributed.cluster import check_ray_options
 from nacosae.errors import NacosaeError
 from nacosae.models.concept_images import check_num_img
 from nacosae.models.downloads import DEFAULT_EMBEDDER, DEFAULT_LANGUAGE_MODEL, DEFAULT_T2I_MODEL
-from nacosae.models.language import HTTP_CONCURRENCY, MAX_NEW_TOKENS, MIN_NEW_TOKENS
+from nacosae.models.language import (
+    HTTP_CONCURRENCY,
+    HTTP_TIMEOUT,
+    MAX_NEW_TOKENS,
+    MIN_NEW_TOKENS,
+)
 from nacosae.models.preprocessing import check_image_size
 from nacosae.models.residency import OFFLOAD_MODES
 from nacosae.models.text2image import IMAGE_PROMPTS, IMAGE_SEEDS
@@ -70,6 +75,7 @@ class ExplainOptions:
     reasoning_chars: int | None = None  # a bound on the JSON answer's reasoning (None: tokens')
     llm_output: str = "auto"  # tags, json, or auto: json where the backend can be held to it
     llm_concurrency: int = HTTP_CONCURRENCY
+    llm_timeout: float = HTTP_TIMEOUT  # seconds an --llm-url request may take, per try
     image_prompts: str = "varied"  # or "line": the original's prompt, one draw per concept
     image_seeds: str = "hashed"  # or "index": the original's starting noise, seeded 0..n-1
     initial_random: str = "others"  # random initial classes from the non-top ones, or "any"
@@ -120,6 +126,8 @@ class ExplainOptions:
             )
         if self.llm_concurrency < 1:
             raise NacosaeError("--llm-concurrency must be at least 1")
+        if self.llm_timeout <= 0:
+            raise NacosaeError("--llm-timeout must be a positive number of seconds")
         check_num_img(self.num_img)
         check_ray_options(self.ray, self.ray_workers)
         if self.n_iters < 0:

@@ -287,11 +287,12 @@ def _recorded_models(directory: Path) -> dict[str, Any]:
 
 def _reopen(directory: Path, options: ExplainOptions) -> tuple[RunWriter, list[dict[str, Any]]]:
     """The run's writer and its events so far; the config records where this attempt runs
-    (`--ray` may change on resume, nothing else)."""
+    (the cluster and the LLM server may change on resume, nothing else)."""
     directory = Path(directory).expanduser()
     writer = RunWriter.open(directory)
     resumes = writer.record.get("resumes", 0) + 1
-    config = {**writer.record["config"], "ray": options.ray, "ray_workers": options.ray_workers}
+    where = ("ray", "ray_workers", "llm_url", "llm_timeout", "llm_concurrency")
+    config = {**writer.record["config"], **{k: getattr(options, k) for k in where}}
     writer.update(status="running", error=None, resumes=resumes, config=config)
     progress.info(f"resuming run {directory.name}")
     return writer, read_events(directory)
