@@ -91,3 +91,14 @@ def test_debug_env_shows_the_traceback(invoke, tmp_path, monkeypatch):
     monkeypatch.setenv("NACOSAE_DEBUG", "1")
     with pytest.raises(ImagesNotFound):
         invoke("controls", "--model", "tiny_cnn", "--images", tmp_path / "missing")
+
+
+def test_a_bare_ray_flag_means_the_running_cluster(invoke):
+    import json
+
+    bare = invoke("explain", "--preset", "smoke", "--ray", "--dry-run")
+    assert json.loads(bare.stdout)["options"]["ray"] == "auto"
+    at_the_end = invoke("explain", "--preset", "smoke", "--dry-run", "--ray")
+    assert json.loads(at_the_end.stdout)["options"]["ray"] == "auto"
+    given = invoke("explain", "--preset", "smoke", "--ray", "local", "--dry-run")
+    assert json.loads(given.stdout)["options"]["ray"] == "local"

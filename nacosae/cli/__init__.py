@@ -19,14 +19,36 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from nacosae import __version__, progress
 from nacosae.errors import Interrupted, NacosaeError
 
 DEBUG_HINT = "set NACOSAE_DEBUG=1 for the traceback"
 
+BARE_RAY = "auto"  # what a bare `--ray` means: the running cluster (`ray start`, `serve`)
+
+
+class NacosaeGroup(TyperGroup):
+    """The command group, reading a bare `--ray` (at the end, or before another option) as
+    `--ray auto`: Ray users type `--ray`, and a Click option cannot have an optional value."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, with_bare_ray(args))
+
+
+def with_bare_ray(args: list[str]) -> list[str]:
+    found = list(args)
+    for i, arg in enumerate(found):
+        if arg == "--ray" and (i + 1 == len(found) or found[i + 1].startswith("-")):
+            found.insert(i + 1, BARE_RAY)
+    return found
+
+
 app = typer.Typer(
+    cls=NacosaeGroup,
     name="nacosae",
     help="Explain the units of vision models in words.",
     no_args_is_help=True,

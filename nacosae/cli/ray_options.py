@@ -10,7 +10,7 @@ RayOption = Annotated[
     str | None,
     typer.Option(
         help="Run the models on Ray workers: local (start a cluster here), auto (the running "
-        "one, and `nacosae serve`'s warm workers), or an address. Needs the ray extra.",
+        "one, and `nacosae serve`'s warm workers; what a bare --ray means), or an address.",
         show_default=False,
     ),
 ]
