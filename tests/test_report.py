@@ -149,7 +149,7 @@ def test_wrong_typed_records_and_events_do_not_break_the_others(invoke, runs_dir
     record = json.loads((odd / "run.json").read_text())
     record["config"], record["error"], record["run_id"] = "not a mapping", 12, "odd-types"
     (odd / "run.json").write_text(json.dumps(record))
-    for format in ("table", "csv", "json", "md", "html"):
+    for format in ("table", "json", "md"):
         out = tmp_path / f"report.{format}"
         result = invoke("report", runs, "--format", format, "--out", out)
         assert result.exit_code == 0, (format, result.output)
@@ -162,7 +162,7 @@ def test_wrong_typed_records_and_events_do_not_break_the_others(invoke, runs_dir
 
     from tests.test_dashboard import app
 
-    for page in ("app.py", "pages/2_Reasoning.py", "pages/3_Compare.py", "pages/4_Layer.py"):
+    for page in ("app.py", "pages/2_Reasoning.py", "pages/3_Compare.py"):  # those that broke
         at = app("app.py", runs, monkeypatch, done.name)
         if page != "app.py":
             at.switch_page(page).run()
