@@ -13,6 +13,7 @@ from common import html_report, neuron_events, plot, sidebar  # noqa: E402
 
 from nacosae.report import export  # noqa: E402
 from nacosae.report.browse import (  # noqa: E402
+    activation_text,
     best_event,
     held_out_score,
     parameter_rows,
@@ -67,7 +68,7 @@ if run is not None and neuron is not None:
         if shown:
             st.image(
                 [str(t.path) for t in shown],
-                caption=[f"{t.concept} ({t.activation:.2f})" for t in shown],
+                caption=[f"{t.concept} ({activation_text(t.activation)})" for t in shown],
                 width=120,
             )
         else:

@@ -11,7 +11,7 @@ import streamlit as st
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from common import neuron_events, sidebar  # noqa: E402
 
-from nacosae.report.browse import image_activations  # noqa: E402
+from nacosae.report.browse import activation_text, image_activations  # noqa: E402
 
 st.title("Images")
 run, neuron = sidebar()
@@ -34,5 +34,5 @@ if run is not None and neuron is not None:
             st.caption("images not saved for this run")
             continue
         values = image_activations(run, neuron, event["concept"], files)
-        captions = [f"activation {v:.3f}" if v is not None else "" for v in values]
+        captions = [f"activation {activation_text(v)}" if v is not None else "" for v in values]
         st.image([str(f) for f in files], caption=captions, width=160)

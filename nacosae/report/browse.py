@@ -34,6 +34,12 @@ class RunEntry:
     error: str | None
 
 
+def activation_text(value: float) -> str:
+    """An activation as shown beside an image: four significant digits, since a unit's scale
+    is its own (0.0031 must not read 0.00)."""
+    return f"{value:.4g}"
+
+
 def index_runs(runs_dir: Path) -> list[RunEntry]:
     """Read each run.json once; damaged runs are listed with their error."""
     entries = []

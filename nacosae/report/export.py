@@ -289,7 +289,7 @@ def build_document(
     """The full report: a summary across neurons, the original's analyses across units, then
     per run and neuron the details. `workers` > 1 draws the neurons' figures in that many
     processes (the CLI does); `novelty` is (novel, concepts) of an `evaluate --novelty` table."""
-    from nacosae.report.browse import run_evaluation, top_control_images
+    from nacosae.report.browse import activation_text, run_evaluation, top_control_images
 
     sink = sink or ImageSink()
     doc = _Document("nacosae report")
@@ -369,7 +369,7 @@ def build_document(
                 doc.grid(
                     [uri for uri, _ in shown_top if uri],
                     f"neuron {neuron}: the control images that drive it most ("
-                    + ", ".join(f"{t.concept} {t.activation:.2f}" for _, t in shown_top)
+                    + ", ".join(f"{t.concept} {activation_text(t.activation)}" for _, t in shown_top)
                     + ")",
                 )
             for e in mine:
