@@ -366,11 +366,10 @@ def build_document(
             top = [t for t in top_control_images(run, neuron, k=8) if t.path is not None]
             shown_top = [(sink.thumbnail(t.path), t) for t in top]
             if any(uri for uri, _ in shown_top):
+                listed = ", ".join(f"{t.concept} {activation_text(t.activation)}" for t in top)
                 doc.grid(
                     [uri for uri, _ in shown_top if uri],
-                    f"neuron {neuron}: the control images that drive it most ("
-                    + ", ".join(f"{t.concept} {activation_text(t.activation)}" for _, t in shown_top)
-                    + ")",
+                    f"neuron {neuron}: the control images that drive it most ({listed})",
                 )
             for e in mine:
                 thumbs = [sink.thumbnail(run.path / f) for f in e.get("images", [])]
