@@ -36,7 +36,13 @@ class Settings:
 
     @property
     def default_imagenet_dir(self) -> Path:
-        return self.data_dir / "imagenet" / "val"
+        """Where `controls` reads control images by default: the validation split."""
+        return self.imagenet_dir("validation")
+
+    def imagenet_dir(self, split: str) -> Path:
+        """Each split's own default tree (`val`, `train`), so a train download never lands in
+        the validation tree that `controls` reads."""
+        return self.data_dir / "imagenet" / ("val" if split == "validation" else split)
 
 
 def _merged_environment(dotenv_path: Path) -> dict[str, str]:

@@ -304,3 +304,23 @@ def test_cut_off_download_is_retried(invoke, fake_hub, parquet_dir, tmp_path):
     assert len(tree_contents(tmp_path / "val")) == 7
     gets = [r for r in fake_hub.requests if r[0] == "GET" and r[1].endswith(name)]
     assert len(gets) == 2  # cut off once, fetched again by the same command
+
+
+def test_each_split_has_its_own_default_tree(invoke, parquet_dir, isolated_env):
+    import shutil
+
+    val = invoke("download", "imagenet", "--from-parquet", parquet_dir.parent)
+    assert val.exit_code == 0, val.output
+    for name in ("validation-00000-of-00002", "validation-00001-of-00002"):
+        shutil.copy(
+            parquet_dir / f"{name}.parquet",
+            parquet_dir / f"{name.replace('validation', 'train')}.parquet",
+        )
+    train = invoke("download", "imagenet", "--from-parquet", parquet_dir.parent, "--split", "train")
+    assert train.exit_code == 0, train.output
+    data = isolated_env / "data" / "imagenet"
+    assert imagenet.read_classes_json(data / "val")["split"] == "validation"
+    assert imagenet.read_classes_json(data / "train")["split"] == "train"
+    mixed = invoke("download", "imagenet", "--from-parquet", parquet_dir.parent, "--split", "train",
+                   "--out", data / "val")  # fmt: skip
+    assert mixed.exit_code == 1 and "holds the validation split" in mixed.output

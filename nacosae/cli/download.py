@@ -34,7 +34,10 @@ def imagenet(
     ] = "validation",
     out: Annotated[
         Path | None,
-        typer.Option(help="ImageFolder tree to write \\[default: NACOSAE_HOME/data/imagenet/val]."),
+        typer.Option(
+            help="ImageFolder tree to write \\[default: NACOSAE_HOME/data/imagenet/val; "
+            "imagenet/train for --split train]."
+        ),
     ] = None,
     token: Annotated[
         str | None,
@@ -59,7 +62,7 @@ def imagenet(
     from nacosae.config import settings, writable_folder
     from nacosae.data import imagenet as inet
 
-    target = out or settings().default_imagenet_dir
+    target = out or settings().imagenet_dir(split)
     if from_parquet is not None:
         files = inet.parquet_files(from_parquet, split)
         writable_folder(target, "--out", create=False)

@@ -205,6 +205,10 @@ def extract(
             f"{out} holds a tree laid out by {existing.get('layout', 'name')}: pass --layout "
             f"{existing.get('layout', 'name')} to complete it, or another --out"
         )
+    if existing and existing.get("split", split) != split:
+        raise NacosaeError(
+            f"{out} holds the {existing['split']} split: give the {split} split its own --out"
+        )
     files = list(files)
     rows_total = sum(_checked_rows(path, len(classes)) for path in files)
     written = present = 0
