@@ -320,3 +320,20 @@ def test_results_go_to_stdout_and_messages_to_stderr(invoke, isolated_env, contr
     assert "tiny_cnn" in listed.stdout and "tiny_cnn" not in listed.stderr
     explained = invoke("explain", "--preset", "smoke", "--n-iters", "0")
     assert "best concept" in explained.stdout and "run directory" in explained.stderr
+
+
+def test_a_second_evaluation_with_other_settings_goes_beside_the_first(invoke, tmp_path):
+    assert invoke("explain", "--preset", "smoke", "--n-iters", "0").exit_code == 0
+    run = only_run(tmp_path / "runs")
+    first = invoke("evaluate", "--preset", "smoke", run, "--num-img", "2")
+    assert first.exit_code == 0, first.output
+    other = invoke("evaluate", "--preset", "smoke", run, "--num-img", "3")
+    assert other.exit_code == 0 and "holds an evaluation with other settings" in other.output
+    summaries = {
+        p.parent.name: json.loads(p.read_text()) for p in run.glob("evaluation*/summary.json")
+    }
+    assert {k: v["settings"]["num_img"] for k, v in summaries.items()} == {
+        "evaluation": 2, "evaluation-2": 3,
+    }  # fmt: skip
+    same = invoke("evaluate", "--preset", "smoke", run, "--num-img", "3")
+    assert same.exit_code == 0 and not (run / "evaluation-3").exists()

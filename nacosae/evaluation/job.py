@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -100,6 +101,33 @@ class EvaluateResult:
     notes: list[str]
 
 
+def recorded_settings(request: EvaluateRequest) -> dict[str, Any]:
+    """The settings summary.json records (paths as text)."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(request).items()}
+
+
+def folder_for(request: EvaluateRequest) -> Path:
+    """`request.out`, unless it holds an evaluation with other settings: then the first free
+    `<out>-2`, `<out>-3`, ... beside it (said), so no earlier evaluation is overwritten."""
+    wanted = {k: v for k, v in recorded_settings(request).items() if k != "out"}
+    candidate, number = Path(request.out), 1
+    while (candidate / "summary.json").is_file():
+        try:
+            earlier = json.loads((candidate / "summary.json").read_text(encoding="utf-8"))
+            settings = {k: v for k, v in earlier.get("settings", {}).items() if k != "out"}
+        except (OSError, ValueError, AttributeError):
+            settings = None
+        if settings == wanted:
+            break
+        number += 1
+        candidate = Path(request.out).with_name(f"{Path(request.out).name}-{number}")
+    if candidate != Path(request.out):
+        progress.info(
+            f"{request.out} holds an evaluation with other settings: writing to {candidate}"
+        )
+    return candidate
+
+
 def read_explanations(request: EvaluateRequest) -> ReadResult:
     if request.explanations is None:
         raise NacosaeError("give the explanations: a CSV or a run directory")
@@ -149,6 +177,7 @@ def evaluate(request: EvaluateRequest, cache: ModelCache) -> EvaluateResult:
     store = open_controls(request.controls_root, request.model, request.layer, readout)
     controls = control_store_of(request, store)
     check_neurons(found.explanations, store.n_units, request)
+    request.out = folder_for(request)
     writable_folder(request.out, "the evaluation folder (--out)")
     cluster = None
     if request.ray:  # the workers resolve the device: the driver may have no GPU
@@ -183,7 +212,7 @@ def evaluate(request: EvaluateRequest, cache: ModelCache) -> EvaluateResult:
         "layer": request.layer,
         "held_out": is_held_out,
         "held_out_reason": why,
-        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(request).items()},
+        "settings": recorded_settings(request),
         "control_store": str(controls.directory),
         "control_images": controls.n_images,
         "rows": len(rows),
