@@ -102,3 +102,13 @@ def test_a_bare_ray_flag_means_the_running_cluster(invoke):
     assert json.loads(at_the_end.stdout)["options"]["ray"] == "auto"
     given = invoke("explain", "--preset", "smoke", "--ray", "local", "--dry-run")
     assert json.loads(given.stdout)["options"]["ray"] == "local"
+
+
+def test_explain_help_is_grouped_and_shows_no_empty_types(invoke):
+    help_text = invoke("explain", "--help").output
+    for panel in ("Units", "Models", "The search", "Images", "LLM answers", "Memory and devices",
+                  "The run", "The original's behaviours"):  # fmt: skip
+        assert f"─ {panel} " in help_text, panel
+    assert "<bool>" not in help_text and "<str>" not in help_text and "<path>" not in help_text
+    assert "[default: resnet18]" in help_text and "<auto|json|tags>" in help_text
+    assert "<bool>" not in invoke("--help").output

@@ -21,12 +21,26 @@ from typing import Annotated, Any
 
 import click
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperGroup, TyperOption
 
 from nacosae import __version__, progress
 from nacosae.errors import Interrupted, NacosaeError
 
 DEBUG_HINT = "set NACOSAE_DEBUG=1 for the traceback"
+
+
+def _type_column(option: TyperOption, ctx: click.Context) -> str | None:
+    """What the help's type column shows: choices and numbers only. A flag's `<bool>` (Typer
+    shows it for Click's own --help) and `<str>`/`<path>` say nothing the help text does not,
+    and widen the column by a third of the screen."""
+    shown = _typer_type_column(option, ctx)
+    if option.is_flag or shown in ("<str>", "<path>", "<bool>"):
+        return None
+    return shown
+
+
+_typer_type_column = TyperOption.display_type_rich
+TyperOption.display_type_rich = _type_column  # type: ignore[method-assign]
 
 BARE_RAY = "auto"  # what a bare `--ray` means: the running cluster (`ray start`, `serve`)
 

@@ -34,52 +34,90 @@ from nacosae.models.language import (
 )
 
 ORIGINAL_PANEL = "The original's behaviours (set by --preset line)"
+UNITS_PANEL = "Units"
+MODELS_PANEL = "Models"
+SEARCH_PANEL = "The search"
+IMAGES_PANEL = "Images"
+LLM_PANEL = "LLM answers"
+RESOURCES_PANEL = "Memory and devices"
+RUN_PANEL = "The run"
 
 
 def explain(
     context: typer.Context,
     neuron_id: Annotated[
-        list[int] | None, typer.Option("--neuron-id", help="Unit to explain (repeatable).")
+        list[int] | None,
+        typer.Option(
+            "--neuron-id", help="Unit to explain (repeatable).", rich_help_panel=UNITS_PANEL
+        ),
     ] = None,
     neurons: Annotated[
         str | None,
-        typer.Option(help="Units: 0:100, 1,5,9, or random:50 (CoSy's sample, seeded by --seed)."),
+        typer.Option(
+            help="Units: 0:100, 1,5,9, or random:50 (CoSy's sample, seeded by --seed).",
+            rich_help_panel=UNITS_PANEL,
+        ),
     ] = None,
     neurons_file: Annotated[
-        Path | None, typer.Option(help="File of unit ids/ranges (commas, spaces or lines).")
+        Path | None,
+        typer.Option(
+            help="File of unit ids/ranges (commas, spaces or lines).", rich_help_panel=UNITS_PANEL
+        ),
     ] = None,
     resume: Annotated[
         Path | None,
         typer.Option(
-            help="Continue an interrupted run directory with its own settings (--ray and "
-            "--ray-workers may change)."
+            help="Continue an interrupted run directory with its own settings (where the "
+            "models run may change: --ray, --ray-workers, --llm-url, --llm-timeout).",
+            rich_help_panel=RUN_PANEL,
         ),
     ] = None,
     model: Annotated[
-        str, typer.Option(help="Explained model: a torchvision name, timm:NAME or hf:REPO_ID.")
+        str,
+        typer.Option(
+            help="Explained model: a torchvision name, timm:NAME or hf:REPO_ID.",
+            rich_help_panel=UNITS_PANEL,
+        ),
     ] = "resnet18",
-    layer: Annotated[str, typer.Option(help="Layer module path.")] = "avgpool",
-    weights: Annotated[str, typer.Option(help="Weights the control store was built with.")] = (
-        "default"
-    ),
+    layer: Annotated[
+        str, typer.Option(help="Layer module path.", rich_help_panel=UNITS_PANEL)
+    ] = "avgpool",
+    weights: Annotated[
+        str,
+        typer.Option(help="Weights the control store was built with.", rich_help_panel=UNITS_PANEL),
+    ] = ("default"),
     token_pooling: TokenPoolingOption = "cls",
     sae: SaeOption = None,
     latent_pooling: LatentPoolingOption = "auto",
     image_size: ImageSizeOption = None,
     mean: MeanOption = None,
     std: StdOption = None,
-    language_model: Annotated[str, typer.Option(help="LLM repo id (or served model name).")] = (
-        DEFAULT_LANGUAGE_MODEL
-    ),
+    language_model: Annotated[
+        str, typer.Option(help="LLM repo id (or served model name).", rich_help_panel=MODELS_PANEL)
+    ] = (DEFAULT_LANGUAGE_MODEL),
     llm_url: Annotated[
-        str | None, typer.Option(help="OpenAI-compatible server, e.g. http://localhost:8000/v1.")
+        str | None,
+        typer.Option(
+            help="OpenAI-compatible server, e.g. http://localhost:8000/v1.",
+            rich_help_panel=MODELS_PANEL,
+        ),
     ] = None,
-    t2i_model: Annotated[str, typer.Option(help="Text-to-image (diffusers) repo id.")] = (
-        DEFAULT_T2I_MODEL
-    ),
-    num_img: Annotated[int, typer.Option(help="Images rendered per concept.", min=MIN_IMAGES)] = 5,
+    t2i_model: Annotated[
+        str, typer.Option(help="Text-to-image (diffusers) repo id.", rich_help_panel=MODELS_PANEL)
+    ] = DEFAULT_T2I_MODEL,
+    num_img: Annotated[
+        int,
+        typer.Option(
+            help="Images rendered per concept.", min=MIN_IMAGES, rich_help_panel=SEARCH_PANEL
+        ),
+    ] = 5,
     num_inf_steps: Annotated[
-        int | None, typer.Option(help="Diffusion steps \\[default: the model's own].", min=1)
+        int | None,
+        typer.Option(
+            help="Diffusion steps \\[default: the model's own].",
+            min=1,
+            rich_help_panel=IMAGES_PANEL,
+        ),
     ] = None,
     guidance_scale: Annotated[
         str | None,
@@ -87,44 +125,58 @@ def explain(
             help="Classifier-free guidance: a number, or 'pipeline' for the pipeline's own "
             "default \\[default: the model's own].",
             show_default=False,
+            rich_help_panel=IMAGES_PANEL,
         ),
     ] = None,
     n_iters: Annotated[
-        int, typer.Option(help="LLM proposals before the summary step.", min=0)
+        int,
+        typer.Option(
+            help="LLM proposals before the summary step.", min=0, rich_help_panel=SEARCH_PANEL
+        ),
     ] = 10,
     metric: Annotated[
         Literal["auc", "mad", "mean", "auprc", "correlation"],
-        typer.Option(help="The score that steers the search."),
+        typer.Option(help="The score that steers the search.", rich_help_panel=SEARCH_PANEL),
     ] = "auc",
     prompt: Annotated[
         str,
         typer.Option(
-            help="main, cot (chain of thought), or a template file with {concepts} {forbidden}."
+            help="main, cot (chain of thought), or a template file with {concepts} {forbidden}.",
+            rich_help_panel=SEARCH_PANEL,
         ),
     ] = "main",
     summary_prompt: Annotated[
-        str, typer.Option(help="summary, or a template file with {concepts}.")
+        str,
+        typer.Option(
+            help="summary, or a template file with {concepts}.", rich_help_panel=SEARCH_PANEL
+        ),
     ] = "summary",
     control_strategy: Annotated[
         Literal["full", "dissimilar-class"],
-        typer.Option(help="All control images, or one class unlike the concept (the original)."),
+        typer.Option(
+            help="All control images, or one class unlike the concept (the original).",
+            rich_help_panel=SEARCH_PANEL,
+        ),
     ] = "full",
     embedder: Annotated[
-        str, typer.Option(help="Sentence embedder for dissimilar-class.")
+        str,
+        typer.Option(help="Sentence embedder for dissimilar-class.", rich_help_panel=MODELS_PANEL),
     ] = DEFAULT_EMBEDDER,
     offload: Annotated[
         Literal["auto", "none", "cpu", "model", "sequential"],
         typer.Option(
             help="Where models live on a GPU: auto (the memory plan places each model), none "
             "(all resident), cpu (whole models swapped by LRU), model or sequential (the "
-            "libraries' model-level or layer-by-layer CPU offload) for every model."
+            "libraries' model-level or layer-by-layer CPU offload) for every model.",
+            rich_help_panel=RESOURCES_PANEL,
         ),
     ] = "auto",
     gpu_memory: Annotated[
         float | None,
         typer.Option(
             help="GiB the run may use on the GPU, weights and working memory \\[default: free "
-            "memory less a margin]."
+            "memory less a margin].",
+            rich_help_panel=RESOURCES_PANEL,
         ),
     ] = None,
     t2i_batch: Annotated[
@@ -132,6 +184,7 @@ def explain(
         typer.Option(
             help="Images per text-to-image call \\[default: the memory plan's, <= 32; 8 on a CPU].",
             min=1,
+            rich_help_panel=RESOURCES_PANEL,
         ),
     ] = None,
     llm_batch: Annotated[
@@ -139,12 +192,15 @@ def explain(
         typer.Option(
             help="Local LLM chats per generate call \\[default: the memory plan's, <= 16].",
             min=1,
+            rich_help_panel=RESOURCES_PANEL,
         ),
     ] = None,
     max_new_tokens: Annotated[
         int,
         typer.Option(
-            help="Most tokens an LLM answer may have (local and --llm-url).", min=MIN_NEW_TOKENS
+            help="Most tokens an LLM answer may have (local and --llm-url).",
+            min=MIN_NEW_TOKENS,
+            rich_help_panel=LLM_PANEL,
         ),
     ] = MAX_NEW_TOKENS,
     reasoning_chars: Annotated[
@@ -153,34 +209,50 @@ def explain(
             help="Most characters of a JSON answer's reasoning \\[default: bounded by "
             "--max-new-tokens only]; for a small model that rambles.",
             min=1,
+            rich_help_panel=LLM_PANEL,
         ),
     ] = None,
     llm_concurrency: Annotated[
-        int, typer.Option(help="Most requests in flight to an --llm-url server.", min=1)
+        int,
+        typer.Option(
+            help="Most requests in flight to an --llm-url server.", min=1, rich_help_panel=LLM_PANEL
+        ),
     ] = HTTP_CONCURRENCY,
     llm_timeout: Annotated[
         float,
         typer.Option(
             help="Seconds an --llm-url request may take before it is retried (5 retries).",
             min=0.001,
+            rich_help_panel=LLM_PANEL,
         ),
     ] = HTTP_TIMEOUT,
     llm_output: Annotated[
         Literal["auto", "json", "tags"],
         typer.Option(
             help="How the LLM answers: json (a schema the server or a constrained decoder "
-            "enforces), tags (<answer>...</answer>), or auto: json where the backend supports it."
+            "enforces), tags (<answer>...</answer>), or auto: json where the backend supports it.",
+            rich_help_panel=LLM_PANEL,
         ),
     ] = "auto",
-    save_images: Annotated[bool, typer.Option(help="Keep the rendered images.", metavar="")] = True,
-    out: Annotated[Path | None, typer.Option(help="Runs directory \\[default: SAVE_DIR].")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for every random choice.")] = 42,
-    device: Annotated[str, typer.Option(help="auto, cuda, cuda:N, mps or cpu.")] = "auto",
+    save_images: Annotated[
+        bool, typer.Option(help="Keep the rendered images.", metavar="", rich_help_panel=RUN_PANEL)
+    ] = True,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Runs directory \\[default: SAVE_DIR].", rich_help_panel=RUN_PANEL),
+    ] = None,
+    seed: Annotated[
+        int, typer.Option(help="Seed for every random choice.", rich_help_panel=RUN_PANEL)
+    ] = 42,
+    device: Annotated[
+        str, typer.Option(help="auto, cuda, cuda:N, mps or cpu.", rich_help_panel=RESOURCES_PANEL)
+    ] = "auto",
     image_prompts: Annotated[
         Literal["varied", "line", "line-per-render"],
         typer.Option(
             help="An angle and light per image, or the original's prompt: its framing drawn "
-            "once per concept (line) or for every render as the original did."
+            "once per concept (line) or for every render as the original did.",
+            rich_help_panel=IMAGES_PANEL,
         ),
     ] = "varied",
     class_names: Annotated[
@@ -221,6 +293,7 @@ def explain(
             help="Distinct concepts listed per unit (polysemantic units): each significant "
             "against the controls (Bonferroni) and unlike the others (MiniLM).",
             min=1,
+            rich_help_panel=SEARCH_PANEL,
         ),
     ] = 1,
     llm_top_k: Annotated[
@@ -234,7 +307,10 @@ def explain(
     ] = None,
     image_seeds: Annotated[
         Literal["hashed", "index"],
-        typer.Option(help="Noise seeded per seed, concept and image, or the original's 0..n-1."),
+        typer.Option(
+            help="Noise seeded per seed, concept and image, or the original's 0..n-1.",
+            rich_help_panel=IMAGES_PANEL,
+        ),
     ] = "hashed",
     ray: RayOption = None,
     ray_workers: RayWorkersOption = None,
@@ -245,6 +321,7 @@ def explain(
             "models, no downloads, meaningless. Repeatable; options you give win.",
             show_default=False,
             metavar="<line|smoke>",
+            rich_help_panel=RUN_PANEL,
         ),
     ] = None,
     dry_run: Annotated[
@@ -255,6 +332,7 @@ def explain(
             "JSON; load and create nothing (with --device cuda --gpu-memory G: plan for that "
             "card on any machine).",
             metavar="",
+            rich_help_panel=RUN_PANEL,
         ),
     ] = False,
 ) -> None:
