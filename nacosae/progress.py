@@ -92,6 +92,11 @@ def calm_libraries() -> None:
         quiet_libraries()
 
 
+def debug(message: str) -> None:
+    """A detail for `-v/--verbose` (model loads, cache rounds, phase times), on stderr."""
+    log.debug(message)
+
+
 def info(message: str) -> None:
     if not ui.quiet:
         console.print(message, soft_wrap=True)

@@ -112,3 +112,15 @@ def test_explain_help_is_grouped_and_shows_no_empty_types(invoke):
     assert "<bool>" not in help_text and "<str>" not in help_text and "<path>" not in help_text
     assert "[default: resnet18]" in help_text and "<auto|json|tags>" in help_text
     assert "<bool>" not in invoke("--help").output
+
+
+def test_verbose_shows_the_details_and_default_does_not(invoke):
+    quiet = invoke("explain", "--preset", "smoke", "--n-iters", "0")
+    assert (
+        quiet.exit_code == 0
+        and "loaded " not in quiet.stderr
+        and "phase 0 done" not in quiet.stderr
+    )
+    loud = invoke("-v", "explain", "--preset", "smoke", "--n-iters", "0", "--seed", "7")
+    assert loud.exit_code == 0, loud.output
+    assert "phase 0 done" in loud.stderr and "concept cache:" in loud.stderr

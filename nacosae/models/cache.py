@@ -229,7 +229,10 @@ class ModelCache:
                 self.stats.loads += 1
                 self.stats.load_seconds += seconds
                 self.stats.models[spec.label()] = entry.nbytes
-                return entry
+            progress.debug(
+                f"loaded {spec.label()} in {seconds:.2f} s ({human_bytes(entry.nbytes)})"
+            )
+            return entry
 
     def _forget_other_modes(self, spec: ModelSpec) -> None:
         """Drop unpinned copies of the same model under other offload hooks: keeping both

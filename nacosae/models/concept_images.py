@@ -15,6 +15,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from nacosae import progress
 from nacosae.models.text2image import Request, chunked
 
 if TYPE_CHECKING:
@@ -108,6 +109,7 @@ def fill_concept_cache(
             else:
                 todo.append((concept, have, n - have))
     counts.cache_hits += sum(1 for c in dict.fromkeys(concepts) if c in found)
+    progress.debug(f"concept cache: {len(found)} of {len(found) + len(todo)} concepts at hand")
     step = max(1, round_size or len(todo) or 1)
     for start in range(0, len(todo), step):
         part = todo[start : start + step]

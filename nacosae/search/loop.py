@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from nacosae import progress
 from nacosae.errors import ConceptParseError
 from nacosae.models.concept_images import FillCounts, FillSettings, fill_concept_cache
 from nacosae.models.text2image import LINE_ANGLES, LINE_LIGHTINGS
@@ -200,13 +201,18 @@ class Search:
 
     def run(self) -> dict[int, dict[str, Any]]:
         self._initial_phase()
-        self.on_phase(0)
+        self._phase_done(0)
         for iteration in range(1, self.settings.n_iters + 1):
             self._proposal_phase(iteration, "llm")
-            self.on_phase(iteration)
+            self._phase_done(iteration)
         self._proposal_phase(self.settings.n_iters + 1, "summary")
-        self.on_phase(self.settings.n_iters + 1)
+        self._phase_done(self.settings.n_iters + 1)
         return {s.neuron: s.summary(self.settings.metric) for s in self.states}
+
+    def _phase_done(self, iteration: int) -> None:
+        seconds = ", ".join(f"{k} {v:.2f} s" for k, v in self.timer.as_dict().items())
+        progress.debug(f"phase {iteration} done; so far: {seconds}")
+        self.on_phase(iteration)
 
     def _initial_phase(self) -> None:
         plans = {s.neuron: self._initial_concepts(s) for s in self.states}
