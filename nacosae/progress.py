@@ -86,9 +86,10 @@ def quiet_libraries() -> None:
 
 
 def calm_libraries() -> None:
-    """Silence the model libraries' own progress bars under --quiet and whenever the output is
-    not a terminal (their carriage returns garble logs)."""
-    if ui.quiet or not console.is_terminal:
+    """Silence the model libraries' own progress bars and advisories ("Loading pipeline
+    components", "Converting and de-quantizing GGUF tensors"): nacosae's own progress says what
+    is happening, and theirs garble logs. `-v/--verbose` keeps them."""
+    if not ui.verbose:
         quiet_libraries()
 
 

@@ -124,3 +124,19 @@ def test_verbose_shows_the_details_and_default_does_not(invoke):
     loud = invoke("-v", "explain", "--preset", "smoke", "--n-iters", "0", "--seed", "7")
     assert loud.exit_code == 0, loud.output
     assert "phase 0 done" in loud.stderr and "concept cache:" in loud.stderr
+
+
+def test_library_progress_bars_are_silenced_in_a_terminal_too(monkeypatch):
+    import diffusers
+    import transformers
+    from rich.console import Console
+
+    from nacosae import progress
+
+    monkeypatch.setattr(progress, "console", Console(stderr=True, force_terminal=True))
+    diffusers.utils.logging.enable_progress_bar()
+    transformers.utils.logging.enable_progress_bar()
+    progress.configure()
+    progress.calm_libraries()
+    assert not diffusers.utils.logging.is_progress_bar_enabled()
+    assert not transformers.utils.logging.is_progress_bar_enabled()
