@@ -384,3 +384,20 @@ def test_controls_on_two_workers_write_the_store_one_process_writes(
     for name in names:  # tensors, not file hashes: safetensors orders its metadata at random
         a, b = load_file(on_ray / name), load_file(here / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_serving_in_the_foreground_ends_when_serve_stop_ended_the_workers(monkeypatch):
+    """`serve --ray local` waits while its workers live; `serve --stop` from another shell
+    ends them, and the waiting command then ends too (here the workers' listing is scripted:
+    a second cluster would cost half a minute)."""
+    from types import SimpleNamespace
+
+    from nacosae.distributed import service
+
+    listings = [["serve-0"], ["serve-0"], []]
+    stopped = []
+    monkeypatch.setattr(service, "served_workers", lambda ray: listings.pop(0) if listings else [])
+    monkeypatch.setattr(service, "stop_service", lambda cluster: stopped.append(cluster))
+    cluster = SimpleNamespace(ray=None)
+    service.serve_in_foreground(cluster, poll_s=0.0)
+    assert listings == [] and stopped == [cluster]

@@ -65,11 +65,16 @@ def stop_service(cluster: Cluster) -> list[str]:
     return [name for name, _ in found]
 
 
-def serve_in_foreground(cluster: Cluster) -> None:
-    """Keep a cluster started by this command alive until Ctrl-C, then end its workers."""
-    progress.info("serving; `--ray auto` in other commands uses these workers. Ctrl-C stops.")
+def serve_in_foreground(cluster: Cluster, poll_s: float = 1.0) -> None:
+    """Keep a cluster started by this command alive until Ctrl-C, or until its workers are
+    gone (`nacosae serve --stop` from another shell), then end them and the cluster."""
+    progress.info(
+        "serving; `--ray auto` in other commands uses these workers. Ctrl-C (or `nacosae serve "
+        "--stop`) stops."
+    )
     try:
-        while True:
-            time.sleep(1.0)
+        while served_workers(cluster.ray):
+            time.sleep(poll_s)
+        progress.info("the workers were stopped (`nacosae serve --stop`): ending the cluster")
     finally:
         stop_service(cluster)
