@@ -436,3 +436,21 @@ def test_two_commands_preparing_the_smoke_models_at_once_both_succeed(tmp_path):
     assert (home / "models" / SMOKE_T2I / "model_index.json").is_file()
     assert (home / "models" / SMOKE_LLM / "config.json").is_file()
     assert not list((home / "models").glob("*.tmp"))
+
+
+def test_two_builds_of_one_store_at_once_write_it_once(isolated_env, image_tree):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from nacosae.controls import ControlsRequest, build_controls
+    from nacosae.models.cache import ModelCache
+    from nacosae.store.activations import ControlStore
+
+    controls_root = isolated_env / "controls"
+    request = ControlsRequest(
+        model="tiny_cnn", layer="avgpool", images=image_tree, controls_root=controls_root,
+        workers=0, device="cpu",
+    )  # fmt: skip
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: build_controls(request, ModelCache()), range(2)))
+    assert sorted(r.already_complete for r in results) == [False, True]
+    assert ControlStore(results[0].directory).n_images == 12

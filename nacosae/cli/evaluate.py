@@ -111,7 +111,11 @@ def evaluate(
     ] = DEFAULT_EMBEDDER,
     preset: Annotated[
         str | None,
-        typer.Option(help="smoke: the tiny offline models, as for explain.", show_default=False),
+        typer.Option(
+            help="smoke: the tiny offline models, as for explain.",
+            show_default=False,
+            metavar="<smoke>",
+        ),
     ] = None,
 ) -> None:
     """Score explanations on fresh images (CoSy), compare methods, or measure novelty."""

@@ -60,7 +60,9 @@ def serve(
     ] = "cpu",
     preset: Annotated[
         list[str] | None,
-        typer.Option(help="smoke or line, as for explain.", show_default=False),
+        typer.Option(
+            help="As for explain (repeatable).", show_default=False, metavar="<line|smoke>"
+        ),
     ] = None,
 ) -> None:
     """Keep the models of `explain` loaded on Ray workers; `explain --ray auto` then uses them."""

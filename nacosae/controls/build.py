@@ -30,6 +30,7 @@ from nacosae.models.preprocessing import check_image_size
 from nacosae.models.sides import InProcess
 from nacosae.models.units import Readout
 from nacosae.store.activations import ControlStore, StoreBuilder, shard_spans, store_dir
+from nacosae.store.atomic import exclusive
 
 if TYPE_CHECKING:
     from nacosae.distributed.pool import WorkerPool
@@ -59,6 +60,15 @@ def build_controls(request: ControlsRequest, cache: ModelCache) -> ControlsResul
     writable_folder(request.controls_root, "the control store folder (NACOSAE_HOME/controls)")
     listing = list_image_folder(request.images)
     job = ControlsJob(request, listing, shard_spans(len(listing), request.shard_size))
+    target = store_dir(request.controls_root, request.model, request.layer, "")
+    lock = Path(request.controls_root) / ".locks" / f"{target.parent.name}--{target.name}.lock"
+    with exclusive(lock):  # two builds of one model/layer: the second waits, then reuses
+        return _build(request, cache, listing, job)
+
+
+def _build(
+    request: ControlsRequest, cache: ModelCache, listing: ImageFolderListing, job: ControlsJob
+) -> ControlsResult:
     with _executor(job, cache) as executor:
         builder = _store_builder(request, listing, job.spans, executor.facts())
         target = builder.directory
