@@ -387,7 +387,9 @@ def run_variant(
     wall = time.perf_counter() - started
     load_seconds = stats.load_seconds - load_seconds_before
     record = json.loads((result.run_dir / "run.json").read_text())
-    events = [{k: v for k, v in e.items() if k != "seconds"} for e in read_events(result.run_dir)]
+    events = [
+        {k: v for k, v in e.items() if k != "scoring_seconds"} for e in read_events(result.run_dir)
+    ]
     totals = record["totals"]
     return {
         "variant": name,

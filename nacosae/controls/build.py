@@ -61,7 +61,8 @@ def build_controls(request: ControlsRequest, cache: ModelCache) -> ControlsResul
     listing = list_image_folder(request.images)
     job = ControlsJob(request, listing, shard_spans(len(listing), request.shard_size))
     target = store_dir(request.controls_root, request.model, request.layer, "")
-    lock = Path(request.controls_root) / ".locks" / f"{target.parent.name}--{target.name}.lock"
+    locks = Path(request.controls_root).parent / ".locks"  # beside the stores, not among them
+    lock = locks / f"controls--{target.parent.name}--{target.name}.lock"
     with exclusive(lock):  # two builds of one model/layer: the second waits, then reuses
         return _build(request, cache, listing, job)
 
