@@ -1,4 +1,5 @@
-"""Run the real CLI in a child process and SIGKILL it once its files show enough progress.
+"""Run the real CLI in a child process and SIGKILL it once its files show enough progress;
+and `ctrl_c_at_llm_call`, a Ctrl-C at a chosen LLM call of an in-process run.
 
 The child is forked from the test process, so it starts with every library already imported (a
 fresh interpreter spends seconds importing torch, diffusers and transformers before it does
@@ -12,7 +13,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 
 def _run_cli(args: list[str], env: dict[str, str]) -> int:
@@ -60,3 +62,25 @@ def kill_cli_when(
         os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     return killed
+
+
+@contextmanager
+def ctrl_c_at_llm_call(number: int) -> Iterator[None]:
+    """The local LLM's `number`-th batched call raises KeyboardInterrupt, as Ctrl-C there
+    would: the phases before it are recorded, the one it belongs to is not."""
+    import pytest
+
+    from nacosae.models import language
+
+    real = language.LocalLLM.chat_many
+    calls = []
+
+    def interrupted(self, requests):
+        calls.append(1)
+        if len(calls) == number:
+            raise KeyboardInterrupt
+        return real(self, requests)
+
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(language.LocalLLM, "chat_many", interrupted)
+        yield

@@ -345,20 +345,10 @@ def test_an_image_cut_short_before_its_phase_was_recorded_is_written_again(
     written: the resumed run writes those images again instead of keeping a cut file."""
     import json as json_module
 
-    from nacosae.models import language
+    from tests.killing import ctrl_c_at_llm_call
     from tests.test_explain import events_of, only_run
 
-    real = language.LocalLLM.chat_many
-    calls = []
-
-    def interrupted(self, requests):
-        calls.append(1)
-        if len(calls) == 3:  # the summary's call: iterations 1 and 2 are recorded
-            raise KeyboardInterrupt
-        return real(self, requests)
-
-    with pytest.MonkeyPatch.context() as patched:
-        patched.setattr(language.LocalLLM, "chat_many", interrupted)
+    with ctrl_c_at_llm_call(3):  # the summary's call: iterations 1 and 2 are recorded
         assert invoke(*SMOKE, "--out", tmp_path / "runs").exit_code == 130
     run = only_run(tmp_path / "runs")
     events = events_of(run)

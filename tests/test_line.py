@@ -162,21 +162,11 @@ def test_imagenet_classes_enter_the_history_by_their_unambiguous_names(invoke, t
 
 
 def test_resume_reapplies_the_presets_of_the_run(invoke, tmp_path, monkeypatch):
-    from nacosae.models import language
+    from tests.killing import ctrl_c_at_llm_call
 
     args = ("explain", "--preset", "smoke", "--preset", "line", "--n-iters", "2")
     args += ("--num-inf-steps", "2")
-    real = language.LocalLLM.chat_many
-    calls = []
-
-    def interrupted(self, requests):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(self, requests)
-
-    with pytest.MonkeyPatch.context() as patched:
-        patched.setattr(language.LocalLLM, "chat_many", interrupted)
+    with ctrl_c_at_llm_call(2):
         assert invoke(*args, "--out", tmp_path / "cut").exit_code == 130
     run = only_run(tmp_path / "cut")
     resumed = invoke("explain", "--resume", run)
