@@ -48,7 +48,7 @@ class ImportResult:
 
 def list_original(directory: Path) -> list[OriginalClass]:
     """The classes under `directory` in ImageNet label order (others sorted after them)."""
-    from nacosae.data.imagenet import original_folders
+    from nacosae.data.imagenet import class_for_original_folder
 
     if not directory.is_dir():
         raise ImagesNotFound(f"{directory} is not a folder of the original's .pt activations")
@@ -65,8 +65,11 @@ def list_original(directory: Path) -> list[OriginalClass]:
             f"no .pt files in {directory}: give the original's control_activations/<model>/"
             "<layer> folder"
         )
-    order = {folder: i for i, folder in enumerate(original_folders().values())}
-    return sorted(classes, key=lambda c: (order.get(c.folder, len(order)), c.folder))
+    def label_order(item: OriginalClass) -> tuple[float, str]:
+        found = class_for_original_folder(item.folder)
+        return (found.index if found else float("inf"), item.folder)
+
+    return sorted(classes, key=label_order)
 
 
 def load_plain_tensor(path: Path) -> torch.Tensor:
@@ -216,16 +219,15 @@ def _layer_units(model: str, layer: str) -> int | None:
 
 
 def _class_entry(index: int, item: OriginalClass) -> dict[str, Any]:
-    from nacosae.data.imagenet import concept_for_wnid, imagenet_classes, original_folders
+    from nacosae.data.imagenet import class_for_original_folder
 
-    wnid = next((w for w, f in original_folders().items() if f == item.folder), None)
-    label = next((c.label for c in imagenet_classes() if c.wnid == wnid), item.folder)
+    found = class_for_original_folder(item.folder)
     return {
         "index": index,
-        "wnid": wnid,
+        "wnid": found.wnid if found else None,
         "folder": item.folder,
-        "label": label,
-        "concept": concept_for_wnid(wnid) or item.folder.replace("_", " "),
+        "label": found.label if found else item.folder,
+        "concept": found.concept if found else item.folder.replace("_", " "),
     }
 
 

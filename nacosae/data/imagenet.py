@@ -107,6 +107,17 @@ def original_folders() -> dict[str, str]:
     }
 
 
+@cache
+def _by_original_folder() -> dict[str, ImageNetClass]:
+    folders = original_folders()
+    return {folders[c.wnid]: c for c in imagenet_classes()}
+
+
+def class_for_original_folder(folder: str) -> ImageNetClass | None:
+    """The ImageNet class the original project's folder (or `.pt` file) name stands for."""
+    return _by_original_folder().get(folder)
+
+
 def original_concept_for_wnid(wnid: str | None) -> str | None:
     """What the original project called an ImageNet class: its folder name, `_` as a space
     ("crane" and "crane2" kept apart)."""

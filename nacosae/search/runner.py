@@ -367,7 +367,8 @@ def _search(
             neurons, parts, settings, writer, attempt.timer, recorded, show, attempt.counters
         )
         results = search.run() if neurons else {}
-    by_neuron = _events_by_neuron(writer.directory, neurons)
+    events = read_events(writer.directory)
+    by_neuron = _events_by_neuron(events, neurons)
     embed = (lambda texts: executor.call("embed", texts)) if options.explanations > 1 else None
     for neuron in neurons:
         results[neuron]["explanations"] = distinct_explanations(
@@ -381,7 +382,6 @@ def _search(
         "neurons": {str(n): results[n] for n in inputs.neurons},
     }
     writer.write_summary(summary)
-    events = read_events(writer.directory)
     warnings = run_warnings(events, summary)
     expected = (search.replay.position if neurons else 0) + writer.events_written
     if len(events) < expected:
@@ -394,9 +394,11 @@ def _search(
     return summary, warnings
 
 
-def _events_by_neuron(directory: Path, neurons: list[int]) -> dict[int, list[dict[str, Any]]]:
+def _events_by_neuron(
+    events: list[dict[str, Any]], neurons: list[int]
+) -> dict[int, list[dict[str, Any]]]:
     found: dict[int, list[dict[str, Any]]] = {n: [] for n in neurons}
-    for event in read_events(directory):
+    for event in events:
         if event.get("neuron") in found:
             found[event["neuron"]].append(event)
     return found
@@ -461,13 +463,14 @@ def _build_parts(
             f"{store.index['weights']}, not {facts.weights_id}: rerun `nacosae controls` "
             "with the same --weights (and --overwrite)"
         )
+    names = class_concepts(store.classes, options.class_names)
     parts = SearchParts(
         executor=executor,
         chat_many=lambda requests: executor.call("chat_many", requests),
         concept_cache=ConceptCache(Path(options.controls_root).parent / "concepts", facts.keys),
         class_means=store.class_means().float().numpy(),
-        class_names=class_concepts(store.classes, options.class_names),
-        controls=_control_selector(store, options, executor),
+        class_names=names,
+        controls=_control_selector(store, options, executor, names),
         main_template=templates[0],
         summary_template=templates[1],
     )
@@ -520,10 +523,12 @@ def store_preprocessing(options: ExplainOptions, store: ControlStore) -> Preproc
     return stored
 
 
-def _control_selector(store: ControlStore, options: ExplainOptions, executor: Executor) -> Any:
+def _control_selector(
+    store: ControlStore, options: ExplainOptions, executor: Executor, names: list[str]
+) -> Any:
     import scipy.stats  # noqa: F401 - imported here, with the models, not inside the timed loop
 
-    from nacosae.search.controls import ControlSelector, class_concepts
+    from nacosae.search.controls import ControlSelector
 
     def embed(texts: list[str]) -> Any:
         return executor.call("embed", texts)
@@ -533,5 +538,5 @@ def _control_selector(store: ControlStore, options: ExplainOptions, executor: Ex
         classes=store.classes,
         strategy=options.control_strategy,
         embed=embed if options.control_strategy == "dissimilar-class" else None,
-        names=class_concepts(store.classes, options.class_names),
+        names=names,
     )
