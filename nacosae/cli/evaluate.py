@@ -130,11 +130,7 @@ def evaluate(
     if novelty:
         _novelty(paths, vocabulary, threshold, embedder, out)
         return
-    if images is not None and len(paths) <= 1:
-        source = paths[0] if paths else None
-        _images(dict(context.params), options_given(context), images, source, config, out)
-        return
-    if len(paths) != 1:
+    if len(paths) > 1 or (not paths and images is None):
         raise typer.BadParameter(
             "give one explanations CSV or run directory (or --compare / --novelty)",
             param_hint="--explanations",
@@ -153,15 +149,18 @@ def evaluate(
 
         given = options_given(context)
         controls_root = smoke_evaluation(params, given, config.nacosae_home, shared_cache())
+    if images is not None:
+        _images(params, images, paths[0] if paths else None, controls_root, config, out)
+        return
     request = _request(params, paths[0], controls_root, out, config.save_dir)
     _run(request)
 
 
 def _images(
     params: dict[str, Any],
-    given: set[str],
     root: Path,
     source: Path | None,
+    controls_root: Path,
     config: Any,
     out: Path | None,
 ) -> None:
@@ -169,13 +168,6 @@ def _images(
     from nacosae.evaluation.given_images import evaluate_images
     from nacosae.models.cache import shared_cache
 
-    if params["preset"] not in (None, "smoke"):
-        raise typer.BadParameter(f"{params['preset']!r} is not one of smoke", param_hint="--preset")
-    controls_root = config.controls_dir
-    if params["preset"] == "smoke":
-        from nacosae.presets import smoke_evaluation
-
-        controls_root = smoke_evaluation(params, given, config.nacosae_home, shared_cache())
     name = root.expanduser().resolve().name
     if out is None:
         out = config.save_dir / "evaluations" / f"images-{name}-{params['model']}-{params['layer']}"

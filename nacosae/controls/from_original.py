@@ -65,6 +65,7 @@ def list_original(directory: Path) -> list[OriginalClass]:
             f"no .pt files in {directory}: give the original's control_activations/<model>/"
             "<layer> folder"
         )
+
     def label_order(item: OriginalClass) -> tuple[float, str]:
         found = class_for_original_folder(item.folder)
         return (found.index if found else float("inf"), item.folder)
