@@ -304,12 +304,8 @@ def _image_number(path: Path) -> int:
 
 def _pairs(path: Path) -> list[tuple[str, float]]:
     """`concept,score` lines (a concept may hold commas: the score is after the last)."""
-    if not path.is_file():
-        return []
     pairs = []
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, line in _numbered_lines(path):
         concept, _, score = line.rpartition(",")
         try:
             pairs.append((concept.strip(), float(score)))
@@ -321,18 +317,22 @@ def _pairs(path: Path) -> list[tuple[str, float]]:
 
 
 def _json_lines(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
     found = []
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, line in _numbered_lines(path):
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
             raise NacosaeError(f"{path} line {number} is not JSON: {line[:80]!r}") from exc
         found.append(value if isinstance(value, dict) else {})
     return found
+
+
+def _numbered_lines(path: Path) -> list[tuple[int, str]]:
+    """The file's non-blank lines with their numbers (none when the run did not write it)."""
+    if not path.is_file():
+        return []
+    lines = enumerate(_read_text(path).splitlines(), start=1)
+    return [(number, line) for number, line in lines if line.strip()]
 
 
 def _read_text(path: Path) -> str:
