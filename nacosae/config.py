@@ -57,14 +57,14 @@ def _merged_environment(dotenv_path: Path) -> dict[str, str]:
 def _dotenv_text(path: Path) -> str:
     """`.env` as text: UTF-8, else Latin-1 (said once), so that an editor's encoding never
     stops every command."""
-    raw = path.read_bytes()
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
+    from nacosae.textfiles import utf8_or_latin1
+
+    text, latin1 = utf8_or_latin1(path)
+    if latin1:
         from nacosae import progress
 
         progress.warn(f"{path} is not UTF-8; read as Latin-1 (save it as UTF-8 to silence this)")
-        return raw.decode("latin-1")
+    return text
 
 
 def load_settings(dotenv_path: Path | None = None) -> Settings:

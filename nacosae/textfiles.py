@@ -3,6 +3,7 @@ line when they are not UTF-8 or not what they should be, instead of a traceback.
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,21 @@ def read_utf8(path: Path, what: str) -> str:
         raise NacosaeError(
             f"{what} {path} is not UTF-8 text (byte {exc.start}): save it as UTF-8 and rerun"
         ) from None
+
+
+def csv_text(path: Path, what: str) -> io.StringIO:
+    """The file as a text stream for `csv` (newlines left to it), via `read_utf8`."""
+    return io.StringIO(read_utf8(path, what), newline="")
+
+
+def utf8_or_latin1(path: Path) -> tuple[str, bool]:
+    """The file's text, and whether it had to be read as Latin-1 because it is not UTF-8 (for
+    files whose writers did not choose: `.env`, the original project's histories)."""
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8-sig"), False
+    except UnicodeDecodeError:
+        return raw.decode("latin-1"), True
 
 
 def read_json(path: Path, what: str) -> Any:

@@ -5,14 +5,13 @@ else the Wilcoxon signed-rank test."""
 from __future__ import annotations
 
 import csv
-import io
 from dataclasses import asdict, dataclass
 from itertools import combinations
 from pathlib import Path
 from typing import Any
 
 from nacosae.errors import NacosaeError
-from nacosae.textfiles import read_utf8
+from nacosae.textfiles import csv_text
 
 METRICS = ("AUC", "MAD")
 NORMALITY_ALPHA = 0.05
@@ -46,7 +45,7 @@ def read_scores(path: Path) -> dict[int, dict[str, float]]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise NacosaeError(f"evaluation file {path} does not exist")
-    with io.StringIO(read_utf8(path, "evaluation file"), newline="") as handle:
+    with csv_text(path, "evaluation file") as handle:
         reader = csv.DictReader(handle)
         missing = [c for c in ("neuron", *METRICS) if c not in (reader.fieldnames or [])]
         if missing:

@@ -13,9 +13,9 @@ import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from nacosae.errors import NacosaeError
+from nacosae.textfiles import csv_text
 
 NEURON_COLUMNS = ("neuron", "unit", "neuron_id")
 CONCEPT_COLUMNS = ("concept", "description", "label")
@@ -54,7 +54,7 @@ def read_csv(path: Path, layer: str | None = None, model: str | None = None) -> 
     path = Path(path).expanduser()
     if not path.is_file():
         raise NacosaeError(f"explanations file {path} does not exist")
-    with _text(path) as handle:
+    with csv_text(path, "explanations file") as handle:
         reader = csv.DictReader(handle)
         fields = list(reader.fieldnames or [])
         neuron_col = _column(fields, NEURON_COLUMNS, "neuron", path)
@@ -163,15 +163,6 @@ def _listed_explanations(run_dir: Path) -> list[Explanation]:
         for key, value in sorted(neurons.items(), key=lambda kv: int(kv[0]))
         for e in value.get("explanations") or []
     ]
-
-
-def _text(path: Path) -> Any:
-    """The file as a text stream for csv (one line when it is not UTF-8)."""
-    import io
-
-    from nacosae.textfiles import read_utf8
-
-    return io.StringIO(read_utf8(path, "explanations file"), newline="")
 
 
 def run_generation(run_dir: Path) -> dict | None:

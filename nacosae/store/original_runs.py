@@ -33,6 +33,7 @@ from typing import Any
 from nacosae.errors import NacosaeError
 from nacosae.store.atomic import atomic_write_json, atomic_write_text
 from nacosae.store.runs import EVENTS_FILE, RUN_FILE, SUMMARY_FILE, slugify
+from nacosae.textfiles import utf8_or_latin1
 
 PARAMS = "params.txt"
 GENERATION = "generation_history.txt"
@@ -336,10 +337,7 @@ def _numbered_lines(path: Path) -> list[tuple[int, str]]:
 
 
 def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        return path.read_text(encoding="latin-1")
+    return utf8_or_latin1(path)[0]
 
 
 def _neuron(params: dict[str, Any], folder: Path) -> int:
